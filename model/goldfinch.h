@@ -1,0 +1,406 @@
+/*
+ * goldfinch.h — the GoldFinch model engine: checkpoints, GGUF, tokenizer, forward, sampling.
+ *
+ * The math is ../shared/DESIGN.md §1-2. Conventions for every function here:
+ *   - returns 0 or a negative errno-style code (-EINVAL bad input, -EIO I/O, -ENOMEM ...);
+ *   - `err`, where taken, is a caller buffer of GF_ERR_LEN bytes (may be NULL) that receives
+ *     a one-line message naming what and where ("a1.pth: tensor emb.weight: shape ...");
+ *   - every object with an *_init/_load has a NULL-safe *_free;
+ *   - nothing here keeps global mutable state: different objects may be used from different
+ *     threads at once; one object is not thread-safe unless its comment says so.
+ * Shapes are in comments, outermost dimension first (PyTorch/C order).
+ */
+#ifndef GOLDFINCH_H
+#define GOLDFINCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GF_ERR_LEN 256
+#define GF_NAME_MAX 96
+#define GF_MAX_DIMS 4
+
+/* ------------------------------------------------------------------------------------------
+ * Element types. The values are GGML's type ids so GGUF files carry them unchanged.
+ */
+typedef enum gf_dtype {
+	GF_DTYPE_F32 = 0,
+	GF_DTYPE_F16 = 1,
+	GF_DTYPE_BF16 = 30,
+} gf_dtype;
+
+size_t gf_dtype_size(gf_dtype t);        /* bytes per element; 0 for an unknown type */
+const char *gf_dtype_name(gf_dtype t);   /* "f32", "f16", "bf16", or "?" */
+float gf_f16_to_f32(uint16_t h);
+uint16_t gf_f32_to_f16(float f);         /* round to nearest even */
+float gf_bf16_to_f32(uint16_t b);
+uint16_t gf_f32_to_bf16(float f);        /* round to nearest even */
+/* Converts n elements of type t at src to float32. */
+void gf_convert_to_f32(gf_dtype t, const void *src, float *dst, size_t n);
+
+/* ------------------------------------------------------------------------------------------
+ * Tensor sets: named tensors read from a checkpoint (.pth, .safetensors) or a GGUF file.
+ * Data stays in the file mapping where it can (the set owns the mapping), so reading a
+ * multi-GB checkpoint costs no copy.
+ */
+typedef struct gf_tensor {
+	char name[GF_NAME_MAX];
+	gf_dtype dtype;
+	int n_dims;
+	int64_t shape[GF_MAX_DIMS]; /* outermost first, as PyTorch prints it */
+	const void *data;           /* little-endian, contiguous row-major; in the set's backing */
+	size_t nbytes;
+} gf_tensor;
+
+typedef struct gf_tensor_set {
+	gf_tensor *tensors; /* [n_tensors], in file order */
+	int n_tensors;
+	int cap;
+	void *map;          /* read-only mapping backing the data (munmap on free), or NULL */
+	size_t map_len;
+	void **owned;       /* heap blocks owned by the set (freed on free) */
+	int n_owned;
+	int cap_owned;
+} gf_tensor_set;
+
+/* Official PyTorch checkpoint: zip archive + pickle (protocol 2) of an OrderedDict
+ * name -> tensor; float32, bfloat16 and float16 storages. Only the pickle opcodes a
+ * state_dict uses are accepted; anything else is -EINVAL with the opcode and offset. */
+int gf_tensors_read_pth(gf_tensor_set *ts, const char *path, char *err);
+/* .safetensors: 8-byte header length, JSON header (cJSON), data. F32, F16, BF16. */
+int gf_tensors_read_safetensors(gf_tensor_set *ts, const char *path, char *err);
+/* Picks the reader from the file's first bytes (zip, GGUF or safetensors). */
+int gf_tensors_read_any(gf_tensor_set *ts, const char *path, char *err);
+const gf_tensor *gf_tensors_find(const gf_tensor_set *ts, const char *name);
+/* Appends a tensor whose data the set takes ownership of (heap block from malloc). */
+int gf_tensors_add_owned(gf_tensor_set *ts, const char *name, gf_dtype dtype, int n_dims,
+			 const int64_t *shape, void *data);
+void gf_tensors_free(gf_tensor_set *ts);
+
+/* ------------------------------------------------------------------------------------------
+ * Vocabulary: token id -> bytes. Ids 0..n_tokens-1; id 0 is <|endoftext|>; ids with no
+ * token have length 0.
+ */
+#define GF_TOKEN_MAX_BYTES 128
+
+typedef struct gf_vocab {
+	int32_t n_tokens;
+	uint32_t *offsets; /* [n_tokens + 1]: token i is bytes[offsets[i] .. offsets[i+1]) */
+	uint8_t *bytes;
+} gf_vocab;
+
+/* Reads the RWKV World vocabulary text format (`<id> <python literal> <byte length>` per
+ * line, str or bytes literals); the result has max(65536, max id + 1) entries. */
+int gf_vocab_load_file(gf_vocab *v, const char *path, char *err);
+int gf_vocab_copy(gf_vocab *dst, const gf_vocab *src);
+void gf_vocab_free(gf_vocab *v);
+
+/* ------------------------------------------------------------------------------------------
+ * Model configuration, inferred from tensor names and shapes (never hard-coded).
+ * C = n_embd, A = dim_att, F = dim_ffn, N = head_size, H = n_head, G = first_gold,
+ * Ck = ckv_dim, V = vocab_size. LoRA ranks are read from their tensors.
+ */
+typedef struct gf_config {
+	int32_t n_layer, n_embd, dim_att, dim_ffn, head_size, n_head, vocab_size;
+	int32_t first_gold;   /* G: blocks [0, G) are Finch-C2, [G, n_layer) are GOLD */
+	int32_t ckv_dim;      /* Ck = C/16 */
+	int32_t lora_maa;     /* Finch time_maa_w1 is [C][5*lora_maa] */
+	int32_t lora_decay;   /* time_decay_w1 [C][lora_decay] */
+	int32_t lora_value2;  /* time_value2_w1 [C][lora_value2] */
+	int32_t lora_maa_q;   /* GOLD time_maa_q_w1 [C][lora_maa_q] */
+	int32_t lora_maa_kv;  /* GOLD time_maa_kv_w1 [C][2*lora_maa_kv] */
+	int32_t lora_key;     /* GOLD time_key_w1 [A][lora_key] */
+	int32_t lora_value;   /* GOLD time_value_w1 [C][lora_value] */
+	float rope_base;      /* 0 = no RoPE (the paper's models) */
+	float rope_rebase;    /* 1 unless the checkpoint's config says otherwise */
+	float rope_rescale;   /* 1 unless ... */
+	uint64_t model_id;    /* content hash of the weights (xxh64), written by gf-convert */
+} gf_config;
+
+/* Infers every field but the rope ones and model_id (left 0) from the tensors and checks
+ * that every tensor the model needs is present with the shape the config implies, and that
+ * no unknown tensor is present. err names the tensor at fault. */
+int gf_config_infer(gf_config *cfg, const gf_tensor_set *ts, char *err);
+/* Fills cfg for a model of the official GoldFinch shape: n_layer, n_embd, vocab and ratio
+ * R (G = floor(n_layer*(R-1)/R)), dim_ffn = floor(3.5*C/32)*32, head size 64 (C if C < 64),
+ * and the official LoRA ranks. For gf-convert --random. */
+int gf_config_default(gf_config *cfg, int n_layer, int n_embd, int vocab, int ratio, char *err);
+
+/* How a tensor is initialised by gf-convert --random (the scheme of ../shared/testdata,
+ * which keeps activations and logits at a realistic scale). */
+typedef enum gf_init {
+	GF_INIT_EMB,      /* N(0, 1) */
+	GF_INIT_LINEAR,   /* N(0, 1/sqrt(fan_in)), fan_in = last dim */
+	GF_INIT_LORA_W1,  /* N(0, 1/sqrt(C)) */
+	GF_INIT_LORA_W2,  /* N(0, 0.1) */
+	GF_INIT_LN_W,     /* 1 + 0.1 N(0,1) */
+	GF_INIT_LN_B,     /* 0.1 N(0,1) */
+	GF_INIT_MAA,      /* U(0, 1) */
+	GF_INIT_DECAY,    /* U(-5, -0.5) */
+	GF_INIT_FAAAA,    /* N(0, 0.1) */
+} gf_init;
+
+typedef struct gf_tensor_spec {
+	char name[GF_NAME_MAX];
+	int n_dims;
+	int64_t shape[GF_MAX_DIMS];
+	gf_init init;
+} gf_tensor_spec;
+
+/* Every tensor a model of cfg has, in the official state_dict order. *specs is malloc'd
+ * (caller frees). */
+int gf_config_tensor_specs(const gf_config *cfg, gf_tensor_spec **specs, int *n_specs);
+
+/* W = 2*(n_layer - G) + 1: how many Finch-stage outputs the GOLD tail needs. */
+int gf_config_tail_window(const gf_config *cfg);
+
+/* ------------------------------------------------------------------------------------------
+ * GGUF v3 files (architecture "goldfinch"): hyper-parameters as goldfinch.* metadata, the
+ * tensors under their official state_dict names (dims stored innermost first, as GGUF
+ * does), data aligned to general.alignment (32) for mmap, and the vocabulary as
+ * tokenizer.ggml.tokens (raw bytes, one string per id).
+ */
+typedef struct gf_gguf {
+	gf_tensor_set tensors; /* data points into the read-only mapping */
+	gf_config config;
+	gf_vocab vocab;        /* n_tokens 0 when the file has none */
+	char name[GF_NAME_MAX];/* general.name, may be empty */
+} gf_gguf;
+
+int gf_gguf_write(const char *path, const gf_config *cfg, const gf_tensor_set *ts,
+		  const gf_vocab *vocab /* NULL: none */, const char *name, char *err);
+int gf_gguf_read(gf_gguf *g, const char *path, char *err);
+void gf_gguf_free(gf_gguf *g);
+
+/* ------------------------------------------------------------------------------------------
+ * The model: configuration plus float32 weights. Weights stored as f32 in the GGUF are used
+ * in place from the read-only mapping; bf16/f16 ones are upcast once at load.
+ * Layout per the official names: nn.Linear weights [out][in]; LoRA matrices [in][out].
+ */
+typedef struct gf_layer {
+	int is_gold;
+	const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;            /* [C] */
+	/* Finch-C2 time mix (is_gold == 0) */
+	const float *maa_x, *maa_r, *maa_k, *maa_v, *maa_w, *maa_v2; /* [C] */
+	const float *maa_w1;                                     /* [C][5*Dm] */
+	const float *maa_w2;                                     /* [5][Dm][C] */
+	const float *time_decay;                                 /* [A] */
+	const float *decay_w1, *decay_w2;                        /* [C][Dd], [Dd][A] */
+	const float *value2_w1, *value2_w2;                      /* [C][Dv2], [Dv2][A] */
+	const float *att_receptance, *att_key, *att_value;       /* [A][C] */
+	/* GOLD time mix (is_gold == 1) */
+	const float *maa_q, *maa_v_cache, *maa_gk, *maa_gv;      /* [C]: time_maa_q/_v_cache/_k/_v */
+	const float *maa_q_w1, *maa_q_w2;                        /* [C][Dq], [Dq][C] */
+	const float *maa_kv_w1, *maa_kv_w2;                      /* [C][2*Dkv], [2][Dkv][C] */
+	const float *key_w1, *key_w2;                            /* [A][Dk], [Dk][A] */
+	const float *value_w1, *value_w2;                        /* [C][Dval], [Dval][A] */
+	const float *att_query;                                  /* [A][C] */
+	const float *ln_q_w, *ln_q_b, *ln_k_w, *ln_k_b, *ln_v_w, *ln_v_b; /* [A] */
+	/* both */
+	const float *att_output;                                 /* [C][A] */
+	const float *ln_x_w, *ln_x_b;                            /* [A] */
+	const float *ffn_maa_k, *ffn_maa_r;                      /* [C] */
+	const float *ffn_key;                                    /* [F][C] */
+	const float *ffn_receptance;                             /* [C][C] */
+	const float *ffn_value;                                  /* [C][F] */
+} gf_layer;
+
+typedef struct gf_model {
+	gf_config cfg;
+	const float *emb;                /* [V][C] */
+	const float *ln0_w, *ln0_b;      /* [C] */
+	const float *ln_out_w, *ln_out_b;/* [C] */
+	const float *head;               /* [V][C] */
+	const float *w_kv_cache_a;       /* [Ck][C] */
+	const float *w_kv_cache_b;       /* [A][C + Ck] */
+	gf_layer *layers;                /* [n_layer] */
+	gf_gguf gguf;                    /* the mapping the f32 weights live in */
+	float **upcast;                  /* weights upcast from bf16/f16, freed with the model */
+	int n_upcast;
+} gf_model;
+
+/* Loads a GGUF written by gf-convert. The vocabulary stays in m->gguf.vocab. */
+int gf_model_load(gf_model **out, const char *gguf_path, char *err);
+/* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
+int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err);
+void gf_model_free(gf_model *m);
+/* Bytes of weights one decode step reads (every matrix once, one embedding row). */
+uint64_t gf_model_decode_bytes(const gf_model *m);
+
+/* ------------------------------------------------------------------------------------------
+ * Recurrent state of one sequence: what a context snapshot stores besides the cache.
+ * Layout equals testdata's state_after_prompt.f32.
+ */
+typedef struct gf_state {
+	float *shift;   /* [n_layer][2][C]: [l][0] last ln1(x) into time mix, [l][1] last ln2(x) */
+	float *wkv;     /* [G][H][N][N]: S[h][i][j], i = value channel, j = key channel */
+	int64_t n_pos;  /* tokens consumed */
+} gf_state;
+
+int gf_state_init(gf_state *st, const gf_config *cfg);   /* zeroed */
+void gf_state_reset(gf_state *st, const gf_config *cfg);
+int gf_state_copy(gf_state *dst, const gf_state *src, const gf_config *cfg); /* dst initialised */
+size_t gf_state_floats(const gf_config *cfg);             /* shift + wkv */
+void gf_state_free(gf_state *st);
+
+/* ------------------------------------------------------------------------------------------
+ * Expanded keys/values of the GOLD blocks, in RAM, for positions [0, n_pos). Rebuilt from
+ * the per-token cache (c, tok) only — DESIGN.md fact 1. Keeps (c, tok) too so that the
+ * next position's token shift can be computed.
+ */
+typedef struct gf_kv {
+	int64_t n_pos, cap;
+	float *c;        /* [cap][Ck] */
+	int32_t *tok;    /* [cap] */
+	float *k, *v;    /* [n_gold][cap][A] */
+	int n_gold;
+} gf_kv;
+
+int gf_kv_init(gf_kv *kv, const gf_config *cfg, int64_t initial_cap);
+void gf_kv_free(gf_kv *kv);
+void gf_kv_reset(gf_kv *kv);
+
+/* Scratch buffers for one sequence's forward, sized once for chunks of up to max_chunk
+ * tokens: the forward functions allocate nothing. */
+typedef struct gf_workspace gf_workspace;
+int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk);
+void gf_workspace_free(gf_workspace *ws);
+int gf_workspace_max_chunk(const gf_workspace *ws);
+
+/* Finch stage (blocks 0..G-1) over n <= max_chunk tokens continuing st (updates the Finch
+ * layers' shift and wkv state; not st->n_pos). Outputs, each optional (NULL):
+ * x0_out [n][C] = ln0(emb[tok]), x_out [n][C] = residual after block G-1, c_out [n][Ck]. */
+int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int32_t *tok,
+		   int n, float *x0_out, float *x_out, float *c_out);
+
+/* Appends n positions (their c rows and tokens) to kv, expanding every GOLD layer's key and
+ * value rows. Grows kv as needed (the only allocation, amortised). */
+int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c,
+		 const int32_t *tok, int64_t n);
+
+/* GOLD blocks + head over n <= max_chunk query positions p0..p0+n-1 whose Finch-stage
+ * outputs are x_in [n][C]. The GOLD layers' shift state in st is the state before p0 (zero
+ * it for a window start). kv must hold positions 0..p0+n-1; the query at p sees keys 0..p.
+ * logits [n][V] for every row, or only the last row ([V]) when last_only. */
+int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const gf_kv *kv,
+		  const float *x_in, int64_t p0, int n, float *logits, bool last_only);
+
+/* Full forward over T tokens from an empty state, exact at every position: logits [T][V];
+ * optional c_out [T][Ck], kc_out [T][A], finch_out [T][C]. For tests and gf-eval. */
+int gf_forward_full(const gf_model *m, const int32_t *tok, int64_t T, float *logits,
+		    float *c_out, float *kc_out, float *finch_out, char *err);
+
+/* Linear prefill (DESIGN.md §2) of n tokens continuing st/kv: the Finch stage in chunks,
+ * kv appended, then the GOLD tail over the last W positions only. logits_last [V]: exact
+ * logits of the last token. st and kv end as after an exact forward. */
+int gf_prefill(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv,
+	       const int32_t *tok, int64_t n, float *logits_last);
+
+/* One decode step: token through every block, its cache row appended to kv. */
+int gf_decode_step(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv, int32_t tok,
+		   float *logits);
+
+/* ------------------------------------------------------------------------------------------
+ * OpenBLAS set-up. Debian's OpenBLAS picks AVX2 kernels on AVX-512 CPUs it does not know;
+ * gf_blas_prefer_avx512(argv) re-executes the program once with OPENBLAS_CORETYPE=SkylakeX
+ * when the CPU and OS support AVX-512 and the user has not chosen a core type. Call it first
+ * thing in main, before MPI_Init. Returns only if no re-exec was needed or it failed.
+ */
+void gf_blas_prefer_avx512(char **argv);
+void gf_blas_set_threads(int n);   /* n <= 0: leave OpenBLAS's default */
+int gf_blas_threads(void);
+const char *gf_blas_corename(void);
+
+/* ------------------------------------------------------------------------------------------
+ * World tokenizer: greedy longest match over bytes (a byte trie), no pre-splitting.
+ */
+typedef struct gf_trie_node gf_trie_node;
+typedef struct gf_tokenizer {
+	gf_vocab vocab;          /* own copy */
+	gf_trie_node *nodes;     /* trie over token bytes */
+	int32_t n_nodes, cap_nodes;
+} gf_tokenizer;
+
+int gf_tokenizer_init(gf_tokenizer *tk, const gf_vocab *vocab, char *err);
+void gf_tokenizer_free(gf_tokenizer *tk);
+/* Token bytes of id (NULL and *len 0 for an id out of range or without bytes). */
+const uint8_t *gf_tokenizer_token(const gf_tokenizer *tk, int32_t id, size_t *len);
+
+/* Receives ids as the encoder finalises them; a non-zero return stops the encoder and is
+ * returned by feed/finish. */
+typedef int (*gf_token_sink)(void *user, const int32_t *ids, size_t n);
+
+/* Streaming encoder: input of any size, in pieces, in fixed memory. Output is identical to
+ * encoding the concatenated input in one go. */
+typedef struct gf_encoder {
+	const gf_tokenizer *tk;
+	uint8_t pending[2 * GF_TOKEN_MAX_BYTES];
+	size_t n_pending;
+	int32_t out[256];
+	size_t n_out;
+} gf_encoder;
+
+void gf_encoder_init(gf_encoder *enc, const gf_tokenizer *tk);
+int gf_encoder_feed(gf_encoder *enc, const uint8_t *data, size_t n, gf_token_sink sink, void *user);
+int gf_encoder_finish(gf_encoder *enc, gf_token_sink sink, void *user);
+/* One-shot encode into a malloc'd array (*ids, caller frees). */
+int gf_tokenize(const gf_tokenizer *tk, const uint8_t *data, size_t n, int32_t **ids, size_t *n_ids);
+
+/* Streaming decoder for text shown to people: emits only whole UTF-8 sequences, holding back
+ * a trailing partial one until the next ids complete it; bytes that can never form valid
+ * UTF-8 are passed through as they are (the output equals the concatenated token bytes). */
+typedef struct gf_decoder {
+	const gf_tokenizer *tk;
+	uint8_t held[8];
+	size_t n_held;
+} gf_decoder;
+
+void gf_decoder_init(gf_decoder *dec, const gf_tokenizer *tk);
+/* Appends the bytes now complete to out (capacity cap >= GF_TOKEN_MAX_BYTES + 8); *n_out set.
+ * -EINVAL for an id out of range. */
+int gf_decoder_push(gf_decoder *dec, int32_t id, uint8_t *out, size_t cap, size_t *n_out);
+int gf_decoder_flush(gf_decoder *dec, uint8_t *out, size_t cap, size_t *n_out);
+
+/* ------------------------------------------------------------------------------------------
+ * Sampling, with the parameter names LLM servers use. temperature <= 0 means greedy.
+ * Order: penalties, then temperature, top_k, top_p, min_p, then a draw from the seeded RNG.
+ */
+typedef struct gf_sampling {
+	float temperature;       /* 1.0 default; <= 0 greedy */
+	int32_t top_k;           /* 0 = off */
+	float top_p;             /* 1.0 = off */
+	float min_p;             /* 0.0 = off */
+	float presence_penalty;  /* subtracted once from the logit of every token already seen */
+	float frequency_penalty; /* subtracted per occurrence */
+	uint64_t seed;
+} gf_sampling;
+
+void gf_sampling_defaults(gf_sampling *p);
+/* Validates ranges (temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1 ...). */
+int gf_sampling_check(const gf_sampling *p, char *err);
+
+typedef struct gf_sampler {
+	gf_sampling p;
+	int32_t vocab;
+	uint64_t rng[4];      /* xoshiro256** state */
+	uint32_t *counts;     /* [vocab] occurrences, for the penalties */
+	int32_t *idx;         /* [vocab] scratch */
+	float *prob;          /* [vocab] scratch */
+} gf_sampler;
+
+int gf_sampler_init(gf_sampler *s, int32_t vocab, const gf_sampling *p);
+void gf_sampler_free(gf_sampler *s);
+/* Records a token of the context or the answer for the penalties. */
+void gf_sampler_accept(gf_sampler *s, int32_t tok);
+/* Picks the next token from logits [vocab] (modified in place). */
+int32_t gf_sampler_sample(gf_sampler *s, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GOLDFINCH_H */
