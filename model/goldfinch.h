@@ -239,13 +239,16 @@ uint64_t gf_model_decode_bytes(const gf_model *m);
 typedef struct gf_state {
 	float *shift;   /* [n_layer][2][C]: [l][0] last ln1(x) into time mix, [l][1] last ln2(x) */
 	float *wkv;     /* [G][H][N][N]: S[h][i][j], i = value channel, j = key channel */
+	float *tail;    /* [W][C]: Finch-stage outputs of the last n_tail positions, oldest first;
+			 * what the GOLD tail of the next prefill needs (W = gf_config_tail_window) */
+	int32_t n_tail;
 	int64_t n_pos;  /* tokens consumed */
 } gf_state;
 
 int gf_state_init(gf_state *st, const gf_config *cfg);   /* zeroed */
 void gf_state_reset(gf_state *st, const gf_config *cfg);
 int gf_state_copy(gf_state *dst, const gf_state *src, const gf_config *cfg); /* dst initialised */
-size_t gf_state_floats(const gf_config *cfg);             /* shift + wkv */
+size_t gf_state_floats(const gf_config *cfg);             /* shift + wkv (not tail) */
 void gf_state_free(gf_state *st);
 
 /* ------------------------------------------------------------------------------------------

@@ -1,0 +1,739 @@
+/*
+ * forward.c — the GoldFinch forward pass on the CPU (DESIGN.md §1-2).
+ *
+ * Everything is float32. Linear layers run as one OpenBLAS GEMM over a whole chunk of tokens
+ * (GEMV for one token, where GEMM with M = 1 is slow); the recurrences and the element-wise
+ * work run per token over rows laid out for the vectoriser. The workspace is sized once, so
+ * the chunk and decode paths allocate nothing (the only growth is gf_kv's storage).
+ */
+#include "goldfinch.h"
+#include "vecmath.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Keys are visited in blocks of this many positions (an online softmax across blocks). */
+#define KEY_BLOCK 256
+
+struct gf_workspace {
+	int max_chunk;       /* M */
+	float *x;            /* [M][C] residual stream */
+	float *xln;          /* [M][C] normalised input of the current mix */
+	float *dx;           /* [M][C] shift(xln) - xln */
+	float *mix;          /* [5][M][C] token-shift mixes (r, k, w, v, v2 for Finch) */
+	float *lora_in;      /* [M][C] */
+	float *lora_h;       /* [M][lora_max] */
+	float *r, *k, *w;    /* [M][A] */
+	float *v;            /* [2][M][A]: v then v2, one GEMM for both */
+	float *y;            /* [M][A] */
+	float *ffk;          /* [M][F] */
+	float *ffr;          /* [M][C] */
+	float *out;          /* [M][C] */
+	float *q;            /* [M][A] */
+	float *scores;       /* [M][KEY_BLOCK] */
+	float *att_max;      /* [M] running max of the online softmax */
+	float *att_sum;      /* [M] running denominator */
+	float *att_scale;    /* [M] */
+	float *e_cat;        /* [M+1][C+Ck]: [x0 ; c] rows, previous position first */
+	float *e_kc;         /* [M+1][A] key stream */
+	float *e_xn;         /* [M+1][C] rms(x0) */
+	float *e_dxn;        /* [M][C] */
+	float *fx;           /* [M][C] Finch-stage outputs of a chunk */
+	float *fc;           /* [M][Ck] its cache rows */
+	double *rope_freq;   /* [N/2] */
+	float *block;        /* the one allocation everything above points into */
+};
+
+int gf_workspace_max_chunk(const gf_workspace *ws)
+{
+	return ws->max_chunk;
+}
+
+static int imax(int a, int b)
+{
+	return a > b ? a : b;
+}
+
+int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
+{
+	const gf_config *c = &m->cfg;
+	if (max_chunk < 1)
+		return -EINVAL;
+	gf_workspace *ws = calloc(1, sizeof(*ws));
+	if (!ws)
+		return -ENOMEM;
+	const size_t M = (size_t)max_chunk, C = (size_t)c->n_embd, A = (size_t)c->dim_att;
+	const size_t F = (size_t)c->dim_ffn, Ck = (size_t)c->ckv_dim;
+	const size_t lmax = (size_t)imax(imax(imax(5 * c->lora_maa, c->lora_decay),
+					      imax(c->lora_value2, c->lora_maa_q)),
+					 imax(imax(2 * c->lora_maa_kv, c->lora_key), c->lora_value));
+	struct {
+		float **p;
+		size_t n;
+	} parts[] = {
+		{ &ws->x, M * C },       { &ws->xln, M * C },    { &ws->dx, M * C },
+		{ &ws->mix, 5 * M * C }, { &ws->lora_in, M * C }, { &ws->lora_h, M * lmax },
+		{ &ws->r, M * A },       { &ws->k, M * A },      { &ws->w, M * A },
+		{ &ws->v, 2 * M * A },   { &ws->y, M * A },      { &ws->ffk, M * F },
+		{ &ws->ffr, M * C },     { &ws->out, M * C },    { &ws->q, M * A },
+		{ &ws->scores, M * KEY_BLOCK }, { &ws->att_max, M }, { &ws->att_sum, M },
+		{ &ws->att_scale, M },   { &ws->e_cat, (M + 1) * (C + Ck) },
+		{ &ws->e_kc, (M + 1) * A }, { &ws->e_xn, (M + 1) * C }, { &ws->e_dxn, M * C },
+		{ &ws->fx, M * C },      { &ws->fc, M * Ck },
+	};
+	size_t total = 0;
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		total += (parts[i].n + 15) & ~(size_t)15; /* 64-byte aligned parts */
+	ws->block = aligned_alloc(64, total * sizeof(float));
+	ws->rope_freq = malloc(sizeof(double) * (size_t)(c->head_size / 2 + 1));
+	if (!ws->block || !ws->rope_freq) {
+		gf_workspace_free(ws);
+		return -ENOMEM;
+	}
+	memset(ws->block, 0, total * sizeof(float));
+	size_t at = 0;
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		*parts[i].p = ws->block + at;
+		at += (parts[i].n + 15) & ~(size_t)15;
+	}
+	/* RoPE frequencies: (base*rebase)^(-2i/N) / rescale, pairs (2i, 2i+1) of each head. */
+	for (int i = 0; i < c->head_size / 2; i++)
+		ws->rope_freq[i] = c->rope_base > 0 ?
+			pow((double)c->rope_base * c->rope_rebase, -2.0 * i / c->head_size) /
+				c->rope_rescale : 0.0;
+	ws->max_chunk = max_chunk;
+	*out = ws;
+	return 0;
+}
+
+void gf_workspace_free(gf_workspace *ws)
+{
+	if (!ws)
+		return;
+	free(ws->block);
+	free(ws->rope_freq);
+	free(ws);
+}
+
+/* ---- linear algebra ---------------------------------------------------------------------- */
+
+/* y[n][out] (ldy) = x[n][in] (ldx) . W^T + beta*y, W an nn.Linear weight [out][in]. */
+static void linear(const float *x, int ldx, int n, const float *W, int in, int out, float beta,
+		   float *y, int ldy)
+{
+	if (n == 1)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, x, 1, beta, y, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, W,
+			    in, beta, y, ldy);
+}
+
+/* y[n][out] (ldy) = x[n][in] (ldx) . W + beta*y, W a LoRA matrix [in][out]. */
+static void lora(const float *x, int ldx, int n, const float *W, int in, int out, float beta,
+		 float *y, int ldy)
+{
+	if (n == 1)
+		cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.0f, W, out, x, 1, beta, y, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, in, 1.0f, x, ldx, W,
+			    out, beta, y, ldy);
+}
+
+/* ---- row-wise helpers --------------------------------------------------------------------- */
+
+static void layernorm_rows(float *out, const float *in, int n, int dim, const float *w,
+			   const float *b)
+{
+	for (int t = 0; t < n; t++) {
+		const float *x = in + (size_t)t * dim;
+		float *o = out + (size_t)t * dim;
+		float mean = gf_vsum(x, dim) / (float)dim;
+		float var = gf_vsumsqdev(x, dim, mean) / (float)dim;
+		float inv = 1.0f / sqrtf(var + 1e-5f);
+		for (int i = 0; i < dim; i++)
+			o[i] = (x[i] - mean) * inv * w[i] + b[i];
+	}
+}
+
+/* rms(x) = x / (||x|| / sqrt(len) + 1e-8): the epsilon sits outside the root. */
+static void rms_rows(float *out, const float *in, int n, int dim)
+{
+	for (int t = 0; t < n; t++) {
+		const float *x = in + (size_t)t * dim;
+		float *o = out + (size_t)t * dim;
+		float s = gf_vsumsqdev(x, dim, 0.0f);
+		float inv = 1.0f / (sqrtf(s / (float)dim) + 1e-8f);
+		for (int i = 0; i < dim; i++)
+			o[i] = x[i] * inv;
+	}
+}
+
+/* dx[t] = xln[t-1] - xln[t] with xln[-1] = *prev; *prev becomes xln[n-1]. */
+static void shift_diff(float *dx, const float *xln, int n, int dim, float *prev)
+{
+	for (int i = 0; i < dim; i++)
+		dx[i] = prev[i] - xln[i];
+	for (int t = 1; t < n; t++) {
+		const float *a = xln + (size_t)(t - 1) * dim, *b = xln + (size_t)t * dim;
+		float *d = dx + (size_t)t * dim;
+		for (int i = 0; i < dim; i++)
+			d[i] = a[i] - b[i];
+	}
+	memcpy(prev, xln + (size_t)(n - 1) * dim, sizeof(float) * (size_t)dim);
+}
+
+/* out[t] = x[t] + d[t] * (mu + m[t]) (m may be NULL). */
+static void mix_rows(float *out, const float *x, const float *d, const float *mu, const float *m,
+		     int n, int dim)
+{
+	for (int t = 0; t < n; t++) {
+		const size_t o = (size_t)t * dim;
+		if (m)
+			for (int i = 0; i < dim; i++)
+				out[o + i] = x[o + i] + d[o + i] * (mu[i] + m[o + i]);
+		else
+			for (int i = 0; i < dim; i++)
+				out[o + i] = x[o + i] + d[o + i] * mu[i];
+	}
+}
+
+static void add_rows(float *x, const float *y, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] += y[i];
+}
+
+/* RoPE on rows of [n][A] at absolute positions pos0.., pairs (2i, 2i+1) inside each head. */
+static void rope_rows(const gf_config *c, const double *freq, float *x, int n, int64_t pos0)
+{
+	const int N = c->head_size, H = c->n_head, A = c->dim_att;
+	for (int t = 0; t < n; t++) {
+		float *row = x + (size_t)t * A;
+		for (int i = 0; i < N / 2; i++) {
+			/* The angle in double: positions run into the millions. */
+			double ang = (double)(pos0 + t) * freq[i];
+			float cs = (float)cos(ang), sn = (float)sin(ang);
+			for (int h = 0; h < H; h++) {
+				float *p = row + h * N + 2 * i;
+				float a = p[0], b = p[1];
+				p[0] = a * cs - b * sn;
+				p[1] = a * sn + b * cs;
+			}
+		}
+	}
+}
+
+/* ---- blocks ------------------------------------------------------------------------------- */
+
+static void channel_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, float *shift,
+			int n)
+{
+	const int C = m->cfg.n_embd, F = m->cfg.dim_ffn;
+	float *xk = ws->mix, *xr = ws->mix + (size_t)n * C;
+	layernorm_rows(ws->xln, ws->x, n, C, l->ln2_w, l->ln2_b);
+	shift_diff(ws->dx, ws->xln, n, C, shift);
+	mix_rows(xk, ws->xln, ws->dx, l->ffn_maa_k, NULL, n, C);
+	mix_rows(xr, ws->xln, ws->dx, l->ffn_maa_r, NULL, n, C);
+	linear(xk, C, n, l->ffn_key, C, F, 0.0f, ws->ffk, F);
+	gf_vrelu_sq(ws->ffk, (size_t)n * F);
+	linear(xr, C, n, l->ffn_receptance, C, C, 0.0f, ws->ffr, C);
+	gf_vsigmoid(ws->ffr, (size_t)n * C);
+	linear(ws->ffk, F, n, l->ffn_value, F, C, 0.0f, ws->out, C);
+	gf_vmul_add(ws->x, ws->ffr, ws->out, (size_t)n * C);
+}
+
+/* One head's WKV-6 recurrence over n tokens: y_i = sum_j r_j S[i][j], then
+ * S[i][j] = S[i][j] * decay_j + k_j v_i (bonus u = 0 in Finch-C2). */
+static void wkv_head(float *S, const float *r, const float *k, const float *v, const float *decay,
+		     float *y, int n, int N, int A)
+{
+	for (int t = 0; t < n; t++) {
+		const size_t o = (size_t)t * A;
+		gf_wkv_step(S, r + o, k + o, v + o, decay + o, y + o, N);
+	}
+}
+
+static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, float *shift,
+			   float *S, int n)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, A = c->dim_att, N = c->head_size, H = c->n_head;
+	const int Dm = c->lora_maa;
+	const size_t nC = (size_t)n * C, nA = (size_t)n * A;
+
+	layernorm_rows(ws->xln, ws->x, n, C, l->ln1_w, l->ln1_b);
+	shift_diff(ws->dx, ws->xln, n, C, shift);
+
+	/* Five data-dependent token-shift mixes from one LoRA: slices r, k, v, w, v2. */
+	mix_rows(ws->lora_in, ws->xln, ws->dx, l->maa_x, NULL, n, C);
+	lora(ws->lora_in, C, n, l->maa_w1, C, 5 * Dm, 0.0f, ws->lora_h, 5 * Dm);
+	gf_vtanh(ws->lora_h, (size_t)n * 5 * Dm);
+	/* Buffer order r, k, w, v, v2 keeps v and v2 adjacent for one value GEMM. */
+	static const int slot[5] = { 0, 1, 3, 2, 4 }; /* slice j -> buffer */
+	const float *mu[5] = { l->maa_r, l->maa_k, l->maa_v, l->maa_w, l->maa_v2 };
+	for (int j = 0; j < 5; j++) {
+		float *dst = ws->mix + (size_t)slot[j] * nC;
+		lora(ws->lora_h + j * Dm, 5 * Dm, n, l->maa_w2 + (size_t)j * Dm * C, Dm, C, 0.0f, dst, C);
+		mix_rows(dst, ws->xln, ws->dx, mu[j], dst, n, C);
+	}
+	float *xr = ws->mix, *xk = ws->mix + nC, *xw = ws->mix + 2 * nC;
+	float *xv = ws->mix + 3 * nC, *xv2 = ws->mix + 4 * nC;
+	float *v = ws->v, *v2 = ws->v + nA;
+
+	linear(xr, C, n, l->att_receptance, C, A, 0.0f, ws->r, A);
+	linear(xk, C, n, l->att_key, C, A, 0.0f, ws->k, A);
+	linear(xv, C, 2 * n, l->att_value, C, A, 0.0f, v, A); /* v and v2's linear part */
+	lora(xv2, C, n, l->value2_w1, C, c->lora_value2, 0.0f, ws->lora_h, c->lora_value2);
+	gf_vtanh(ws->lora_h, (size_t)n * c->lora_value2);
+	lora(ws->lora_h, c->lora_value2, n, l->value2_w2, c->lora_value2, A, 1.0f, v2, A);
+
+	/* w = time_decay + LoRA; decay = exp(-exp(w)); k *= 1 - decay. */
+	lora(xw, C, n, l->decay_w1, C, c->lora_decay, 0.0f, ws->lora_h, c->lora_decay);
+	gf_vtanh(ws->lora_h, (size_t)n * c->lora_decay);
+	for (int t = 0; t < n; t++)
+		memcpy(ws->w + (size_t)t * A, l->time_decay, sizeof(float) * (size_t)A);
+	lora(ws->lora_h, c->lora_decay, n, l->decay_w2, c->lora_decay, A, 1.0f, ws->w, A);
+	gf_vdecay(ws->w, ws->k, nA);
+
+	for (int h = 0; h < H; h++)
+		wkv_head(S + (size_t)h * N * N, ws->r + h * N, ws->k + h * N, v + h * N,
+			 ws->w + h * N, ws->y + h * N, n, N, A);
+
+	add_rows(ws->y, v2, nA);
+	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);
+	linear(ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C); /* x += output(y) */
+}
+
+static void embed_rows(const gf_model *m, const int32_t *tok, int n, float *x0)
+{
+	const int C = m->cfg.n_embd;
+	for (int t = 0; t < n; t++)
+		memcpy(x0 + (size_t)t * C, m->emb + (size_t)tok[t] * C, sizeof(float) * (size_t)C);
+	layernorm_rows(x0, x0, n, C, m->ln0_w, m->ln0_b);
+}
+
+static int check_tokens(const gf_model *m, const int32_t *tok, int64_t n)
+{
+	for (int64_t t = 0; t < n; t++)
+		if (tok[t] < 0 || tok[t] >= m->cfg.vocab_size)
+			return -EINVAL;
+	return 0;
+}
+
+int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int32_t *tok,
+		   int n, float *x0_out, float *x_out, float *c_out)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, N = c->head_size, H = c->n_head;
+	if (n < 1 || n > ws->max_chunk)
+		return -EINVAL;
+	if (check_tokens(m, tok, n))
+		return -EINVAL;
+	embed_rows(m, tok, n, ws->x);
+	if (x0_out)
+		memcpy(x0_out, ws->x, sizeof(float) * (size_t)n * C);
+	for (int b = 0; b < c->first_gold; b++) {
+		const gf_layer *l = &m->layers[b];
+		float *shift = st->shift + (size_t)b * 2 * C;
+		finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n);
+		channel_mix(m, ws, l, shift + C, n);
+	}
+	if (x_out)
+		memcpy(x_out, ws->x, sizeof(float) * (size_t)n * C);
+	if (c_out)
+		linear(ws->x, C, n, m->w_kv_cache_a, C, c->ckv_dim, 0.0f, c_out, c->ckv_dim);
+	return 0;
+}
+
+/* ---- GOLD keys and values ------------------------------------------------------------------ */
+
+/* Grows kv so it can hold `need` positions; layers are laid out [n_gold][cap][A]. */
+static int kv_reserve(gf_kv *kv, const gf_config *c, int64_t need)
+{
+	if (need <= kv->cap)
+		return 0;
+	int64_t cap = kv->cap ? kv->cap : 256;
+	while (cap < need)
+		cap *= 2;
+	const size_t A = (size_t)c->dim_att, Ck = (size_t)c->ckv_dim, G = (size_t)kv->n_gold;
+	float *nc = malloc(sizeof(float) * (size_t)cap * Ck);
+	int32_t *nt = malloc(sizeof(int32_t) * (size_t)cap);
+	float *nk = malloc(sizeof(float) * (size_t)cap * A * G);
+	float *nv = malloc(sizeof(float) * (size_t)cap * A * G);
+	if (!nc || !nt || !nk || !nv) {
+		free(nc);
+		free(nt);
+		free(nk);
+		free(nv);
+		return -ENOMEM;
+	}
+	if (kv->n_pos) {
+		memcpy(nc, kv->c, sizeof(float) * (size_t)kv->n_pos * Ck);
+		memcpy(nt, kv->tok, sizeof(int32_t) * (size_t)kv->n_pos);
+		for (size_t g = 0; g < G; g++) {
+			memcpy(nk + g * cap * A, kv->k + g * kv->cap * A, sizeof(float) * kv->n_pos * A);
+			memcpy(nv + g * cap * A, kv->v + g * kv->cap * A, sizeof(float) * kv->n_pos * A);
+		}
+	}
+	free(kv->c);
+	free(kv->tok);
+	free(kv->k);
+	free(kv->v);
+	kv->c = nc;
+	kv->tok = nt;
+	kv->k = nk;
+	kv->v = nv;
+	kv->cap = cap;
+	return 0;
+}
+
+/* Key stream and rms(x0) of n+1 rows: the position before t0 (zeros at t0 = 0) and t0..t0+n-1.
+ * Rows are e_kc[0..n], e_xn[0..n]. */
+static void key_stream_rows(const gf_model *m, gf_workspace *ws, const float *c_rows,
+			    const int32_t *tok_rows, int n, int has_prev)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, A = c->dim_att, Ck = c->ckv_dim, W = C + Ck;
+	const int first = has_prev ? 0 : 1;
+	if (!has_prev) {
+		memset(ws->e_kc, 0, sizeof(float) * (size_t)A);
+		memset(ws->e_xn, 0, sizeof(float) * (size_t)C);
+	}
+	const int rows = n + 1 - first;
+	float *cat = ws->e_cat + (size_t)first * W;
+	for (int r = 0; r < rows; r++) {
+		float *row = cat + (size_t)r * W;
+		memcpy(row, m->emb + (size_t)tok_rows[r] * C, sizeof(float) * (size_t)C);
+		layernorm_rows(row, row, 1, C, m->ln0_w, m->ln0_b);
+		memcpy(row + C, c_rows + (size_t)r * Ck, sizeof(float) * (size_t)Ck);
+		rms_rows(ws->e_xn + (size_t)(first + r) * C, row, 1, C);
+	}
+	linear(cat, W, rows, m->w_kv_cache_b, W, A, 0.0f, ws->e_kc + (size_t)first * A, A);
+	rms_rows(ws->e_kc + (size_t)first * A, ws->e_kc + (size_t)first * A, rows, A);
+}
+
+/* Keys and values of GOLD block l for the n positions whose key stream rows are
+ * e_kc[1..n], e_xn[1..n] (row 0 = the position before). Writes k [n][A], v [n][A]. */
+static void expand_layer(const gf_model *m, gf_workspace *ws, const gf_layer *l, int n,
+			 int64_t pos0, float *k, float *v)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, A = c->dim_att, Dkv = c->lora_maa_kv;
+	const float *xn = ws->e_xn + C, *kc = ws->e_kc + A;
+	float *dxn = ws->e_dxn, *mk = ws->mix, *mv = ws->mix + (size_t)n * C;
+	const size_t nC = (size_t)n * C;
+
+	for (size_t i = 0; i < nC; i++)
+		dxn[i] = ws->e_xn[i] - xn[i];
+	mix_rows(ws->lora_in, xn, dxn, l->maa_v_cache, NULL, n, C);
+	lora(ws->lora_in, C, n, l->maa_kv_w1, C, 2 * Dkv, 0.0f, ws->lora_h, 2 * Dkv);
+	gf_vtanh(ws->lora_h, (size_t)n * 2 * Dkv);
+	lora(ws->lora_h, 2 * Dkv, n, l->maa_kv_w2, Dkv, C, 0.0f, mk, C);
+	lora(ws->lora_h + Dkv, 2 * Dkv, n, l->maa_kv_w2 + (size_t)Dkv * C, Dkv, C, 0.0f, mv, C);
+
+	/* k = kc + (shift(kc) - kc) * (maa_k + mk); k += tanh(k W1) W2; ln_k. */
+	for (int t = 0; t < n; t++) {
+		const float *cur = kc + (size_t)t * A, *prev = ws->e_kc + (size_t)t * A;
+		const float *mkt = mk + (size_t)t * C;
+		float *kt = k + (size_t)t * A;
+		for (int i = 0; i < A; i++)
+			kt[i] = cur[i] + (prev[i] - cur[i]) * (l->maa_gk[i] + mkt[i]);
+	}
+	lora(k, A, n, l->key_w1, A, c->lora_key, 0.0f, ws->lora_h, c->lora_key);
+	gf_vtanh(ws->lora_h, (size_t)n * c->lora_key);
+	lora(ws->lora_h, c->lora_key, n, l->key_w2, c->lora_key, A, 1.0f, k, A);
+	layernorm_rows(k, k, n, A, l->ln_k_w, l->ln_k_b);
+	if (c->rope_base > 0)
+		rope_rows(c, ws->rope_freq, k, n, pos0);
+
+	/* v = xn + dxn * (maa_v + mv); v += tanh(v W1) W2; ln_v. */
+	mix_rows(v, xn, dxn, l->maa_gv, mv, n, C);
+	lora(v, C, n, l->value_w1, C, c->lora_value, 0.0f, ws->lora_h, c->lora_value);
+	gf_vtanh(ws->lora_h, (size_t)n * c->lora_value);
+	lora(ws->lora_h, c->lora_value, n, l->value_w2, c->lora_value, A, 1.0f, v, A);
+	layernorm_rows(v, v, n, A, l->ln_v_w, l->ln_v_b);
+}
+
+int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c_rows,
+		 const int32_t *tok, int64_t n)
+{
+	const gf_config *c = &m->cfg;
+	const int A = c->dim_att, Ck = c->ckv_dim;
+	if (n < 0 || check_tokens(m, tok, n))
+		return -EINVAL;
+	int rc = kv_reserve(kv, c, kv->n_pos + n);
+	if (rc)
+		return rc;
+	memcpy(kv->c + (size_t)kv->n_pos * Ck, c_rows, sizeof(float) * (size_t)n * Ck);
+	memcpy(kv->tok + kv->n_pos, tok, sizeof(int32_t) * (size_t)n);
+	for (int64_t done = 0; done < n;) {
+		const int step = (int)(n - done < ws->max_chunk ? n - done : ws->max_chunk);
+		const int64_t t0 = kv->n_pos + done;
+		const int has_prev = t0 > 0;
+		/* Rows from the position before t0: its c and token are already in kv. */
+		key_stream_rows(m, ws, kv->c + (size_t)(t0 - has_prev) * Ck, kv->tok + t0 - has_prev,
+				step, has_prev);
+		for (int g = 0; g < kv->n_gold; g++) {
+			const gf_layer *l = &m->layers[c->first_gold + g];
+			float *k = kv->k + ((size_t)g * kv->cap + t0) * A;
+			float *v = kv->v + ((size_t)g * kv->cap + t0) * A;
+			expand_layer(m, ws, l, step, t0, k, v);
+		}
+		done += step;
+	}
+	kv->n_pos += n;
+	return 0;
+}
+
+/* ---- GOLD attention and blocks ------------------------------------------------------------ */
+
+/* Causal softmax attention of n queries at positions p0.. over keys 0..p (per query), one
+ * head at a time, keys in blocks with an online softmax. q [n][A] in, y [n][A] out. */
+static void attention(const gf_config *c, gf_workspace *ws, const float *K, const float *V,
+		      const float *q, float *y, int64_t p0, int n)
+{
+	const int N = c->head_size, H = c->n_head, A = c->dim_att;
+	const float scale = 1.0f / sqrtf((float)N);
+	const int64_t n_keys = p0 + n;
+	for (int h = 0; h < H; h++) {
+		const float *qh = q + h * N;
+		float *yh = y + h * N;
+		for (int t = 0; t < n; t++) {
+			ws->att_max[t] = -INFINITY;
+			ws->att_sum[t] = 0.0f;
+			memset(yh + (size_t)t * A, 0, sizeof(float) * (size_t)N);
+		}
+		for (int64_t kb = 0; kb < n_keys; kb += KEY_BLOCK) {
+			const int nb = (int)(n_keys - kb < KEY_BLOCK ? n_keys - kb : KEY_BLOCK);
+			const float *Kb = K + (size_t)kb * A + h * N, *Vb = V + (size_t)kb * A + h * N;
+			/* Only queries that see some key of this block take part. */
+			int t_first = kb > p0 ? (int)(kb - p0) : 0;
+			int nq = n - t_first;
+			if (nq <= 0)
+				break;
+			float *S = ws->scores;
+			if (nq == 1)
+				cblas_sgemv(CblasRowMajor, CblasNoTrans, nb, N, scale, Kb, A,
+					    qh + (size_t)t_first * A, 1, 0.0f, S, 1);
+			else
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nb, N, scale,
+					    qh + (size_t)t_first * A, A, Kb, A, 0.0f, S, nb);
+			for (int i = 0; i < nq; i++) {
+				const int t = t_first + i;
+				float *s = S + (size_t)i * nb;
+				/* Query at p0+t sees keys up to p0+t. */
+				int visible = (int)(p0 + t - kb + 1);
+				if (visible > nb)
+					visible = nb;
+				float mx = ws->att_max[t];
+				for (int j = 0; j < visible; j++)
+					mx = s[j] > mx ? s[j] : mx;
+				const float rescale = expf(ws->att_max[t] - mx);
+				float sum = 0.0f;
+				for (int j = 0; j < visible; j++) {
+					s[j] = expf(s[j] - mx);
+					sum += s[j];
+				}
+				for (int j = visible; j < nb; j++)
+					s[j] = 0.0f;
+				ws->att_sum[t] = ws->att_sum[t] * rescale + sum;
+				ws->att_max[t] = mx;
+				ws->att_scale[t] = rescale;
+				float *yt = yh + (size_t)t * A;
+				if (rescale != 1.0f)
+					for (int d = 0; d < N; d++)
+						yt[d] *= rescale;
+			}
+			if (nq == 1)
+				cblas_sgemv(CblasRowMajor, CblasTrans, nb, N, 1.0f, Vb, A, S, 1, 1.0f,
+					    yh + (size_t)t_first * A, 1);
+			else
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, N, nb, 1.0f,
+					    S, nb, Vb, A, 1.0f, yh + (size_t)t_first * A, A);
+		}
+		for (int t = 0; t < n; t++) {
+			const float inv = 1.0f / ws->att_sum[t];
+			float *yt = yh + (size_t)t * A;
+			for (int d = 0; d < N; d++)
+				yt[d] *= inv;
+		}
+	}
+}
+
+static void gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, int g,
+			  float *shift, const gf_kv *kv, int64_t p0, int n)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, A = c->dim_att, Dq = c->lora_maa_q;
+
+	layernorm_rows(ws->xln, ws->x, n, C, l->ln1_w, l->ln1_b);
+	shift_diff(ws->dx, ws->xln, n, C, shift);
+	mix_rows(ws->lora_in, ws->xln, ws->dx, l->maa_x, NULL, n, C);
+	lora(ws->lora_in, C, n, l->maa_q_w1, C, Dq, 0.0f, ws->lora_h, Dq);
+	gf_vtanh(ws->lora_h, (size_t)n * Dq);
+	lora(ws->lora_h, Dq, n, l->maa_q_w2, Dq, C, 0.0f, ws->mix, C);
+	mix_rows(ws->mix, ws->xln, ws->dx, l->maa_q, ws->mix, n, C);
+	linear(ws->mix, C, n, l->att_query, C, A, 0.0f, ws->q, A);
+	layernorm_rows(ws->q, ws->q, n, A, l->ln_q_w, l->ln_q_b);
+	if (c->rope_base > 0)
+		rope_rows(c, ws->rope_freq, ws->q, n, p0);
+
+	const float *K = kv->k + (size_t)g * kv->cap * A, *V = kv->v + (size_t)g * kv->cap * A;
+	attention(c, ws, K, V, ws->q, ws->y, p0, n);
+	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);
+	linear(ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C);
+}
+
+int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const gf_kv *kv,
+		  const float *x_in, int64_t p0, int n, float *logits, bool last_only)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, V = c->vocab_size;
+	if (n < 1 || n > ws->max_chunk || p0 < 0 || kv->n_pos < p0 + n)
+		return -EINVAL;
+	memcpy(ws->x, x_in, sizeof(float) * (size_t)n * C);
+	for (int b = c->first_gold; b < c->n_layer; b++) {
+		const gf_layer *l = &m->layers[b];
+		float *shift = st->shift + (size_t)b * 2 * C;
+		gold_time_mix(m, ws, l, b - c->first_gold, shift, kv, p0, n);
+		channel_mix(m, ws, l, shift + C, n);
+	}
+	if (!logits)
+		return 0;
+	const int first = last_only ? n - 1 : 0;
+	const int rows = n - first;
+	layernorm_rows(ws->xln, ws->x + (size_t)first * C, rows, C, m->ln_out_w, m->ln_out_b);
+	linear(ws->xln, C, rows, m->head, C, V, 0.0f, logits, V);
+	return 0;
+}
+
+/* ---- whole-sequence entry points ---------------------------------------------------------- */
+
+int gf_forward_full(const gf_model *m, const int32_t *tok, int64_t T, float *logits,
+		    float *c_out, float *kc_out, float *finch_out, char *err)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, Ck = c->ckv_dim, A = c->dim_att;
+	const int chunk = 128;
+	gf_workspace *ws = NULL;
+	gf_state st = { 0 };
+	gf_kv kv = { 0 };
+	float *x = NULL, *cc = NULL;
+	int rc;
+	if (T < 1) {
+		if (err)
+			snprintf(err, GF_ERR_LEN, "empty input: no tokens to run");
+		return -EINVAL;
+	}
+	for (int64_t t = 0; t < T; t++)
+		if (tok[t] < 0 || tok[t] >= c->vocab_size) {
+			if (err)
+				snprintf(err, GF_ERR_LEN, "token %d at position %lld is outside the vocabulary (0..%d)",
+					 tok[t], (long long)t, c->vocab_size - 1);
+			return -EINVAL;
+		}
+	rc = gf_workspace_init(&ws, m, chunk);
+	if (!rc)
+		rc = gf_state_init(&st, c);
+	if (!rc)
+		rc = gf_kv_init(&kv, c, T);
+	x = malloc(sizeof(float) * (size_t)T * C);
+	cc = malloc(sizeof(float) * (size_t)T * Ck);
+	if (rc || !x || !cc) {
+		rc = rc ? rc : -ENOMEM;
+		if (err)
+			snprintf(err, GF_ERR_LEN, "out of memory for %lld tokens", (long long)T);
+		goto free_all;
+	}
+	for (int64_t t = 0; t < T; t += chunk) {
+		int n = (int)(T - t < chunk ? T - t : chunk);
+		gf_finch_chunk(m, ws, &st, tok + t, n, NULL, x + (size_t)t * C, cc + (size_t)t * Ck);
+	}
+	if ((rc = gf_kv_append(m, ws, &kv, cc, tok, T))) {
+		if (err)
+			snprintf(err, GF_ERR_LEN, "out of memory expanding keys for %lld tokens", (long long)T);
+		goto free_all;
+	}
+	if (finch_out)
+		memcpy(finch_out, x, sizeof(float) * (size_t)T * C);
+	if (c_out)
+		memcpy(c_out, cc, sizeof(float) * (size_t)T * Ck);
+	if (kc_out)
+		for (int64_t t = 0; t < T; t += chunk) {
+			int n = (int)(T - t < chunk ? T - t : chunk);
+			key_stream_rows(m, ws, cc + (size_t)t * Ck, tok + t, n, 0);
+			memcpy(kc_out + (size_t)t * A, ws->e_kc + A, sizeof(float) * (size_t)n * A);
+		}
+	for (int64_t t = 0; t < T; t += chunk) {
+		int n = (int)(T - t < chunk ? T - t : chunk);
+		gf_gold_chunk(m, ws, &st, &kv, x + (size_t)t * C, t, n,
+			      logits + (size_t)t * c->vocab_size, false);
+	}
+free_all:
+	free(x);
+	free(cc);
+	gf_kv_free(&kv);
+	gf_state_free(&st);
+	gf_workspace_free(ws);
+	return rc;
+}
+
+/* Appends n Finch-stage output rows to the state's window of the last W. */
+static void tail_push(const gf_config *c, gf_state *st, const float *x, int n)
+{
+	const int C = c->n_embd, W = gf_config_tail_window(c);
+	if (n >= W) {
+		memcpy(st->tail, x + (size_t)(n - W) * C, sizeof(float) * (size_t)W * C);
+		st->n_tail = W;
+		return;
+	}
+	int keep = st->n_tail + n > W ? W - n : st->n_tail;
+	memmove(st->tail, st->tail + (size_t)(st->n_tail - keep) * C, sizeof(float) * (size_t)keep * C);
+	memcpy(st->tail + (size_t)keep * C, x, sizeof(float) * (size_t)n * C);
+	st->n_tail = keep + n;
+}
+
+int gf_prefill(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv,
+	       const int32_t *tok, int64_t n, float *logits_last)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, M = ws->max_chunk;
+	int rc;
+	if (n < 1 || gf_config_tail_window(c) > M || st->n_pos != kv->n_pos)
+		return -EINVAL;
+	if (check_tokens(m, tok, n))
+		return -EINVAL;
+	for (int64_t t = 0; t < n; t += M) {
+		const int step = (int)(n - t < M ? n - t : M);
+		gf_finch_chunk(m, ws, st, tok + t, step, NULL, ws->fx, ws->fc);
+		if ((rc = gf_kv_append(m, ws, kv, ws->fc, tok + t, step)))
+			return rc;
+		tail_push(c, st, ws->fx, step);
+		st->n_pos += step;
+	}
+	/* The GOLD tail: only the last W positions, from zero shift state (DESIGN.md fact 3);
+	 * the last position and every GOLD shift state come out exact. */
+	for (int b = c->first_gold; b < c->n_layer; b++)
+		memset(st->shift + (size_t)b * 2 * C, 0, sizeof(float) * 2 * (size_t)C);
+	return gf_gold_chunk(m, ws, st, kv, st->tail, st->n_pos - st->n_tail, st->n_tail,
+			     logits_last, true);
+}
+
+int gf_decode_step(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv, int32_t tok,
+		   float *logits)
+{
+	int rc;
+	if (st->n_pos != kv->n_pos)
+		return -EINVAL;
+	if ((rc = gf_finch_chunk(m, ws, st, &tok, 1, NULL, ws->fx, ws->fc)))
+		return rc;
+	if ((rc = gf_kv_append(m, ws, kv, ws->fc, &tok, 1)))
+		return rc;
+	tail_push(&m->cfg, st, ws->fx, 1);
+	st->n_pos++;
+	return gf_gold_chunk(m, ws, st, kv, ws->fx, st->n_pos - 1, 1, logits, false);
+}
