@@ -126,6 +126,8 @@ void gf_convert_to_f32(gf_dtype t, const void *src, float *dst, size_t n)
 {
 	size_t i;
 
+	if (n == 0)
+		return;
 	switch (t) {
 	case GF_DTYPE_F32:
 		memmove(dst, src, n * sizeof(float));

@@ -7,6 +7,7 @@
  * the chunk and decode paths allocate nothing (the only growth is gf_kv's storage).
  */
 #include "goldfinch.h"
+#include "pool.h"
 #include "vecmath.h"
 
 #include <cblas.h>
@@ -45,6 +46,7 @@ struct gf_workspace {
 	float *fx;           /* [M][C] Finch-stage outputs of a chunk */
 	float *fc;           /* [M][Ck] its cache rows */
 	double *rope_freq;   /* [N/2] */
+	gf_pool *pool;       /* splits the decode path's matrix-vector products */
 	float *block;        /* the one allocation everything above points into */
 };
 
@@ -90,7 +92,7 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 		total += (parts[i].n + 15) & ~(size_t)15; /* 64-byte aligned parts */
 	ws->block = aligned_alloc(64, total * sizeof(float));
 	ws->rope_freq = malloc(sizeof(double) * (size_t)(c->head_size / 2 + 1));
-	if (!ws->block || !ws->rope_freq) {
+	if (!ws->block || !ws->rope_freq || gf_pool_init(&ws->pool, gf_blas_threads())) {
 		gf_workspace_free(ws);
 		return -ENOMEM;
 	}
@@ -116,20 +118,46 @@ void gf_workspace_free(gf_workspace *ws)
 		return;
 	free(ws->block);
 	free(ws->rope_freq);
+	gf_pool_free(ws->pool);
 	free(ws);
 }
 
 /* ---- linear algebra ---------------------------------------------------------------------- */
 
-/* y[n][out] (ldy) = x[n][in] (ldx) . W^T + beta*y, W an nn.Linear weight [out][in]. */
-static void linear(const float *x, int ldx, int n, const float *W, int in, int out, float beta,
-		   float *y, int ldy)
+struct gemv_job {
+	const float *W, *x;
+	float *y;
+	int in, out, ldx, n, ldy;
+	float beta;
+};
+
+/* Part `part` of n_parts takes a contiguous range of output rows (a multiple of 16). */
+static void gemv_part(void *arg, int part, int n_parts)
 {
-	if (n == 1)
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, x, 1, beta, y, 1);
-	else
+	const struct gemv_job *j = arg;
+	int per = ((j->out + n_parts - 1) / n_parts + 15) & ~15;
+	int o0 = part * per, o1 = o0 + per < j->out ? o0 + per : j->out;
+	if (o0 < o1)
+		gf_gemv_rows(j->W + (size_t)o0 * j->in, j->in, o1 - o0, j->x, j->ldx, j->n, j->beta,
+			     j->y + o0, j->ldy);
+}
+
+/* y[n][out] (ldy) = x[n][in] (ldx) . W^T + beta*y, W an nn.Linear weight [out][in]. A few
+ * rows (decode) go through the pool's GEMV, which streams W once at memory speed; a chunk
+ * goes through OpenBLAS sgemm. */
+static void linear(gf_workspace *ws, const float *x, int ldx, int n, const float *W, int in,
+		   int out, float beta, float *y, int ldy)
+{
+	if (n <= GF_GEMV_MAX_ROWS) {
+		struct gemv_job j = { W, x, y, in, out, ldx, n, ldy, beta };
+		if (gf_pool_threads(ws->pool) > 1 && (size_t)in * out >= 65536)
+			gf_pool_run(ws->pool, gemv_part, &j);
+		else
+			gemv_part(&j, 0, 1);
+	} else {
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, W,
 			    in, beta, y, ldy);
+	}
 }
 
 /* y[n][out] (ldy) = x[n][in] (ldx) . W + beta*y, W a LoRA matrix [in][out]. */
@@ -137,7 +165,7 @@ static void lora(const float *x, int ldx, int n, const float *W, int in, int out
 		 float *y, int ldy)
 {
 	if (n == 1)
-		cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.0f, W, out, x, 1, beta, y, 1);
+		gf_gemv_cols(W, in, out, x, beta, y);
 	else
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, in, 1.0f, x, ldx, W,
 			    out, beta, y, ldy);
@@ -238,11 +266,11 @@ static void channel_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, 
 	shift_diff(ws->dx, ws->xln, n, C, shift);
 	mix_rows(xk, ws->xln, ws->dx, l->ffn_maa_k, NULL, n, C);
 	mix_rows(xr, ws->xln, ws->dx, l->ffn_maa_r, NULL, n, C);
-	linear(xk, C, n, l->ffn_key, C, F, 0.0f, ws->ffk, F);
+	linear(ws, xk, C, n, l->ffn_key, C, F, 0.0f, ws->ffk, F);
 	gf_vrelu_sq(ws->ffk, (size_t)n * F);
-	linear(xr, C, n, l->ffn_receptance, C, C, 0.0f, ws->ffr, C);
+	linear(ws, xr, C, n, l->ffn_receptance, C, C, 0.0f, ws->ffr, C);
 	gf_vsigmoid(ws->ffr, (size_t)n * C);
-	linear(ws->ffk, F, n, l->ffn_value, F, C, 0.0f, ws->out, C);
+	linear(ws, ws->ffk, F, n, l->ffn_value, F, C, 0.0f, ws->out, C);
 	gf_vmul_add(ws->x, ws->ffr, ws->out, (size_t)n * C);
 }
 
@@ -284,9 +312,9 @@ static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *
 	float *xv = ws->mix + 3 * nC, *xv2 = ws->mix + 4 * nC;
 	float *v = ws->v, *v2 = ws->v + nA;
 
-	linear(xr, C, n, l->att_receptance, C, A, 0.0f, ws->r, A);
-	linear(xk, C, n, l->att_key, C, A, 0.0f, ws->k, A);
-	linear(xv, C, 2 * n, l->att_value, C, A, 0.0f, v, A); /* v and v2's linear part */
+	linear(ws, xr, C, n, l->att_receptance, C, A, 0.0f, ws->r, A);
+	linear(ws, xk, C, n, l->att_key, C, A, 0.0f, ws->k, A);
+	linear(ws, xv, C, 2 * n, l->att_value, C, A, 0.0f, v, A); /* v and v2's linear part */
 	lora(xv2, C, n, l->value2_w1, C, c->lora_value2, 0.0f, ws->lora_h, c->lora_value2);
 	gf_vtanh(ws->lora_h, (size_t)n * c->lora_value2);
 	lora(ws->lora_h, c->lora_value2, n, l->value2_w2, c->lora_value2, A, 1.0f, v2, A);
@@ -305,7 +333,7 @@ static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *
 
 	add_rows(ws->y, v2, nA);
 	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);
-	linear(ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C); /* x += output(y) */
+	linear(ws, ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C); /* x += output(y) */
 }
 
 static void embed_rows(const gf_model *m, const int32_t *tok, int n, float *x0)
@@ -345,7 +373,7 @@ int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int3
 	if (x_out)
 		memcpy(x_out, ws->x, sizeof(float) * (size_t)n * C);
 	if (c_out)
-		linear(ws->x, C, n, m->w_kv_cache_a, C, c->ckv_dim, 0.0f, c_out, c->ckv_dim);
+		linear(ws, ws->x, C, n, m->w_kv_cache_a, C, c->ckv_dim, 0.0f, c_out, c->ckv_dim);
 	return 0;
 }
 
@@ -412,7 +440,7 @@ static void key_stream_rows(const gf_model *m, gf_workspace *ws, const float *c_
 		memcpy(row + C, c_rows + (size_t)r * Ck, sizeof(float) * (size_t)Ck);
 		rms_rows(ws->e_xn + (size_t)(first + r) * C, row, 1, C);
 	}
-	linear(cat, W, rows, m->w_kv_cache_b, W, A, 0.0f, ws->e_kc + (size_t)first * A, A);
+	linear(ws, cat, W, rows, m->w_kv_cache_b, W, A, 0.0f, ws->e_kc + (size_t)first * A, A);
 	rms_rows(ws->e_kc + (size_t)first * A, ws->e_kc + (size_t)first * A, rows, A);
 }
 
@@ -516,9 +544,11 @@ static void attention(const gf_config *c, gf_workspace *ws, const float *K, cons
 			if (nq <= 0)
 				break;
 			float *S = ws->scores;
+			/* One query (decode) stays off OpenBLAS, whose threads would wake and
+			 * compete with the decode pool for the cores. */
 			if (nq == 1)
-				cblas_sgemv(CblasRowMajor, CblasNoTrans, nb, N, scale, Kb, A,
-					    qh + (size_t)t_first * A, 1, 0.0f, S, 1);
+				for (int j = 0; j < nb; j++)
+					S[j] = scale * gf_vdot(Kb + (size_t)j * A, qh + (size_t)t_first * A, N);
 			else
 				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nb, N, scale,
 					    qh + (size_t)t_first * A, A, Kb, A, 0.0f, S, nb);
@@ -549,8 +579,8 @@ static void attention(const gf_config *c, gf_workspace *ws, const float *K, cons
 						yt[d] *= rescale;
 			}
 			if (nq == 1)
-				cblas_sgemv(CblasRowMajor, CblasTrans, nb, N, 1.0f, Vb, A, S, 1, 1.0f,
-					    yh + (size_t)t_first * A, 1);
+				for (int j = 0; j < nb; j++)
+					gf_vaxpy(yh + (size_t)t_first * A, S[j], Vb + (size_t)j * A, N);
 			else
 				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, N, nb, 1.0f,
 					    S, nb, Vb, A, 1.0f, yh + (size_t)t_first * A, A);
@@ -577,7 +607,7 @@ static void gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l
 	gf_vtanh(ws->lora_h, (size_t)n * Dq);
 	lora(ws->lora_h, Dq, n, l->maa_q_w2, Dq, C, 0.0f, ws->mix, C);
 	mix_rows(ws->mix, ws->xln, ws->dx, l->maa_q, ws->mix, n, C);
-	linear(ws->mix, C, n, l->att_query, C, A, 0.0f, ws->q, A);
+	linear(ws, ws->mix, C, n, l->att_query, C, A, 0.0f, ws->q, A);
 	layernorm_rows(ws->q, ws->q, n, A, l->ln_q_w, l->ln_q_b);
 	if (c->rope_base > 0)
 		rope_rows(c, ws->rope_freq, ws->q, n, p0);
@@ -585,7 +615,7 @@ static void gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l
 	const float *K = kv->k + (size_t)g * kv->cap * A, *V = kv->v + (size_t)g * kv->cap * A;
 	attention(c, ws, K, V, ws->q, ws->y, p0, n);
 	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);
-	linear(ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C);
+	linear(ws, ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C);
 }
 
 int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const gf_kv *kv,
@@ -607,7 +637,7 @@ int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const gf_kv
 	const int first = last_only ? n - 1 : 0;
 	const int rows = n - first;
 	layernorm_rows(ws->xln, ws->x + (size_t)first * C, rows, C, m->ln_out_w, m->ln_out_b);
-	linear(ws->xln, C, rows, m->head, C, V, 0.0f, logits, V);
+	linear(ws, ws->xln, C, rows, m->head, C, V, 0.0f, logits, V);
 	return 0;
 }
 

@@ -391,7 +391,8 @@ static int fill_from_set(void *user, int idx, void *dst, char *err)
 	const gf_tensor_set *ts = user;
 
 	(void)err;
-	memcpy(dst, ts->tensors[idx].data, ts->tensors[idx].nbytes);
+	if (ts->tensors[idx].nbytes)
+		memcpy(dst, ts->tensors[idx].data, ts->tensors[idx].nbytes);
 	return 0;
 }
 

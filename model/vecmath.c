@@ -161,3 +161,68 @@ HOT void gf_wkv_step(float *S, const float *r, const float *k, const float *v,
 		y[i] = sum;
 	}
 }
+
+/* y[t][o] = dot(W[o], x[t]) for W [out][in], row-major, and n <= GF_GEMV_MAX_ROWS input rows:
+ * one sequential pass over W whatever n is. OpenBLAS 0.3.21's sgemv reaches about half the
+ * read bandwidth on these shapes and its sgemm packs its inputs even for M = 2; this streams
+ * W at close to the bandwidth. */
+HOT void gf_gemv_rows(const float *restrict W, int in, int out, const float *restrict x,
+		      int ldx, int n, float beta, float *restrict y, int ldy)
+{
+	for (int o = 0; o < out; o++) {
+		const float *w = W + (size_t)o * in;
+		for (int t = 0; t < n; t++) {
+			const float *xt = x + (size_t)t * ldx;
+			float acc[2 * LANES] = { 0 };
+			int j = 0;
+			for (; j + 2 * LANES <= in; j += 2 * LANES)
+				for (int u = 0; u < 2 * LANES; u++)
+					acc[u] += w[j + u] * xt[j + u];
+			float s = 0.0f;
+			for (; j < in; j++)
+				s += w[j] * xt[j];
+			for (int u = 0; u < 2 * LANES; u++)
+				s += acc[u];
+			float *yo = y + (size_t)t * ldy + o;
+			*yo = beta == 0.0f ? s : s + beta * *yo;
+		}
+	}
+}
+
+/* y = x . W (+ beta y) for W [in][out]: y stays in L1 while W streams by. */
+HOT void gf_gemv_cols(const float *restrict W, int in, int out, const float *restrict x,
+		      float beta, float *restrict y)
+{
+	if (beta == 0.0f)
+		memset(y, 0, sizeof(float) * (size_t)out);
+	else if (beta != 1.0f)
+		for (int o = 0; o < out; o++)
+			y[o] *= beta;
+	for (int i = 0; i < in; i++) {
+		const float *w = W + (size_t)i * out;
+		const float xi = x[i];
+		for (int o = 0; o < out; o++)
+			y[o] += xi * w[o];
+	}
+}
+
+HOT float gf_vdot(const float *restrict a, const float *restrict b, int n)
+{
+	float acc[LANES] = { 0 };
+	int i = 0;
+	for (; i + LANES <= n; i += LANES)
+		for (int u = 0; u < LANES; u++)
+			acc[u] += a[i + u] * b[i + u];
+	float s = 0.0f;
+	for (; i < n; i++)
+		s += a[i] * b[i];
+	for (int u = 0; u < LANES; u++)
+		s += acc[u];
+	return s;
+}
+
+HOT void gf_vaxpy(float *restrict y, float a, const float *restrict x, int n)
+{
+	for (int i = 0; i < n; i++)
+		y[i] += a * x[i];
+}

@@ -26,4 +26,16 @@ void gf_vdecay(float *w, float *k, size_t n);
 void gf_wkv_step(float *S, const float *r, const float *k, const float *v, const float *decay,
 		 float *y, int N);
 
+float gf_vdot(const float *a, const float *b, int n);
+/* y += a * x */
+void gf_vaxpy(float *y, float a, const float *x, int n);
+/* Up to this many input rows go through gf_gemv_rows rather than a GEMM. */
+#define GF_GEMV_MAX_ROWS 4
+/* y[t][o] = W[o] . x[t] (+ beta y[t][o]) for a row-major W [out][in] (an nn.Linear weight),
+ * t < n input rows (x row stride ldx, y row stride ldy); W is read once. */
+void gf_gemv_rows(const float *W, int in, int out, const float *x, int ldx, int n, float beta,
+		  float *y, int ldy);
+/* y = x . W (+ beta y) for a row-major W [in][out] (a LoRA matrix). */
+void gf_gemv_cols(const float *W, int in, int out, const float *x, float beta, float *y);
+
 #endif

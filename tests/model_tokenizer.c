@@ -386,7 +386,7 @@ static void test_vocab(const gf_vocab *v)
 #undef LEN
 }
 
-/* Writes content to a new temporary file; returns its path (static buffer per slot). */
+/* Writes content to a new temporary file named into path; returns path, or NULL. */
 static const char *temp_file(char *path, size_t cap, const char *content)
 {
 	const char *dir = getenv("TMPDIR");

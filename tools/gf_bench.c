@@ -239,11 +239,18 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	gf_decode_step(m, ws, &st, &kv, tok[0], logits); /* warm-up */
-	t0 = now();
-	for (int i = 0; i < decode_tokens; i++)
-		gf_decode_step(m, ws, &st, &kv, tok[(i + 1) % tokens], logits);
-	dt = now() - t0;
-	const double decode_tps = decode_tokens / dt;
+	/* Best of four rounds, as the bandwidth figure is a best of four: on a shared machine
+	 * both then measure the hardware rather than the neighbours. */
+	double best_dt = 1e30;
+	const int per_round = decode_tokens / 4 > 0 ? decode_tokens / 4 : 1;
+	for (int round = 0, i = 0; round < 4; round++) {
+		t0 = now();
+		for (int k = 0; k < per_round; k++, i++)
+			gf_decode_step(m, ws, &st, &kv, tok[(i + 1) % tokens], logits);
+		dt = now() - t0;
+		best_dt = dt < best_dt ? dt : best_dt;
+	}
+	const double decode_tps = per_round / best_dt;
 	const double decode_gbs = decode_tps * (double)gf_model_decode_bytes(m) / 1e9;
 	const double read_gbs = read_bandwidth(threads);
 	printf("decode (context %d): %.2f tokens/s, %.1f GB/s of weights; read bandwidth %.1f GB/s (%.0f%%)\n",
