@@ -17,8 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Keys are visited in blocks of this many positions (an online softmax across blocks). */
-#define KEY_BLOCK 256
 
 struct gf_workspace {
 	int max_chunk;       /* M */
@@ -35,10 +33,10 @@ struct gf_workspace {
 	float *ffr;          /* [M][C] */
 	float *out;          /* [M][C] */
 	float *q;            /* [M][A] */
-	float *scores;       /* [M][KEY_BLOCK] */
-	float *att_max;      /* [M] running max of the online softmax */
-	float *att_sum;      /* [M] running denominator */
-	float *att_scale;    /* [M] */
+	float *scores;       /* [M][GF_KV_BLOCK] */
+	float *att_max;      /* [M][H] running max of the online softmax */
+	float *att_sum;      /* [M][H] running denominator */
+	float *kv_k, *kv_v;  /* [GF_KV_BLOCK][A] scratch for sources that rebuild */
 	float *e_cat;        /* [M+1][C+Ck]: [x0 ; c] rows, previous position first */
 	float *e_kc;         /* [M+1][A] key stream */
 	float *e_xn;         /* [M+1][C] rms(x0) */
@@ -68,7 +66,9 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 	gf_workspace *ws = calloc(1, sizeof(*ws));
 	if (!ws)
 		return -ENOMEM;
-	const size_t M = (size_t)max_chunk, C = (size_t)c->n_embd, A = (size_t)c->dim_att;
+	/* Row buffers also serve key/value rebuilds of a whole block. */
+	const size_t M = (size_t)(max_chunk > GF_KV_BLOCK ? max_chunk : GF_KV_BLOCK);
+	const size_t C = (size_t)c->n_embd, A = (size_t)c->dim_att, H = (size_t)c->n_head;
 	const size_t F = (size_t)c->dim_ffn, Ck = (size_t)c->ckv_dim;
 	const size_t lmax = (size_t)imax(imax(imax(5 * c->lora_maa, c->lora_decay),
 					      imax(c->lora_value2, c->lora_maa_q)),
@@ -82,8 +82,9 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 		{ &ws->r, M * A },       { &ws->k, M * A },      { &ws->w, M * A },
 		{ &ws->v, 2 * M * A },   { &ws->y, M * A },      { &ws->ffk, M * F },
 		{ &ws->ffr, M * C },     { &ws->out, M * C },    { &ws->q, M * A },
-		{ &ws->scores, M * KEY_BLOCK }, { &ws->att_max, M }, { &ws->att_sum, M },
-		{ &ws->att_scale, M },   { &ws->e_cat, (M + 1) * (C + Ck) },
+		{ &ws->scores, M * GF_KV_BLOCK }, { &ws->att_max, M * H }, { &ws->att_sum, M * H },
+		{ &ws->kv_k, GF_KV_BLOCK * A }, { &ws->kv_v, GF_KV_BLOCK * A },
+		{ &ws->e_cat, (M + 1) * (C + Ck) },
 		{ &ws->e_kc, (M + 1) * A }, { &ws->e_xn, (M + 1) * C }, { &ws->e_dxn, M * C },
 		{ &ws->fx, M * C },      { &ws->fc, M * Ck },
 	};
@@ -517,52 +518,95 @@ int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c_
 	return 0;
 }
 
+int gf_kv_rebuild(const gf_model *m, gf_workspace *ws, int g, const float *c,
+		  const int32_t *tok, int has_prev, int64_t pos0, int n, float *k, float *v)
+{
+	const gf_config *cfg = &m->cfg;
+	if (n < 1 || n > GF_KV_BLOCK || g < 0 || g >= cfg->n_layer - cfg->first_gold ||
+	    (pos0 > 0 && !has_prev) || check_tokens(m, tok, n + has_prev))
+		return -EINVAL;
+	key_stream_rows(m, ws, c, tok, n, has_prev);
+	expand_layer(m, ws, &m->layers[cfg->first_gold + g], n, pos0, k, v);
+	return 0;
+}
+
+void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v)
+{
+	*k = ws->kv_k;
+	*v = ws->kv_v;
+}
+
+static int ram_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
+		   const float **k, const float **v, int *ld)
+{
+	const gf_kv *kv = src->user;
+	(void)ws;
+	if (first < 0 || n < 0 || first + n > kv->n_pos)
+		return -EINVAL;
+	*ld = kv->dim;
+	*k = kv->k + ((size_t)g * kv->cap + first) * kv->dim;
+	*v = kv->v + ((size_t)g * kv->cap + first) * kv->dim;
+	return 0;
+}
+
+void gf_kv_source_ram(gf_kv_source *src, const gf_kv *kv)
+{
+	src->n_pos = kv->n_pos;
+	src->get = ram_get;
+	src->user = (void *)kv;
+}
+
 /* ---- GOLD attention and blocks ------------------------------------------------------------ */
 
-/* Causal softmax attention of n queries at positions p0.. over keys 0..p (per query), one
- * head at a time, keys in blocks with an online softmax. q [n][A] in, y [n][A] out. */
-static void attention(const gf_config *c, gf_workspace *ws, const float *K, const float *V,
-		      const float *q, float *y, int64_t p0, int n)
+/* Causal softmax attention of n queries at positions p0.. over keys 0..p (per query). Key
+ * blocks are the outer loop, so a source that rebuilds keys does so once per block; every
+ * head keeps its own online-softmax state. q [n][A] in, y [n][A] out. */
+static int attention(const gf_config *c, gf_workspace *ws, gf_kv_source *src, int g,
+		     const float *q, float *y, int64_t p0, int n)
 {
 	const int N = c->head_size, H = c->n_head, A = c->dim_att;
 	const float scale = 1.0f / sqrtf((float)N);
 	const int64_t n_keys = p0 + n;
-	for (int h = 0; h < H; h++) {
-		const float *qh = q + h * N;
-		float *yh = y + h * N;
-		for (int t = 0; t < n; t++) {
-			ws->att_max[t] = -INFINITY;
-			ws->att_sum[t] = 0.0f;
-			memset(yh + (size_t)t * A, 0, sizeof(float) * (size_t)N);
-		}
-		for (int64_t kb = 0; kb < n_keys; kb += KEY_BLOCK) {
-			const int nb = (int)(n_keys - kb < KEY_BLOCK ? n_keys - kb : KEY_BLOCK);
-			const float *Kb = K + (size_t)kb * A + h * N, *Vb = V + (size_t)kb * A + h * N;
-			/* Only queries that see some key of this block take part. */
-			int t_first = kb > p0 ? (int)(kb - p0) : 0;
-			int nq = n - t_first;
-			if (nq <= 0)
-				break;
+	for (int i = 0; i < n * H; i++) {
+		ws->att_max[i] = -INFINITY;
+		ws->att_sum[i] = 0.0f;
+	}
+	memset(y, 0, sizeof(float) * (size_t)n * A);
+	for (int64_t kb = 0; kb < n_keys; kb += GF_KV_BLOCK) {
+		const int nb = (int)(n_keys - kb < GF_KV_BLOCK ? n_keys - kb : GF_KV_BLOCK);
+		/* Only queries that see some key of this block take part. */
+		const int t_first = kb > p0 ? (int)(kb - p0) : 0;
+		const int nq = n - t_first;
+		const float *K, *V;
+		int ld;
+		int rc = src->get(src, ws, g, kb, nb, &K, &V, &ld);
+		if (rc)
+			return rc;
+		for (int h = 0; h < H; h++) {
+			const float *qh = q + (size_t)t_first * A + h * N;
+			const float *Kb = K + h * N, *Vb = V + h * N;
+			float *yh = y + (size_t)t_first * A + h * N;
 			float *S = ws->scores;
 			/* One query (decode) stays off OpenBLAS, whose threads would wake and
 			 * compete with the decode pool for the cores. */
 			if (nq == 1)
 				for (int j = 0; j < nb; j++)
-					S[j] = scale * gf_vdot(Kb + (size_t)j * A, qh + (size_t)t_first * A, N);
+					S[j] = scale * gf_vdot(Kb + (size_t)j * ld, qh, N);
 			else
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nb, N, scale,
-					    qh + (size_t)t_first * A, A, Kb, A, 0.0f, S, nb);
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nb, N, scale, qh,
+					    A, Kb, ld, 0.0f, S, nb);
 			for (int i = 0; i < nq; i++) {
 				const int t = t_first + i;
 				float *s = S + (size_t)i * nb;
+				float *mx_t = &ws->att_max[t * H + h], *sum_t = &ws->att_sum[t * H + h];
 				/* Query at p0+t sees keys up to p0+t. */
 				int visible = (int)(p0 + t - kb + 1);
 				if (visible > nb)
 					visible = nb;
-				float mx = ws->att_max[t];
+				float mx = *mx_t;
 				for (int j = 0; j < visible; j++)
 					mx = s[j] > mx ? s[j] : mx;
-				const float rescale = expf(ws->att_max[t] - mx);
+				const float rescale = expf(*mx_t - mx);
 				float sum = 0.0f;
 				for (int j = 0; j < visible; j++) {
 					s[j] = expf(s[j] - mx);
@@ -570,32 +614,34 @@ static void attention(const gf_config *c, gf_workspace *ws, const float *K, cons
 				}
 				for (int j = visible; j < nb; j++)
 					s[j] = 0.0f;
-				ws->att_sum[t] = ws->att_sum[t] * rescale + sum;
-				ws->att_max[t] = mx;
-				ws->att_scale[t] = rescale;
-				float *yt = yh + (size_t)t * A;
-				if (rescale != 1.0f)
+				*sum_t = *sum_t * rescale + sum;
+				*mx_t = mx;
+				if (rescale != 1.0f) {
+					float *yt = yh + (size_t)i * A;
 					for (int d = 0; d < N; d++)
 						yt[d] *= rescale;
+				}
 			}
 			if (nq == 1)
 				for (int j = 0; j < nb; j++)
-					gf_vaxpy(yh + (size_t)t_first * A, S[j], Vb + (size_t)j * A, N);
+					gf_vaxpy(yh, S[j], Vb + (size_t)j * ld, N);
 			else
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, N, nb, 1.0f,
-					    S, nb, Vb, A, 1.0f, yh + (size_t)t_first * A, A);
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, N, nb, 1.0f, S,
+					    nb, Vb, ld, 1.0f, yh, A);
 		}
-		for (int t = 0; t < n; t++) {
-			const float inv = 1.0f / ws->att_sum[t];
-			float *yt = yh + (size_t)t * A;
+	}
+	for (int t = 0; t < n; t++)
+		for (int h = 0; h < H; h++) {
+			const float inv = 1.0f / ws->att_sum[t * H + h];
+			float *yt = y + (size_t)t * A + h * N;
 			for (int d = 0; d < N; d++)
 				yt[d] *= inv;
 		}
-	}
+	return 0;
 }
 
-static void gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, int g,
-			  float *shift, const gf_kv *kv, int64_t p0, int n)
+static int gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, int g,
+			 float *shift, gf_kv_source *src, int64_t p0, int n)
 {
 	const gf_config *c = &m->cfg;
 	const int C = c->n_embd, A = c->dim_att, Dq = c->lora_maa_q;
@@ -612,24 +658,28 @@ static void gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l
 	if (c->rope_base > 0)
 		rope_rows(c, ws->rope_freq, ws->q, n, p0);
 
-	const float *K = kv->k + (size_t)g * kv->cap * A, *V = kv->v + (size_t)g * kv->cap * A;
-	attention(c, ws, K, V, ws->q, ws->y, p0, n);
+	int rc = attention(c, ws, src, g, ws->q, ws->y, p0, n);
+	if (rc)
+		return rc;
 	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);
 	linear(ws, ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C);
+	return 0;
 }
 
-int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const gf_kv *kv,
+int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src,
 		  const float *x_in, int64_t p0, int n, float *logits, bool last_only)
 {
 	const gf_config *c = &m->cfg;
 	const int C = c->n_embd, V = c->vocab_size;
-	if (n < 1 || n > ws->max_chunk || p0 < 0 || kv->n_pos < p0 + n)
+	if (n < 1 || n > ws->max_chunk || p0 < 0 || src->n_pos < p0 + n)
 		return -EINVAL;
 	memcpy(ws->x, x_in, sizeof(float) * (size_t)n * C);
 	for (int b = c->first_gold; b < c->n_layer; b++) {
 		const gf_layer *l = &m->layers[b];
 		float *shift = st->shift + (size_t)b * 2 * C;
-		gold_time_mix(m, ws, l, b - c->first_gold, shift, kv, p0, n);
+		int rc = gold_time_mix(m, ws, l, b - c->first_gold, shift, src, p0, n);
+		if (rc)
+			return rc;
 		channel_mix(m, ws, l, shift + C, n);
 	}
 	if (!logits)
@@ -698,10 +748,12 @@ int gf_forward_full(const gf_model *m, const int32_t *tok, int64_t T, float *log
 			key_stream_rows(m, ws, cc + (size_t)t * Ck, tok + t, n, 0);
 			memcpy(kc_out + (size_t)t * A, ws->e_kc + A, sizeof(float) * (size_t)n * A);
 		}
-	for (int64_t t = 0; t < T; t += chunk) {
+	gf_kv_source src;
+	gf_kv_source_ram(&src, &kv);
+	for (int64_t t = 0; t < T && !rc; t += chunk) {
 		int n = (int)(T - t < chunk ? T - t : chunk);
-		gf_gold_chunk(m, ws, &st, &kv, x + (size_t)t * C, t, n,
-			      logits + (size_t)t * c->vocab_size, false);
+		rc = gf_gold_chunk(m, ws, &st, &src, x + (size_t)t * C, t, n,
+				   logits + (size_t)t * c->vocab_size, false);
 	}
 free_all:
 	free(x);
@@ -712,8 +764,7 @@ free_all:
 	return rc;
 }
 
-/* Appends n Finch-stage output rows to the state's window of the last W. */
-static void tail_push(const gf_config *c, gf_state *st, const float *x, int n)
+void gf_state_push_tail(const gf_config *c, gf_state *st, const float *x, int n)
 {
 	const int C = c->n_embd, W = gf_config_tail_window(c);
 	if (n >= W) {
@@ -727,11 +778,26 @@ static void tail_push(const gf_config *c, gf_state *st, const float *x, int n)
 	st->n_tail = keep + n;
 }
 
+int gf_gold_tail(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src,
+		 float *logits_last)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd;
+	if (st->n_tail < 1 || src->n_pos != st->n_pos)
+		return -EINVAL;
+	/* The GOLD tail: only the last W positions, from zero shift state (DESIGN.md fact 3);
+	 * the last position and every GOLD shift state come out exact. */
+	for (int b = c->first_gold; b < c->n_layer; b++)
+		memset(st->shift + (size_t)b * 2 * C, 0, sizeof(float) * 2 * (size_t)C);
+	return gf_gold_chunk(m, ws, st, src, st->tail, st->n_pos - st->n_tail, st->n_tail,
+			     logits_last, true);
+}
+
 int gf_prefill(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv,
 	       const int32_t *tok, int64_t n, float *logits_last)
 {
 	const gf_config *c = &m->cfg;
-	const int C = c->n_embd, M = ws->max_chunk;
+	const int M = ws->max_chunk;
 	int rc;
 	if (n < 1 || gf_config_tail_window(c) > M || st->n_pos != kv->n_pos)
 		return -EINVAL;
@@ -742,15 +808,12 @@ int gf_prefill(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv,
 		gf_finch_chunk(m, ws, st, tok + t, step, NULL, ws->fx, ws->fc);
 		if ((rc = gf_kv_append(m, ws, kv, ws->fc, tok + t, step)))
 			return rc;
-		tail_push(c, st, ws->fx, step);
+		gf_state_push_tail(c, st, ws->fx, step);
 		st->n_pos += step;
 	}
-	/* The GOLD tail: only the last W positions, from zero shift state (DESIGN.md fact 3);
-	 * the last position and every GOLD shift state come out exact. */
-	for (int b = c->first_gold; b < c->n_layer; b++)
-		memset(st->shift + (size_t)b * 2 * C, 0, sizeof(float) * 2 * (size_t)C);
-	return gf_gold_chunk(m, ws, st, kv, st->tail, st->n_pos - st->n_tail, st->n_tail,
-			     logits_last, true);
+	gf_kv_source src;
+	gf_kv_source_ram(&src, kv);
+	return gf_gold_tail(m, ws, st, &src, logits_last);
 }
 
 int gf_decode_step(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv, int32_t tok,
@@ -763,7 +826,9 @@ int gf_decode_step(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv,
 		return rc;
 	if ((rc = gf_kv_append(m, ws, kv, ws->fc, &tok, 1)))
 		return rc;
-	tail_push(&m->cfg, st, ws->fx, 1);
+	gf_state_push_tail(&m->cfg, st, ws->fx, 1);
 	st->n_pos++;
-	return gf_gold_chunk(m, ws, st, kv, ws->fx, st->n_pos - 1, 1, logits, false);
+	gf_kv_source src;
+	gf_kv_source_ram(&src, kv);
+	return gf_gold_chunk(m, ws, st, &src, ws->fx, st->n_pos - 1, 1, logits, false);
 }

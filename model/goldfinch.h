@@ -262,6 +262,7 @@ typedef struct gf_kv {
 	int32_t *tok;    /* [cap] */
 	float *k, *v;    /* [n_gold][cap][A] */
 	int n_gold;
+	int dim;         /* A */
 } gf_kv;
 
 int gf_kv_init(gf_kv *kv, const gf_config *cfg, int64_t initial_cap);
@@ -286,12 +287,54 @@ int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int3
 int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c,
 		 const int32_t *tok, int64_t n);
 
+/* Keys and values are visited in blocks of this many positions, aligned to multiples of it
+ * (an online softmax across blocks). */
+#define GF_KV_BLOCK 256
+
+/* Where the GOLD blocks read the keys and values of cached positions [0, n_pos): expanded
+ * rows in RAM (gf_kv), or rows rebuilt block by block from the per-token cache (c, tok)
+ * wherever it lives (the paged store of daemon/). */
+typedef struct gf_kv_source gf_kv_source;
+struct gf_kv_source {
+	int64_t n_pos;
+	/* Keys and values of GOLD block g (0 = block G) for positions [first, first + n),
+	 * first a multiple of GF_KV_BLOCK, n <= GF_KV_BLOCK: pointers to n rows of A floats with
+	 * row stride *ld, valid until the next call. A source that rebuilds may use
+	 * gf_workspace_kv_scratch(ws) and gf_kv_rebuild. */
+	int (*get)(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
+		   const float **k, const float **v, int *ld);
+	void *user;
+};
+
+/* A source over every position of kv. */
+void gf_kv_source_ram(gf_kv_source *src, const gf_kv *kv);
+
+/* Two scratch blocks of [GF_KV_BLOCK][A] floats in ws, for a source to rebuild into. */
+void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v);
+
+/* Rebuilds keys and values of GOLD block g for n <= GF_KV_BLOCK positions pos0.. from their
+ * cache rows: c [n_rows][Ck] and tok [n_rows], where n_rows = n + has_prev and row 0 is the
+ * position before pos0 when has_prev (pos0 > 0 requires it: the token shift reads it).
+ * k, v: [n][A] out. */
+int gf_kv_rebuild(const gf_model *m, gf_workspace *ws, int g, const float *c,
+		  const int32_t *tok, int has_prev, int64_t pos0, int n, float *k, float *v);
+
 /* GOLD blocks + head over n <= max_chunk query positions p0..p0+n-1 whose Finch-stage
  * outputs are x_in [n][C]. The GOLD layers' shift state in st is the state before p0 (zero
- * it for a window start). kv must hold positions 0..p0+n-1; the query at p sees keys 0..p.
- * logits [n][V] for every row, or only the last row ([V]) when last_only. */
-int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const gf_kv *kv,
+ * it for a window start). src must hold positions 0..p0+n-1; the query at p sees keys 0..p.
+ * logits [n][V] for every row, or only the last row ([V]) when last_only; NULL for none.
+ * Errors of src->get are returned as they are. */
+int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src,
 		  const float *x_in, int64_t p0, int n, float *logits, bool last_only);
+
+/* Zeroes the GOLD blocks' shift state and runs them over the state's window of the last
+ * n_tail Finch outputs (DESIGN.md fact 3): exact logits of position st->n_pos - 1 and exact
+ * GOLD shift states. src must hold positions 0..st->n_pos-1. */
+int gf_gold_tail(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src,
+		 float *logits_last);
+
+/* Appends n Finch-stage output rows x [n][C] to the state's window of the last W. */
+void gf_state_push_tail(const gf_config *cfg, gf_state *st, const float *x, int n);
 
 /* Full forward over T tokens from an empty state, exact at every position: logits [T][V];
  * optional c_out [T][Ck], kc_out [T][A], finch_out [T][C]. For tests and gf-eval. */

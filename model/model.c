@@ -262,6 +262,7 @@ int gf_kv_init(gf_kv *kv, const gf_config *cfg, int64_t initial_cap)
 {
 	memset(kv, 0, sizeof(*kv));
 	kv->n_gold = cfg->n_layer - cfg->first_gold;
+	kv->dim = cfg->dim_att;
 	(void)initial_cap; /* storage grows on the first append */
 	return 0;
 }
