@@ -77,7 +77,7 @@ struct obuf {
 
 static void put(struct obuf *b, const void *src, size_t n)
 {
-	if (b->oom)
+	if (b->oom || n == 0)
 		return;
 	if (b->n + n > b->cap) {
 		size_t cap = b->cap ? b->cap : 4096;

@@ -1079,7 +1079,8 @@ static int add_tensor(struct tctx *c, const struct pv *key, const struct pv *val
 		return -EINVAL;
 	}
 	return gf_tset_push(c->ts, key->s, key->slen, dtype, n_dims, shape,
-			    sdata + (size_t)off * el, (size_t)numel * el, c->path, c->err);
+			    numel ? sdata + (size_t)off * el : sdata, (size_t)numel * el, c->path,
+			    c->err);
 }
 
 /* Finds "<dir>/data.pkl" (one folder level, any folder name). */

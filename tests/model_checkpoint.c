@@ -364,6 +364,63 @@ static void check_against_config(const gf_tensor_set *ts, const cJSON *cfg, cons
 	}
 }
 
+/*
+ * Independent of the reader's zip code: the bytes of stored entry `name`, found by
+ * scanning for its local header (data start) and its central directory header (size:
+ * torch writes the local sizes as 0 and a data descriptor after the data). In these files
+ * tensor i of the state_dict is storage "<dir>/data/<i>", whole and contiguous.
+ */
+static const uint8_t *local_entry(const uint8_t *f, size_t len, const char *name,
+				  uint32_t *size)
+{
+	size_t nl = strlen(name);
+	const uint8_t *data = NULL;
+	bool have_size = false;
+
+	for (const uint8_t *p = f + 30; p + nl <= f + len; p++) {
+		const uint8_t *h;
+
+		p = memmem(p, (size_t)(f + len - p), name, nl);
+		if (!p)
+			break;
+		h = p - 30;
+		if (!data && !memcmp(h, "PK\x03\x04", 4) && (h[26] | h[27] << 8) == (int)nl)
+			data = p + nl + (size_t)(h[28] | h[29] << 8);
+		h = p - 46;
+		if (p - f >= 46 && !memcmp(h, "PK\x01\x02", 4) && (h[28] | h[29] << 8) == (int)nl) {
+			*size = (uint32_t)h[20] | (uint32_t)h[21] << 8 | (uint32_t)h[22] << 16 |
+				(uint32_t)h[23] << 24;
+			have_size = true;
+		}
+	}
+	return have_size ? data : NULL;
+}
+
+static void check_storages(const gf_tensor_set *ts, const char *path)
+{
+	size_t len;
+	uint8_t *f = (uint8_t *)read_all(path, &len);
+
+	CHECK(f != NULL, "cannot read %s", path);
+	for (int i = 0; f && i < ts->n_tensors; i++) {
+		char name[64];
+		uint32_t size = 0;
+		const uint8_t *d;
+
+		snprintf(name, sizeof(name), "model/data/%d", i);
+		d = local_entry(f, len, name, &size);
+		CHECK(d && size == ts->tensors[i].nbytes && d + size <= f + len &&
+		      !memcmp(d, ts->tensors[i].data, size),
+		      "%s: tensor %s is not the bytes of storage %s", path, ts->tensors[i].name, name);
+		CHECK((const uint8_t *)ts->tensors[i].data - (const uint8_t *)ts->map ==
+		      (d ? d - f : -1), "%s: tensor %s not mapped in place", path,
+		      ts->tensors[i].name);
+		if (failures > 30)
+			break;
+	}
+	free(f);
+}
+
 static void test_real(const char *testdata)
 {
 	static const char *const cases[] = { "a1", "a2", "a3" };
@@ -393,6 +450,7 @@ static void test_real(const char *testdata)
 		CHECK(rc == 0, "%s: %s", path, err);
 		if (rc == 0) {
 			check_against_config(&ts, cfg, path, true);
+			check_storages(&ts, path);
 			CHECK(ts.map != NULL && ts.n_owned == 0, "%s: data not in place", path);
 			rc = gf_tensors_read_any(&any, path, err);
 			CHECK(rc == 0 && any.n_tensors == ts.n_tensors, "read_any %s: %s", path, err);

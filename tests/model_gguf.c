@@ -258,6 +258,26 @@ static void test_gguf(const char *testdata, const char *tmpdir)
 		gf_tensors_free(&ts);
 	}
 
+	/* The layout on disk, read without the reader: header, a u32 alignment, and dims
+	 * innermost first (emb.weight is [V=512][C=128] in PyTorch order). */
+	{
+		size_t len;
+		uint8_t *d;
+		static const uint8_t emb[] = "\x0a\0\0\0\0\0\0\0emb.weight"
+					    "\x02\0\0\0"
+					    "\x80\0\0\0\0\0\0\0" "\x00\x02\0\0\0\0\0\0"
+					    "\0\0\0\0" "\0\0\0\0\0\0\0\0";
+		static const uint8_t align[] = "general.alignment\x04\0\0\0\x20\0\0\0";
+
+		snprintf(path, sizeof(path), "%s/a1.gguf", tmpdir);
+		d = read_all(path, &len);
+		CHECK(d && len > 24 && !memcmp(d, "GGUF\x03\0\0\0\xbc\0\0\0\0\0\0\0", 16),
+		      "a1.gguf: header (magic, version 3, 188 tensors)");
+		CHECK(d && memmem(d, len, emb, sizeof(emb) - 1), "a1.gguf: emb.weight info");
+		CHECK(d && memmem(d, len, align, sizeof(align) - 1), "a1.gguf: alignment");
+		free(d);
+	}
+
 	/* Mixed dtypes, odd sizes (padding), 0 to 4 dims, a vocabulary with empty tokens. */
 	{
 		static const uint8_t vb[] = "ab\x00\xffhello";

@@ -40,7 +40,8 @@ static void usage(FILE *f)
 		"goldfinch.model_id is the xxh64 (seed 0) of all tensor bytes as written.\n"
 		"\n"
 		"  --vocab FILE      RWKV World vocabulary (rwkv_vocab_v20230424.txt) to embed as\n"
-		"                    tokenizer.ggml.tokens (a GGUF input keeps its own otherwise)\n"
+		"                    tokenizer.ggml.tokens (a GGUF input keeps its own otherwise);\n"
+		"                    --vocab-file FILE is the same\n"
 		"  --rope-base B     RoPE frequency base (0 = no RoPE, the default; a GGUF input\n"
 		"                    keeps its own otherwise)\n"
 		"  --dtype D         keep (default), f32, f16 or bf16: element type of the output\n"
@@ -162,6 +163,8 @@ static int fill_convert(void *user, int idx, void *dst, char *err)
 	float tmp[4096];
 
 	(void)err;
+	if (n == 0)
+		return 0;
 	if (s->dtype == to) {
 		memcpy(dst, s->data, s->nbytes);
 		return 0;
@@ -595,7 +598,7 @@ int main(int argc, char **argv)
 		i++;
 		if (strcmp(a, "--vocab") == 0) {
 			vocab_opt = v;
-		} else if (strcmp(a, "--vocab-file") == 0 && random) {
+		} else if (strcmp(a, "--vocab-file") == 0) {
 			vocab_file = v;
 		} else if (strcmp(a, "--rope-base") == 0) {
 			rope_base = v;
@@ -651,5 +654,6 @@ int main(int argc, char **argv)
 	dtype = -1;
 	if (dtype_s && parse_dtype(dtype_s, true, &dtype))
 		return die("--dtype %s: must be keep, f32, f16 or bf16", dtype_s);
-	return cmd_convert(pos[0], pos[1], vocab_opt, rope_base, dtype, name);
+	return cmd_convert(pos[0], pos[1], vocab_file ? vocab_file : vocab_opt, rope_base, dtype,
+			   name);
 }
