@@ -1,0 +1,132 @@
+/*
+ * partition_plan — unit tests of partition/: the plan is optimal (against brute force over
+ * every contiguous split on small shapes), respects weights, covers every block once in
+ * order, names the emitter and the GOLD ranks, and refuses impossible requests. Exit 0/1.
+ */
+#include "partition.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+#define CHECK(cond, ...)                                                                     \
+	do {                                                                                 \
+		if (!(cond)) {                                                               \
+			printf("FAIL %s:%d: ", __FILE__, __LINE__);                          \
+			printf(__VA_ARGS__);                                                 \
+			printf("\n");                                                        \
+			failures++;                                                          \
+		}                                                                            \
+	} while (0)
+
+/* The best largest cost/weight over every way to cut L blocks into R non-empty slices. */
+static double brute(const part_shape *s, const part_workload *w, int R, const double *wt,
+		    int r, int b)
+{
+	const int L = s->n_layer;
+	if (r == R - 1) {
+		double c = part_head_cost(s, w);
+		for (int i = b; i < L; i++)
+			c += part_block_cost(s, w, i);
+		return c / (wt ? wt[r] : 1);
+	}
+	double best = INFINITY;
+	for (int e = b + 1; e <= L - (R - 1 - r); e++) {
+		double c = 0;
+		for (int i = b; i < e; i++)
+			c += part_block_cost(s, w, i);
+		c /= wt ? wt[r] : 1;
+		double rest = brute(s, w, R, wt, r + 1, e);
+		double v = c > rest ? c : rest;
+		best = v < best ? v : best;
+	}
+	return best;
+}
+
+static double plan_max(const part_plan *p)
+{
+	double m = 0;
+	for (int r = 0; r < p->n_ranks; r++)
+		m = fmax(m, p->cost[r] / p->weight[r]);
+	return m;
+}
+
+int main(void)
+{
+	char err[PART_ERR_LEN];
+	part_plan p;
+	part_workload w;
+	part_workload_default(&w);
+	part_shape small = { 12, 8, 768, 2688, 65536, 48 };
+
+	/* Optimal against brute force, for several shapes, workloads, rank counts, weights. */
+	part_shape shapes[] = { { 6, 4, 128, 448, 512, 8 }, { 9, 6, 256, 896, 1000, 16 },
+				{ 10, 5, 64, 224, 50, 4 }, small };
+	part_workload loads[] = { { 1e6, 1e3, 1e6 }, { 1e6, 0, 0 }, { 0, 1e3, 1e5 }, { 1e4, 1e4, 1e3 } };
+	double weights[] = { 1.0, 2.0, 0.5, 1.5 };
+	for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+		for (size_t li = 0; li < sizeof(loads) / sizeof(loads[0]); li++)
+			for (int R = 1; R <= 4; R++)
+				for (int wt = 0; wt < 2; wt++) {
+					const part_shape *s = &shapes[si];
+					int rc = part_plan_make(&p, s, &loads[li], R, wt ? weights : NULL, err);
+					CHECK(rc == 0, "plan L%d R%d: %s", s->n_layer, R, err);
+					if (rc)
+						continue;
+					double want = brute(s, &loads[li], R, wt ? weights : NULL, 0, 0);
+					double got = plan_max(&p);
+					CHECK(fabs(got - want) <= 1e-9 * want + 1e-12,
+					      "L%d R%d load %zu weights %d: max %g, optimum %g", s->n_layer,
+					      R, li, wt, got, want);
+					/* contiguous, in order, every block once, none empty */
+					int covered = 0;
+					for (int r = 0; r < R; r++) {
+						int a, e;
+						part_rank_blocks(&p, r, &a, &e);
+						CHECK(a == covered && e > a, "rank %d slice %d..%d", r, a, e);
+						covered = e;
+					}
+					CHECK(covered == s->n_layer, "covered %d of %d", covered, s->n_layer);
+				}
+
+	/* One rank holds everything; as many ranks as blocks, one each. */
+	CHECK(part_plan_make(&p, &small, &w, 1, NULL, err) == 0 && part_imbalance(&p) == 1.0,
+	      "one rank");
+	CHECK(part_plan_make(&p, &small, &w, 12, NULL, err) == 0, "12 ranks: %s", err);
+	for (int r = 0; r < 12; r++)
+		CHECK(p.first[r] == r, "12 ranks: rank %d starts at %d", r, p.first[r]);
+
+	/* Roles: the emitter owns block G-1; GOLD ranks are those past it. */
+	CHECK(part_plan_make(&p, &small, &w, 4, NULL, err) == 0, "4 ranks: %s", err);
+	int a, e;
+	part_rank_blocks(&p, part_emitter(&p), &a, &e);
+	CHECK(a <= 7 && 7 < e, "emitter owns blocks %d..%d, not block 7", a, e - 1);
+	CHECK(part_owner(&p, 0) == 0 && part_owner(&p, 11) == 3, "owners of the ends");
+	CHECK(part_has_gold(&p, 3) && !part_has_gold(&p, 0), "GOLD ranks");
+	/* A book-ingest workload balances the Finch stage over the ranks. */
+	CHECK(part_imbalance(&p) < 1.6, "imbalance %.3f", part_imbalance(&p));
+
+	/* Weights: a rank twice as fast takes about twice the work. */
+	double w2[2] = { 2.0, 1.0 };
+	part_shape even = { 24, 16, 2048, 7168, 65536, 128 };
+	part_workload ingest_only = { 1e6, 0, 0 };
+	CHECK(part_plan_make(&p, &even, &ingest_only, 2, w2, err) == 0, "weights: %s", err);
+	CHECK(p.cost[0] > 1.6 * p.cost[1] && p.cost[0] < 2.6 * p.cost[1], "weighted costs %g %g",
+	      p.cost[0], p.cost[1]);
+
+	/* Impossible requests are refused with a message. */
+	CHECK(part_plan_make(&p, &small, &w, 13, NULL, err) == -EINVAL && strstr(err, "13 ranks"),
+	      "13 ranks for 12 blocks: %s", err);
+	CHECK(part_plan_make(&p, &small, &w, 0, NULL, err) == -EINVAL, "0 ranks");
+	double bad[2] = { 1.0, -1.0 };
+	CHECK(part_plan_make(&p, &small, &w, 2, bad, err) == -EINVAL && strstr(err, "rank 1"),
+	      "negative weight: %s", err);
+
+	part_plan_make(&p, &small, &w, 4, NULL, err);
+	part_plan_print(&p, &small, stdout);
+	printf("%s\n", failures ? "FAIL" : "PASS");
+	return failures ? 1 : 0;
+}
