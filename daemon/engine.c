@@ -1,0 +1,1017 @@
+/*
+ * engine.c — see engine.h. Ingest, snapshots, the paged key/value source, the expanded tier,
+ * sessions.
+ */
+#include "engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *err, int rc, const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, GF_ERR_LEN, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+/* ---- the expanded key/value tier -----------------------------------------------------------
+ * Rebuilt keys and values of whole blocks (GF_KV_BLOCK positions of one GOLD layer), kept in
+ * RAM under a byte budget, least recently used first out. Blocks of a stored context never
+ * change, so every session shares them; a session's own full blocks (past its base) go in
+ * under the session's id and leave with it. Entries in use are pinned.
+ */
+struct tier_entry {
+	uint64_t owner;              /* context serial, or session id | TIER_SESSION */
+	int g;
+	uint64_t block;
+	float *k, *v;                /* [GF_KV_BLOCK][A] each */
+	int pins;
+	struct tier_entry *hnext;    /* hash chain */
+	struct tier_entry *prev, *next; /* LRU list, most recent first */
+};
+
+#define TIER_BUCKETS 4096
+#define TIER_SESSION (1ull << 63)
+
+struct tier {
+	pthread_mutex_t mu;
+	uint64_t budget, bytes, entry_bytes;
+	struct tier_entry *buckets[TIER_BUCKETS];
+	struct tier_entry *head, *tail;
+	uint64_t hits, misses, blocks;
+};
+
+static size_t tier_hash(uint64_t owner, int g, uint64_t block)
+{
+	uint64_t h = owner * 0x9e3779b97f4a7c15ull ^ (uint64_t)g * 0xc2b2ae3d27d4eb4full ^
+		     block * 0x165667b19e3779f9ull;
+	return (size_t)((h ^ (h >> 29)) % TIER_BUCKETS);
+}
+
+static void lru_unlink(struct tier *t, struct tier_entry *e)
+{
+	if (e->prev)
+		e->prev->next = e->next;
+	else
+		t->head = e->next;
+	if (e->next)
+		e->next->prev = e->prev;
+	else
+		t->tail = e->prev;
+	e->prev = e->next = NULL;
+}
+
+static void lru_push_front(struct tier *t, struct tier_entry *e)
+{
+	e->prev = NULL;
+	e->next = t->head;
+	if (t->head)
+		t->head->prev = e;
+	t->head = e;
+	if (!t->tail)
+		t->tail = e;
+}
+
+static void tier_drop(struct tier *t, struct tier_entry *e)
+{
+	struct tier_entry **pp = &t->buckets[tier_hash(e->owner, e->g, e->block)];
+	while (*pp != e)
+		pp = &(*pp)->hnext;
+	*pp = e->hnext;
+	lru_unlink(t, e);
+	t->bytes -= t->entry_bytes;
+	t->blocks--;
+	free(e->k);
+	free(e);
+}
+
+/* Pinned entry or NULL. */
+static struct tier_entry *tier_get(struct tier *t, uint64_t owner, int g, uint64_t block)
+{
+	pthread_mutex_lock(&t->mu);
+	struct tier_entry *e = t->buckets[tier_hash(owner, g, block)];
+	while (e && !(e->owner == owner && e->g == g && e->block == block))
+		e = e->hnext;
+	if (e) {
+		e->pins++;
+		lru_unlink(t, e);
+		lru_push_front(t, e);
+		t->hits++;
+	} else {
+		t->misses++;
+	}
+	pthread_mutex_unlock(&t->mu);
+	return e;
+}
+
+/* A new pinned entry to fill (the caller then publishes it with tier_publish), or NULL when
+ * the budget cannot make room. */
+static struct tier_entry *tier_alloc(struct tier *t)
+{
+	pthread_mutex_lock(&t->mu);
+	while (t->bytes + t->entry_bytes > t->budget) {
+		struct tier_entry *victim = t->tail;
+		while (victim && victim->pins)
+			victim = victim->prev;
+		if (!victim)
+			break;
+		tier_drop(t, victim);
+	}
+	int room = t->bytes + t->entry_bytes <= t->budget;
+	if (room)
+		t->bytes += t->entry_bytes; /* reserved now, so concurrent fills keep the budget */
+	pthread_mutex_unlock(&t->mu);
+	if (!room)
+		return NULL;
+	struct tier_entry *e = calloc(1, sizeof(*e));
+	float *kv = malloc(t->entry_bytes);
+	if (!e || !kv) {
+		free(e);
+		free(kv);
+		pthread_mutex_lock(&t->mu);
+		t->bytes -= t->entry_bytes;
+		pthread_mutex_unlock(&t->mu);
+		return NULL;
+	}
+	e->k = kv;
+	e->v = kv + t->entry_bytes / sizeof(float) / 2;
+	e->pins = 1;
+	return e;
+}
+
+static void tier_publish(struct tier *t, struct tier_entry *e, uint64_t owner, int g,
+			 uint64_t block)
+{
+	e->owner = owner;
+	e->g = g;
+	e->block = block;
+	pthread_mutex_lock(&t->mu);
+	size_t h = tier_hash(owner, g, block);
+	e->hnext = t->buckets[h];
+	t->buckets[h] = e;
+	lru_push_front(t, e);
+	t->blocks++;
+	pthread_mutex_unlock(&t->mu);
+}
+
+static void tier_unpin(struct tier *t, struct tier_entry *e)
+{
+	if (!e)
+		return;
+	pthread_mutex_lock(&t->mu);
+	e->pins--;
+	pthread_mutex_unlock(&t->mu);
+}
+
+/* Drops every unpinned entry of an owner (a session that ends, a context removed). */
+static void tier_forget(struct tier *t, uint64_t owner)
+{
+	pthread_mutex_lock(&t->mu);
+	for (struct tier_entry *e = t->head, *next; e; e = next) {
+		next = e->next;
+		if (e->owner == owner && !e->pins)
+			tier_drop(t, e);
+	}
+	pthread_mutex_unlock(&t->mu);
+}
+
+/* ---- the engine ---------------------------------------------------------------------------- */
+
+struct gfe_engine {
+	gfe_config cfg;
+	gf_model *model;
+	gf_tokenizer tokenizer;
+	bool has_tokenizer;
+	cs_store *store;
+	struct tier tier;
+	pthread_mutex_t mu;
+	uint64_t next_session;
+};
+
+void gfe_config_defaults(gfe_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->chunk = 256;
+	cfg->page_tokens = 1024;
+	cfg->c_dtype = CS_DTYPE_F16;
+	cfg->checkpoint_tokens = 262144;
+}
+
+int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
+{
+	char why[GF_ERR_LEN];
+	int rc;
+	gfe_engine *e = calloc(1, sizeof(*e));
+	if (!e)
+		return fail(err, -ENOMEM, "out of memory");
+	e->cfg = *cfg;
+	pthread_mutex_init(&e->mu, NULL);
+	pthread_mutex_init(&e->tier.mu, NULL);
+	gf_blas_set_threads(cfg->threads);
+	if ((rc = gf_model_load(&e->model, cfg->model_path, err)))
+		goto fail_engine;
+	const gf_config *mc = &e->model->cfg;
+	if (e->cfg.chunk < gf_config_tail_window(mc))
+		e->cfg.chunk = gf_config_tail_window(mc);
+	if (cs_dtype_size(cfg->c_dtype) == 0 || cfg->page_tokens < 1) {
+		rc = fail(err, -EINVAL, "cache element type %d or page size %u not supported",
+			  (int)cfg->c_dtype, cfg->page_tokens);
+		goto fail_engine;
+	}
+	/* Checkpoints fall on chunk boundaries: that is what keeps resumes bit-identical. */
+	uint64_t ch = (uint64_t)e->cfg.chunk;
+	e->cfg.checkpoint_tokens = (cfg->checkpoint_tokens + ch - 1) / ch * ch;
+	if (e->model->gguf.vocab.n_tokens > 0) {
+		if ((rc = gf_tokenizer_init(&e->tokenizer, &e->model->gguf.vocab, why))) {
+			rc = fail(err, rc, "%s: vocabulary: %s", cfg->model_path, why);
+			goto fail_engine;
+		}
+		e->has_tokenizer = true;
+	}
+	cs_config sc;
+	cs_config_defaults(&sc);
+	sc.disk_budget = cfg->disk_budget;
+	if ((rc = cs_store_open(&e->store, cfg->cache_dir, &sc, err)))
+		goto fail_engine;
+	e->tier.budget = cfg->tier_bytes;
+	e->tier.entry_bytes = 2ull * GF_KV_BLOCK * (uint64_t)mc->dim_att * sizeof(float);
+	*out = e;
+	return 0;
+fail_engine:
+	gfe_close(e);
+	return rc;
+}
+
+void gfe_close(gfe_engine *e)
+{
+	if (!e)
+		return;
+	while (e->tier.head)
+		tier_drop(&e->tier, e->tier.head);
+	cs_store_close(e->store);
+	if (e->has_tokenizer)
+		gf_tokenizer_free(&e->tokenizer);
+	gf_model_free(e->model);
+	pthread_mutex_destroy(&e->tier.mu);
+	pthread_mutex_destroy(&e->mu);
+	free(e);
+}
+
+const gf_model *gfe_model(const gfe_engine *e)
+{
+	return e->model;
+}
+
+const gf_tokenizer *gfe_tokenizer(const gfe_engine *e)
+{
+	return e->has_tokenizer ? &e->tokenizer : NULL;
+}
+
+cs_store *gfe_store(gfe_engine *e)
+{
+	return e->store;
+}
+
+void gfe_tier_stats_get(gfe_engine *e, gfe_tier_stats *out)
+{
+	pthread_mutex_lock(&e->tier.mu);
+	out->hits = e->tier.hits;
+	out->misses = e->tier.misses;
+	out->bytes = e->tier.bytes;
+	out->blocks = e->tier.blocks;
+	pthread_mutex_unlock(&e->tier.mu);
+}
+
+/* ---- snapshots ----------------------------------------------------------------------------
+ * The blob stored beside a context's pages: a fixed header (little-endian fields) then the
+ * state floats (shift + wkv, as gf_state) and the window of the last n_tail Finch outputs.
+ */
+struct snapshot_header {
+	uint32_t magic;
+	uint16_t major, minor;
+	uint64_t model_id;
+	uint64_t n_pos;
+	uint64_t input_bytes;
+	uint32_t n_layer, n_embd, first_gold, n_head, head_size, window, n_tail, reserved;
+};
+
+static size_t snapshot_size(const gf_config *c, int n_tail)
+{
+	return sizeof(struct snapshot_header) +
+	       (gf_state_floats(c) + (size_t)n_tail * c->n_embd) * sizeof(float);
+}
+
+static void snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_bytes,
+			   void *buf)
+{
+	struct snapshot_header h = {
+		.magic = GFE_SNAPSHOT_MAGIC, .major = GFE_SNAPSHOT_MAJOR,
+		.minor = GFE_SNAPSHOT_MINOR, .model_id = c->model_id, .n_pos = (uint64_t)st->n_pos,
+		.input_bytes = input_bytes, .n_layer = (uint32_t)c->n_layer,
+		.n_embd = (uint32_t)c->n_embd, .first_gold = (uint32_t)c->first_gold,
+		.n_head = (uint32_t)c->n_head, .head_size = (uint32_t)c->head_size,
+		.window = (uint32_t)gf_config_tail_window(c), .n_tail = (uint32_t)st->n_tail,
+	};
+	char *p = buf;
+	memcpy(p, &h, sizeof(h));
+	p += sizeof(h);
+	memcpy(p, st->shift, gf_state_floats(c) * sizeof(float));
+	p += gf_state_floats(c) * sizeof(float);
+	memcpy(p, st->tail, (size_t)st->n_tail * c->n_embd * sizeof(float));
+}
+
+static int snapshot_read(const gf_config *c, const void *buf, size_t len, gf_state *st,
+			 uint64_t *input_bytes, char *err)
+{
+	struct snapshot_header h;
+	if (len < sizeof(h))
+		return fail(err, -EBADMSG, "snapshot of %zu bytes is too short", len);
+	memcpy(&h, buf, sizeof(h));
+	if (h.magic != GFE_SNAPSHOT_MAGIC)
+		return fail(err, -EBADMSG, "snapshot: bad magic 0x%08x", h.magic);
+	if (h.major != GFE_SNAPSHOT_MAJOR)
+		return fail(err, -EBADMSG, "snapshot format %u.%u: this build reads %u.x", h.major,
+			    h.minor, GFE_SNAPSHOT_MAJOR);
+	if (h.model_id != c->model_id || h.n_layer != (uint32_t)c->n_layer ||
+	    h.n_embd != (uint32_t)c->n_embd || h.first_gold != (uint32_t)c->first_gold ||
+	    h.n_head != (uint32_t)c->n_head || h.head_size != (uint32_t)c->head_size)
+		return fail(err, -EINVAL, "snapshot was made by another model (id %016llx, this one %016llx)",
+			    (unsigned long long)h.model_id, (unsigned long long)c->model_id);
+	if (h.n_tail > h.window || h.window != (uint32_t)gf_config_tail_window(c) ||
+	    len != snapshot_size(c, (int)h.n_tail))
+		return fail(err, -EBADMSG, "snapshot: %zu bytes do not match its header", len);
+	const char *p = (const char *)buf + sizeof(h);
+	memcpy(st->shift, p, gf_state_floats(c) * sizeof(float));
+	p += gf_state_floats(c) * sizeof(float);
+	memcpy(st->tail, p, (size_t)h.n_tail * c->n_embd * sizeof(float));
+	st->n_tail = (int32_t)h.n_tail;
+	st->n_pos = (int64_t)h.n_pos;
+	*input_bytes = h.input_bytes;
+	return 0;
+}
+
+/* c rows from float32 to the store's element type. */
+static void c_to_storage(cs_dtype t, const float *src, void *dst, size_t n)
+{
+	switch (t) {
+	case CS_DTYPE_F32:
+		memcpy(dst, src, n * sizeof(float));
+		break;
+	case CS_DTYPE_F16:
+		for (size_t i = 0; i < n; i++)
+			((uint16_t *)dst)[i] = gf_f32_to_f16(src[i]);
+		break;
+	case CS_DTYPE_BF16:
+		for (size_t i = 0; i < n; i++)
+			((uint16_t *)dst)[i] = gf_f32_to_bf16(src[i]);
+		break;
+	}
+}
+
+/* ---- the paged key/value source ------------------------------------------------------------
+ * Serves gf_gold_chunk's key blocks from the tier, or rebuilds them from (c, tok) rows read
+ * through the page cache (a reader, or a session's branch over one). The block that holds
+ * the newest positions grows during a session: it is kept per layer and extended by the new
+ * rows only.
+ */
+struct paged_src {
+	gf_kv_source src;
+	gfe_engine *e;
+	cs_reader *reader;        /* the stored context */
+	cs_branch *branch;        /* NULL: read the reader */
+	uint64_t serial;          /* tier owner of blocks below base_full */
+	uint64_t session_owner;   /* tier owner of the session's own full blocks; 0 = none */
+	uint64_t base_full;       /* positions below this are in full blocks of the base */
+	void *raw;                /* [GF_KV_BLOCK + 1][Ck] in the store's type */
+	uint32_t *raw_tok;        /* [GF_KV_BLOCK + 1] */
+	float *c;                 /* [GF_KV_BLOCK + 1][Ck] */
+	int32_t *tok;             /* [GF_KV_BLOCK + 1] */
+	float *open_k, *open_v;   /* [n_gold][GF_KV_BLOCK][A]: the growing block */
+	int64_t *open_first;      /* [n_gold]: its first position, -1 = none */
+	int *open_rows;           /* [n_gold]: rows valid */
+	struct tier_entry *pinned;
+	char err[GF_ERR_LEN];
+};
+
+static int paged_rows(struct paged_src *ps, int64_t first, int n)
+{
+	const gf_config *c = &ps->e->model->cfg;
+	int rc = ps->branch ? cs_branch_read(ps->branch, (uint64_t)first, (uint64_t)n, ps->raw,
+					     ps->raw_tok, ps->err)
+			    : cs_reader_read(ps->reader, (uint64_t)first, (uint64_t)n, ps->raw,
+					     ps->raw_tok, ps->err);
+	if (rc)
+		return rc;
+	gf_convert_to_f32((gf_dtype)ps->e->cfg.c_dtype, ps->raw, ps->c, (size_t)n * c->ckv_dim);
+	for (int i = 0; i < n; i++)
+		ps->tok[i] = (int32_t)ps->raw_tok[i];
+	return 0;
+}
+
+/* Rebuilds rows [first + from, first + n) of layer g's block into k, v (row stride A). */
+static int paged_rebuild(struct paged_src *ps, gf_workspace *ws, int g, int64_t first,
+			 int from, int n, float *k, float *v)
+{
+	const gf_config *c = &ps->e->model->cfg;
+	const int64_t pos0 = first + from;
+	const int has_prev = pos0 > 0;
+	int rc = paged_rows(ps, pos0 - has_prev, n - from + has_prev);
+	if (rc)
+		return rc;
+	return gf_kv_rebuild(ps->e->model, ws, g, ps->c, ps->tok, has_prev, pos0, n - from,
+			     k + (size_t)from * c->dim_att, v + (size_t)from * c->dim_att);
+}
+
+static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
+		     const float **k, const float **v, int *ld)
+{
+	struct paged_src *ps = (struct paged_src *)src;
+	const gf_config *c = &ps->e->model->cfg;
+	struct tier *t = &ps->e->tier;
+	const uint64_t block = (uint64_t)first / GF_KV_BLOCK;
+	int rc;
+	*ld = c->dim_att;
+	tier_unpin(t, ps->pinned);
+	ps->pinned = NULL;
+
+	if (n == GF_KV_BLOCK && t->budget > 0) {
+		/* A full block: shared if it lies in the stored context, the session's otherwise. */
+		uint64_t owner = (uint64_t)first + n <= ps->base_full ? ps->serial : ps->session_owner;
+		if (owner) {
+			struct tier_entry *e = tier_get(t, owner, g, block);
+			if (!e && (e = tier_alloc(t))) {
+				if ((rc = paged_rebuild(ps, ws, g, first, 0, n, e->k, e->v))) {
+					free(e->k);
+					free(e);
+					pthread_mutex_lock(&t->mu);
+					t->bytes -= t->entry_bytes;
+					pthread_mutex_unlock(&t->mu);
+					return rc;
+				}
+				tier_publish(t, e, owner, g, block);
+			}
+			if (e) {
+				ps->pinned = e;
+				*k = e->k;
+				*v = e->v;
+				return 0;
+			}
+		}
+	}
+	if (ps->open_k && (uint64_t)first + n > ps->base_full) {
+		/* The growing block: extend it by its new rows. */
+		float *bk = ps->open_k + (size_t)g * GF_KV_BLOCK * c->dim_att;
+		float *bv = ps->open_v + (size_t)g * GF_KV_BLOCK * c->dim_att;
+		int from = ps->open_first[g] == first && ps->open_rows[g] <= n ? ps->open_rows[g] : 0;
+		if (from < n && (rc = paged_rebuild(ps, ws, g, first, from, n, bk, bv)))
+			return rc;
+		ps->open_first[g] = first;
+		ps->open_rows[g] = n;
+		*k = bk;
+		*v = bv;
+		return 0;
+	}
+	float *sk, *sv;
+	gf_workspace_kv_scratch(ws, &sk, &sv);
+	if ((rc = paged_rebuild(ps, ws, g, first, 0, n, sk, sv)))
+		return rc;
+	*k = sk;
+	*v = sv;
+	return 0;
+}
+
+static int paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint64_t serial,
+		      uint64_t base_tokens, bool growing)
+{
+	const gf_config *c = &e->model->cfg;
+	const size_t rows = GF_KV_BLOCK + 1, n_gold = (size_t)(c->n_layer - c->first_gold);
+	memset(ps, 0, sizeof(*ps));
+	ps->src.get = paged_get;
+	ps->e = e;
+	ps->reader = reader;
+	ps->serial = serial;
+	ps->base_full = base_tokens / GF_KV_BLOCK * GF_KV_BLOCK;
+	ps->raw = malloc(rows * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
+	ps->raw_tok = malloc(rows * sizeof(uint32_t));
+	ps->c = malloc(rows * c->ckv_dim * sizeof(float));
+	ps->tok = malloc(rows * sizeof(int32_t));
+	if (growing) {
+		ps->open_k = malloc(n_gold * GF_KV_BLOCK * c->dim_att * sizeof(float));
+		ps->open_v = malloc(n_gold * GF_KV_BLOCK * c->dim_att * sizeof(float));
+		ps->open_first = malloc(n_gold * sizeof(int64_t));
+		ps->open_rows = calloc(n_gold, sizeof(int));
+		if (ps->open_first)
+			for (size_t g = 0; g < n_gold; g++)
+				ps->open_first[g] = -1;
+	}
+	if (!ps->raw || !ps->raw_tok || !ps->c || !ps->tok ||
+	    (growing && (!ps->open_k || !ps->open_v || !ps->open_first || !ps->open_rows)))
+		return -ENOMEM;
+	return 0;
+}
+
+static void paged_free(struct paged_src *ps)
+{
+	if (ps->e)
+		tier_unpin(&ps->e->tier, ps->pinned);
+	free(ps->raw);
+	free(ps->raw_tok);
+	free(ps->c);
+	free(ps->tok);
+	free(ps->open_k);
+	free(ps->open_v);
+	free(ps->open_first);
+	free(ps->open_rows);
+	memset(ps, 0, sizeof(*ps));
+}
+
+/* ---- ingest --------------------------------------------------------------------------------- */
+
+struct gfe_ingest {
+	gfe_engine *e;
+	cs_writer *w;
+	gf_workspace *ws;
+	gf_state st;
+	gf_encoder enc;
+	int32_t *pending;          /* [chunk] tokens waiting for a full chunk */
+	int n_pending;
+	uint64_t pending_bytes;    /* text bytes behind the pending tokens */
+	uint64_t input_bytes;      /* text bytes behind the tokens through the Finch stage */
+	uint64_t committed_bytes;  /* ... as of the last checkpoint */
+	uint64_t next_checkpoint;
+	float *x, *c;              /* [chunk][C], [chunk][Ck] */
+	void *crow;                /* [chunk][Ck] in the store's type */
+	uint32_t *tok_u32;         /* [chunk] */
+	void *snap;                /* snapshot buffer */
+	int failed;                /* sticky error */
+	char err[GF_ERR_LEN];
+};
+
+static int ingest_alloc(gfe_engine *e, gfe_ingest **out, char *err)
+{
+	const gf_config *c = &e->model->cfg;
+	const size_t ch = (size_t)e->cfg.chunk;
+	gfe_ingest *in = calloc(1, sizeof(*in));
+	if (!in)
+		return fail(err, -ENOMEM, "out of memory");
+	in->e = e;
+	int rc = gf_workspace_init(&in->ws, e->model, e->cfg.chunk);
+	if (!rc)
+		rc = gf_state_init(&in->st, c);
+	in->pending = malloc(ch * sizeof(int32_t));
+	in->x = malloc(ch * c->n_embd * sizeof(float));
+	in->c = malloc(ch * c->ckv_dim * sizeof(float));
+	in->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
+	in->tok_u32 = malloc(ch * sizeof(uint32_t));
+	in->snap = malloc(snapshot_size(c, gf_config_tail_window(c)));
+	if (rc || !in->pending || !in->x || !in->c || !in->crow || !in->tok_u32 || !in->snap) {
+		gfe_ingest_free(in);
+		return fail(err, -ENOMEM, "out of memory for an ingest");
+	}
+	if (e->has_tokenizer)
+		gf_encoder_init(&in->enc, &e->tokenizer);
+	in->next_checkpoint = e->cfg.checkpoint_tokens;
+	*out = in;
+	return 0;
+}
+
+int gfe_ingest_begin(gfe_engine *e, const char *name, gfe_ingest **out, char *err)
+{
+	const gf_config *c = &e->model->cfg;
+	gfe_ingest *in;
+	int rc = ingest_alloc(e, &in, err);
+	if (rc)
+		return rc;
+	cs_ctx_params p = {
+		.model_id = c->model_id, .dtype = e->cfg.c_dtype, .width = (uint32_t)c->ckv_dim,
+		.page_tokens = e->cfg.page_tokens, .name = name,
+	};
+	if ((rc = cs_writer_begin(e->store, &p, &in->w, err))) {
+		gfe_ingest_free(in);
+		return rc;
+	}
+	*out = in;
+	return 0;
+}
+
+int gfe_ingest_resume(gfe_engine *e, uint64_t serial, gfe_ingest **out, char *err)
+{
+	const gf_config *c = &e->model->cfg;
+	gfe_ingest *in;
+	void *blob = NULL;
+	size_t len = 0;
+	int rc = ingest_alloc(e, &in, err);
+	if (rc)
+		return rc;
+	if ((rc = cs_writer_resume(e->store, serial, &in->w, err)))
+		goto fail_ingest;
+	if ((rc = cs_store_read_blob(e->store, serial, &blob, &len, err)))
+		goto fail_ingest;
+	if (len == 0) {
+		/* Committed before its first checkpoint's snapshot: start it over. */
+		rc = fail(err, -EINVAL, "context #%llu has no snapshot to resume from",
+			  (unsigned long long)serial);
+		goto fail_ingest;
+	}
+	if ((rc = snapshot_read(c, blob, len, &in->st, &in->input_bytes, err)))
+		goto fail_ingest;
+	if ((uint64_t)in->st.n_pos != cs_writer_committed(in->w)) {
+		rc = fail(err, -EBADMSG, "context #%llu: snapshot at token %lld but %llu committed",
+			  (unsigned long long)serial, (long long)in->st.n_pos,
+			  (unsigned long long)cs_writer_committed(in->w));
+		goto fail_ingest;
+	}
+	in->committed_bytes = in->input_bytes;
+	const uint64_t K = e->cfg.checkpoint_tokens;
+	in->next_checkpoint = K ? ((uint64_t)in->st.n_pos / K + 1) * K : 0;
+	free(blob);
+	*out = in;
+	return 0;
+fail_ingest:
+	free(blob);
+	gfe_ingest_free(in);
+	return rc;
+}
+
+static int ingest_commit(gfe_ingest *in, uint32_t flags, char *err)
+{
+	const gf_config *c = &in->e->model->cfg;
+	snapshot_write(c, &in->st, in->input_bytes, in->snap);
+	int rc = cs_writer_commit(in->w, in->snap, snapshot_size(c, in->st.n_tail), flags, err);
+	if (!rc)
+		in->committed_bytes = in->input_bytes;
+	return rc;
+}
+
+/* Runs the pending tokens (a full chunk, or the last partial one) through the Finch stage
+ * and appends their rows; commits when a checkpoint is due. */
+static int ingest_run_chunk(gfe_ingest *in, char *err)
+{
+	gfe_engine *e = in->e;
+	const gf_config *c = &e->model->cfg;
+	const int n = in->n_pending;
+	int rc = gf_finch_chunk(e->model, in->ws, &in->st, in->pending, n, NULL, in->x, in->c);
+	if (rc)
+		return fail(err, rc, "token outside the vocabulary (0..%d) near position %lld",
+			    c->vocab_size - 1, (long long)in->st.n_pos);
+	c_to_storage(e->cfg.c_dtype, in->c, in->crow, (size_t)n * c->ckv_dim);
+	for (int i = 0; i < n; i++)
+		in->tok_u32[i] = (uint32_t)in->pending[i];
+	if ((rc = cs_writer_append(in->w, in->crow, in->tok_u32, (size_t)n, err)))
+		return rc;
+	gf_state_push_tail(c, &in->st, in->x, n);
+	in->st.n_pos += n;
+	in->input_bytes += in->pending_bytes;
+	in->pending_bytes = 0;
+	in->n_pending = 0;
+	if (in->next_checkpoint && (uint64_t)in->st.n_pos >= in->next_checkpoint &&
+	    n == e->cfg.chunk) {
+		if ((rc = ingest_commit(in, 0, err)))
+			return rc;
+		in->next_checkpoint += e->cfg.checkpoint_tokens;
+	}
+	return 0;
+}
+
+static int ingest_push(gfe_ingest *in, const int32_t *tok, size_t n, char *err)
+{
+	const gf_tokenizer *tk = in->e->has_tokenizer ? &in->e->tokenizer : NULL;
+	const int32_t V = in->e->model->cfg.vocab_size;
+	for (size_t i = 0; i < n; i++) {
+		if (tok[i] < 0 || tok[i] >= V)
+			return fail(err, -EINVAL, "token %d at position %llu is outside the vocabulary (0..%d)",
+				    tok[i], (unsigned long long)(in->st.n_pos + in->n_pending), V - 1);
+		in->pending[in->n_pending++] = tok[i];
+		if (tk) {
+			size_t len;
+			gf_tokenizer_token(tk, tok[i], &len);
+			in->pending_bytes += len;
+		}
+		if (in->n_pending == in->e->cfg.chunk) {
+			int rc = ingest_run_chunk(in, err);
+			if (rc)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+static int ingest_sink(void *user, const int32_t *ids, size_t n)
+{
+	gfe_ingest *in = user;
+	return ingest_push(in, ids, n, in->err);
+}
+
+/* Every public ingest call goes through here: a failed ingest stays failed. */
+static int ingest_check(gfe_ingest *in, int rc, char *err)
+{
+	if (rc) {
+		in->failed = rc;
+		if (err && err != in->err)
+			snprintf(err, GF_ERR_LEN, "%s", in->err[0] ? in->err : "ingest failed");
+	}
+	return rc;
+}
+
+int gfe_ingest_text(gfe_ingest *in, const void *bytes, size_t n, char *err)
+{
+	if (in->failed)
+		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+	if (!in->e->has_tokenizer)
+		return fail(err, -EINVAL, "the model has no vocabulary: send token ids");
+	in->err[0] = 0;
+	int rc = gf_encoder_feed(&in->enc, bytes, n, ingest_sink, in);
+	return ingest_check(in, rc, err);
+}
+
+int gfe_ingest_tokens(gfe_ingest *in, const int32_t *tok, size_t n, char *err)
+{
+	if (in->failed)
+		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+	in->err[0] = 0;
+	int rc = ingest_push(in, tok, n, in->err);
+	return ingest_check(in, rc, err);
+}
+
+int gfe_ingest_checkpoint(gfe_ingest *in, char *err)
+{
+	if (in->failed)
+		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+	in->err[0] = 0;
+	int rc = ingest_commit(in, 0, in->err);
+	return ingest_check(in, rc, err);
+}
+
+int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char *err)
+{
+	gfe_engine *e = in->e;
+	const gf_config *c = &e->model->cfg;
+	cs_reader *r = NULL;
+	struct paged_src ps = { 0 };
+	float *logits = NULL;
+	int rc;
+	if (in->failed)
+		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+	in->err[0] = 0;
+	if (e->has_tokenizer && (rc = gf_encoder_finish(&in->enc, ingest_sink, in)))
+		return ingest_check(in, rc, err);
+	if (in->n_pending && (rc = ingest_run_chunk(in, in->err)))
+		return ingest_check(in, rc, err);
+	if (in->st.n_pos == 0)
+		return ingest_check(in, fail(in->err, -EINVAL, "empty input: no tokens to ingest"), err);
+	/* The GOLD tail reads the pages: commit them, then attend over all of them. */
+	if ((rc = ingest_commit(in, 0, in->err)))
+		return ingest_check(in, rc, err);
+	const uint64_t serial = cs_writer_serial(in->w);
+	if ((rc = cs_reader_open(e->store, serial, &r, in->err)))
+		return ingest_check(in, rc, err);
+	logits = malloc(sizeof(float) * (size_t)c->vocab_size);
+	rc = logits ? paged_init(&ps, e, r, serial, (uint64_t)in->st.n_pos, false) : -ENOMEM;
+	if (!rc) {
+		ps.src.n_pos = in->st.n_pos;
+		rc = gf_gold_tail(e->model, in->ws, &in->st, &ps.src, logits);
+		if (rc && !in->err[0])
+			snprintf(in->err, GF_ERR_LEN, "GOLD tail: %.200s", ps.err[0] ? ps.err : "failed");
+	}
+	paged_free(&ps);
+	cs_reader_close(r);
+	if (rc) {
+		free(logits);
+		return ingest_check(in, rc, err);
+	}
+	if (logits_last)
+		memcpy(logits_last, logits, sizeof(float) * (size_t)c->vocab_size);
+	free(logits);
+	/* The final snapshot carries exact GOLD shift states too: a session may decode at once. */
+	memset(out, 0, sizeof(*out));
+	rc = ingest_commit(in, CS_COMMIT_SEAL, in->err);
+	if (rc == -EEXIST) {
+		/* The same tokens under the same model are stored already: keep that one. */
+		cs_ctx_info info;
+		cs_key key = cs_writer_key(in->w);
+		cs_writer_free(in->w);
+		in->w = NULL;
+		cs_store_remove(e->store, serial, NULL);
+		if ((rc = cs_store_lookup(e->store, key, &info)))
+			return ingest_check(in, fail(in->err, rc, "identical context vanished"), err);
+		out->serial = info.serial;
+		out->key = info.key;
+		out->n_tokens = info.n_tokens;
+		out->disk_bytes = info.disk_bytes;
+		out->reused = true;
+		return 0;
+	}
+	if (rc)
+		return ingest_check(in, rc, err);
+	cs_ctx_info info;
+	if ((rc = cs_store_info(e->store, serial, &info, in->err)))
+		return ingest_check(in, rc, err);
+	out->serial = serial;
+	out->key = info.key;
+	out->n_tokens = info.n_tokens;
+	out->disk_bytes = info.disk_bytes;
+	return 0;
+}
+
+uint64_t gfe_ingest_tokens_done(const gfe_ingest *in)
+{
+	return (uint64_t)in->st.n_pos;
+}
+
+uint64_t gfe_ingest_committed(const gfe_ingest *in)
+{
+	return in->w ? cs_writer_committed(in->w) : (uint64_t)in->st.n_pos;
+}
+
+uint64_t gfe_ingest_input_bytes(const gfe_ingest *in)
+{
+	return in->committed_bytes;
+}
+
+uint64_t gfe_ingest_serial(const gfe_ingest *in)
+{
+	return in->w ? cs_writer_serial(in->w) : 0;
+}
+
+void gfe_ingest_free(gfe_ingest *in)
+{
+	if (!in)
+		return;
+	cs_writer_free(in->w);
+	gf_workspace_free(in->ws);
+	gf_state_free(&in->st);
+	free(in->pending);
+	free(in->x);
+	free(in->c);
+	free(in->crow);
+	free(in->tok_u32);
+	free(in->snap);
+	free(in);
+}
+
+/* ---- sessions ------------------------------------------------------------------------------- */
+
+struct gfe_session {
+	gfe_engine *e;
+	cs_reader *reader;
+	cs_branch *branch;
+	gf_workspace *ws;
+	gf_state st;
+	struct paged_src ps;
+	uint64_t base_tokens;
+	uint64_t id;
+	float *x, *c;         /* [chunk][C], [chunk][Ck] */
+	void *crow;
+	uint32_t *tok_u32;
+};
+
+int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *err)
+{
+	const gf_config *c = &e->model->cfg;
+	const size_t ch = (size_t)e->cfg.chunk;
+	void *blob = NULL;
+	size_t len = 0;
+	uint64_t input_bytes;
+	cs_ctx_info info;
+	int rc;
+	gfe_session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return fail(err, -ENOMEM, "out of memory");
+	s->e = e;
+	if ((rc = cs_reader_open(e->store, serial, &s->reader, err)))
+		goto fail_session;
+	cs_reader_info(s->reader, &info);
+	if (!info.sealed) {
+		rc = fail(err, -EINVAL, "context #%llu is still being ingested (%llu tokens so far)",
+			  (unsigned long long)serial, (unsigned long long)info.n_tokens);
+		goto fail_session;
+	}
+	if (info.model_id != c->model_id || info.width != (uint32_t)c->ckv_dim) {
+		rc = fail(err, -EINVAL, "context #%llu was made by another model",
+			  (unsigned long long)serial);
+		goto fail_session;
+	}
+	if ((rc = gf_state_init(&s->st, c)) || (rc = gf_workspace_init(&s->ws, e->model, e->cfg.chunk)))
+		goto fail_oom;
+	if ((rc = cs_reader_blob(s->reader, &blob, &len, err)))
+		goto fail_session;
+	if ((rc = snapshot_read(c, blob, len, &s->st, &input_bytes, err)))
+		goto fail_session;
+	if ((uint64_t)s->st.n_pos != info.n_tokens) {
+		rc = fail(err, -EBADMSG, "context #%llu: snapshot at token %lld, pages hold %llu",
+			  (unsigned long long)serial, (long long)s->st.n_pos,
+			  (unsigned long long)info.n_tokens);
+		goto fail_session;
+	}
+	if ((rc = cs_branch_init(&s->branch, s->reader, err)))
+		goto fail_session;
+	pthread_mutex_lock(&e->mu);
+	s->id = ++e->next_session | TIER_SESSION;
+	pthread_mutex_unlock(&e->mu);
+	s->base_tokens = info.n_tokens;
+	if ((rc = paged_init(&s->ps, e, s->reader, serial, info.n_tokens, true)))
+		goto fail_oom;
+	s->ps.branch = s->branch;
+	s->ps.session_owner = s->id;
+	s->x = malloc(ch * c->n_embd * sizeof(float));
+	s->c = malloc(ch * c->ckv_dim * sizeof(float));
+	s->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
+	s->tok_u32 = malloc(ch * sizeof(uint32_t));
+	if (!s->x || !s->c || !s->crow || !s->tok_u32)
+		goto fail_oom;
+	free(blob);
+	*out = s;
+	return 0;
+fail_oom:
+	rc = fail(err, -ENOMEM, "out of memory for a session");
+fail_session:
+	free(blob);
+	gfe_session_free(s);
+	return rc;
+}
+
+/* n <= chunk tokens through the Finch stage; their rows onto the branch. */
+static int session_finch(gfe_session *s, const int32_t *tok, int n, char *err)
+{
+	gfe_engine *e = s->e;
+	const gf_config *c = &e->model->cfg;
+	int rc = gf_finch_chunk(e->model, s->ws, &s->st, tok, n, NULL, s->x, s->c);
+	if (rc)
+		return fail(err, rc, "token outside the vocabulary (0..%d)", c->vocab_size - 1);
+	c_to_storage(e->cfg.c_dtype, s->c, s->crow, (size_t)n * c->ckv_dim);
+	for (int i = 0; i < n; i++)
+		s->tok_u32[i] = (uint32_t)tok[i];
+	if ((rc = cs_branch_append(s->branch, s->crow, s->tok_u32, (size_t)n, err)))
+		return rc;
+	gf_state_push_tail(c, &s->st, s->x, n);
+	s->st.n_pos += n;
+	s->ps.src.n_pos = s->st.n_pos;
+	return 0;
+}
+
+int gfe_session_prefill(gfe_session *s, const int32_t *tok, size_t n, float *logits, char *err)
+{
+	const int ch = s->e->cfg.chunk;
+	int rc;
+	if (n == 0)
+		return fail(err, -EINVAL, "empty question: no tokens");
+	for (size_t t = 0; t < n; t += (size_t)ch) {
+		int step = (int)(n - t < (size_t)ch ? n - t : (size_t)ch);
+		if ((rc = session_finch(s, tok + t, step, err)))
+			return rc;
+	}
+	s->ps.err[0] = 0;
+	rc = gf_gold_tail(s->e->model, s->ws, &s->st, &s->ps.src, logits);
+	if (rc)
+		return fail(err, rc, "attention over the cache: %.200s", s->ps.err[0] ? s->ps.err : "failed");
+	return 0;
+}
+
+int gfe_session_step(gfe_session *s, int32_t tok, float *logits, char *err)
+{
+	int rc = session_finch(s, &tok, 1, err);
+	if (rc)
+		return rc;
+	s->ps.err[0] = 0;
+	rc = gf_gold_chunk(s->e->model, s->ws, &s->st, &s->ps.src, s->x, s->st.n_pos - 1, 1,
+			   logits, false);
+	if (rc)
+		return fail(err, rc, "attention over the cache: %.200s", s->ps.err[0] ? s->ps.err : "failed");
+	return 0;
+}
+
+uint64_t gfe_session_tokens(const gfe_session *s)
+{
+	return (uint64_t)s->st.n_pos;
+}
+
+uint64_t gfe_session_base_tokens(const gfe_session *s)
+{
+	return s->base_tokens;
+}
+
+void gfe_session_free(gfe_session *s)
+{
+	if (!s)
+		return;
+	paged_free(&s->ps);
+	if (s->id)
+		tier_forget(&s->e->tier, s->id);
+	cs_branch_free(s->branch);
+	cs_reader_close(s->reader);
+	gf_workspace_free(s->ws);
+	gf_state_free(&s->st);
+	free(s->x);
+	free(s->c);
+	free(s->crow);
+	free(s->tok_u32);
+	free(s);
+}
