@@ -442,6 +442,22 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 	tier_unpin(t, ps->pinned);
 	ps->pinned = NULL;
 
+	if (ps->open_k && first + n == src->n_pos && (uint64_t)first + n > ps->base_full) {
+		/* The growing block (the newest positions): extend it by its new rows. Only that
+		 * one: a session's earlier blocks would evict it (and each other) every step, and
+		 * a full block is then rebuilt in one go, with or without the tier, so that the
+		 * tier never changes a result's bits. */
+		float *bk = ps->open_k + (size_t)g * GF_KV_BLOCK * c->dim_att;
+		float *bv = ps->open_v + (size_t)g * GF_KV_BLOCK * c->dim_att;
+		int from = ps->open_first[g] == first && ps->open_rows[g] <= n ? ps->open_rows[g] : 0;
+		if (from < n && (rc = paged_rebuild(ps, ws, g, first, from, n, bk, bv)))
+			return rc;
+		ps->open_first[g] = first;
+		ps->open_rows[g] = n;
+		*k = bk;
+		*v = bv;
+		return 0;
+	}
 	if (n == GF_KV_BLOCK && t->budget > 0) {
 		/* A full block: shared if it lies in the stored context, the session's otherwise. */
 		uint64_t owner = (uint64_t)first + n <= ps->base_full ? ps->serial : ps->session_owner;
@@ -465,19 +481,6 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 				return 0;
 			}
 		}
-	}
-	if (ps->open_k && (uint64_t)first + n > ps->base_full) {
-		/* The growing block: extend it by its new rows. */
-		float *bk = ps->open_k + (size_t)g * GF_KV_BLOCK * c->dim_att;
-		float *bv = ps->open_v + (size_t)g * GF_KV_BLOCK * c->dim_att;
-		int from = ps->open_first[g] == first && ps->open_rows[g] <= n ? ps->open_rows[g] : 0;
-		if (from < n && (rc = paged_rebuild(ps, ws, g, first, from, n, bk, bv)))
-			return rc;
-		ps->open_first[g] = first;
-		ps->open_rows[g] = n;
-		*k = bk;
-		*v = bv;
-		return 0;
 	}
 	float *sk, *sv;
 	gf_workspace_kv_scratch(ws, &sk, &sv);
@@ -613,6 +616,16 @@ int gfe_ingest_resume(gfe_engine *e, uint64_t serial, gfe_ingest **out, char *er
 		return rc;
 	if ((rc = cs_writer_resume(e->store, serial, &in->w, err)))
 		goto fail_ingest;
+	cs_ctx_info info;
+	if ((rc = cs_store_info(e->store, serial, &info, err)))
+		goto fail_ingest;
+	if (info.dtype != e->cfg.c_dtype) {
+		/* Rows are appended from buffers of the engine's type. */
+		rc = fail(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
+			  (unsigned long long)serial, cs_dtype_name(info.dtype),
+			  cs_dtype_name(e->cfg.c_dtype));
+		goto fail_ingest;
+	}
 	if ((rc = cs_store_read_blob(e->store, serial, &blob, &len, err)))
 		goto fail_ingest;
 	if (len == 0) {
@@ -897,6 +910,13 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	if (info.model_id != c->model_id || info.width != (uint32_t)c->ckv_dim) {
 		rc = fail(err, -EINVAL, "context #%llu was made by another model",
 			  (unsigned long long)serial);
+		goto fail_session;
+	}
+	if (info.dtype != e->cfg.c_dtype) {
+		/* Rows are read into buffers of the engine's type. */
+		rc = fail(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
+			  (unsigned long long)serial, cs_dtype_name(info.dtype),
+			  cs_dtype_name(e->cfg.c_dtype));
 		goto fail_session;
 	}
 	if ((rc = gf_state_init(&s->st, c)) || (rc = gf_workspace_init(&s->ws, e->model, e->cfg.chunk)))

@@ -1,0 +1,47 @@
+# gf-run and the engine's invariants: feeding/interruption invariance, SIGKILL + resume,
+# context + question against a full forward, and the CLI end to end. Models come from the
+# real gf-convert --random in a fixture.
+set(GF_ENGINE_RUN_DIR ${CMAKE_BINARY_DIR}/tests/engine_run)
+set(GF_ENGINE_VOCAB ${GF_TESTDATA}/tokenizer/rwkv_vocab_v20230424.txt)
+
+add_executable(engine_invariance ${CMAKE_CURRENT_LIST_DIR}/engine_invariance.c)
+target_link_libraries(engine_invariance PRIVATE gfengine m)
+add_executable(engine_question ${CMAKE_CURRENT_LIST_DIR}/engine_question.c)
+target_link_libraries(engine_question PRIVATE gfengine m)
+add_executable(engine_dump ${CMAKE_CURRENT_LIST_DIR}/engine_dump.c)
+target_link_libraries(engine_dump PRIVATE gfcache)
+
+# text: the World vocabulary embedded (ingest of text, ask); ids: token ids only; rope and
+# odd: a RoPE model and an odd shape (5 layers, ratio 4, C 192: 3 heads of 64).
+add_test(NAME engine_run_models
+         COMMAND sh -c "rm -rf \"$1\" && mkdir -p \"$1\" &&
+                 \"$0\" --random --layers 3 --embd 64 --vocab 65536 --seed 11 --vocab-file \"$2\" \"$1/text.gguf\" 2>/dev/null &&
+                 \"$0\" --random --layers 4 --embd 128 --vocab 500 --seed 12 \"$1/ids.gguf\" 2>/dev/null &&
+                 \"$0\" --random --layers 7 --embd 320 --vocab 1000 --ratio 3 --rope-base 10000 --seed 13 \"$1/rope.gguf\" 2>/dev/null &&
+                 \"$0\" --random --layers 5 --embd 192 --vocab 300 --ratio 4 --seed 14 \"$1/odd.gguf\" 2>/dev/null"
+                 $<TARGET_FILE:gf-convert> ${GF_ENGINE_RUN_DIR}/models ${GF_ENGINE_VOCAB})
+set_tests_properties(engine_run_models PROPERTIES FIXTURES_SETUP engine_run_models)
+
+add_test(NAME engine_invariance
+         COMMAND sh -c "rm -rf \"$2\" && mkdir -p \"$2\" && \"$0\" \"$1\" \"$2\""
+                 $<TARGET_FILE:engine_invariance> ${GF_ENGINE_RUN_DIR}/models/ids.gguf
+                 ${GF_ENGINE_RUN_DIR}/invariance)
+foreach(model rope odd)
+  add_test(NAME engine_question_${model}
+           COMMAND sh -c "rm -rf \"$2\" && mkdir -p \"$2\" && \"$0\" \"$1\" \"$2\""
+                   $<TARGET_FILE:engine_question> ${GF_ENGINE_RUN_DIR}/models/${model}.gguf
+                   ${GF_ENGINE_RUN_DIR}/question_${model})
+  set_tests_properties(engine_question_${model} PROPERTIES FIXTURES_REQUIRED engine_run_models)
+endforeach()
+add_test(NAME engine_sigkill
+         COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/engine_sigkill.sh $<TARGET_FILE:gf-run>
+                 $<TARGET_FILE:engine_dump> ${GF_ENGINE_RUN_DIR}/models/text.gguf
+                 ${GF_ENGINE_VOCAB} ${GF_ENGINE_RUN_DIR}/sigkill)
+add_test(NAME engine_cli
+         COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/engine_cli.sh $<TARGET_FILE:gf-run>
+                 $<TARGET_FILE:engine_dump> ${GF_ENGINE_RUN_DIR}/models/text.gguf
+                 ${GF_ENGINE_RUN_DIR}/cli)
+set_tests_properties(engine_invariance engine_sigkill engine_cli PROPERTIES
+                     FIXTURES_REQUIRED engine_run_models)
+set_tests_properties(engine_invariance engine_question_rope engine_question_odd engine_sigkill
+                     engine_cli PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)

@@ -1,0 +1,1189 @@
+/*
+ * gf-run — the whole GoldFinch path in one process (daemon/engine.h): ingest text into a
+ * context in the paged cache store, list contexts, ask questions of a context.
+ *
+ *   gf-run --model M.gguf --cache-dir D [global options] ingest [--name NAME] [--resume] FILE...
+ *   gf-run --model M.gguf --cache-dir D [global options] ask CONTEXT "question" [sampling]
+ *   gf-run --cache-dir D ls
+ *
+ * The input stream of an ingest. One regular file is ingested as its bytes, unchanged (a
+ * book stays a book). Several files, or any directory, become one byte stream in which
+ * every file is
+ *
+ *     "### File: " LABEL "\n"   the file's bytes   "\n"
+ *
+ * in command-line order; a directory contributes its files recursively, entries in
+ * byte-wise (strcmp) order, skipping names that start with '.' (.git, ...), anything that is
+ * not a regular file or directory, and files whose first 4 KiB hold a NUL byte (binaries).
+ * LABEL is the path as given on the command line, joined with '/' to the path inside a
+ * directory, with leading "./" removed. The same command line over the same files gives the
+ * same stream, hence the same tokens and the same context (identical contexts are stored
+ * once: the second ingest reports the first as reused).
+ *
+ * The stream is read 64 KiB at a time and fed to the engine in 4 KiB pieces: memory stays
+ * fixed whatever the input size. SIGINT or SIGTERM during an ingest commits a checkpoint
+ * and exits 1 with the command that resumes it; --resume re-reads the same files, skips
+ * the bytes behind the last checkpoint (gfe_ingest_input_bytes) and continues; the result
+ * is bit-identical to an uninterrupted ingest (engine.h). A SIGKILL loses only the work
+ * since the last periodic checkpoint (--checkpoint-tokens).
+ *
+ * Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 context not found. Every error is one
+ * line on stderr.
+ */
+#include "cache_store.h"
+#include "engine.h"
+#include "goldfinch.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { EX_OK = 0, EX_ERR = 1, EX_USAGE = 2, EX_NOCTX = 3 };
+
+#define READ_BYTES (64u << 10)   /* one read from an input file */
+#define FEED_BYTES (4u << 10)    /* one gfe_ingest_text call: signals are seen between them */
+#define SNIFF_BYTES 4096         /* a NUL in this many first bytes marks a binary file */
+#define PROGRESS_EVERY 0.25      /* seconds between progress line updates */
+
+/* The one piece of global mutable state: written by the SIGINT/SIGTERM handler, read
+ * between input pieces during an ingest. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+	stop_signal = sig;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: gf-run --model M.gguf --cache-dir D [OPTIONS] ingest [--name NAME] [--resume] FILE...\n"
+		"       gf-run --model M.gguf --cache-dir D [OPTIONS] ask CONTEXT QUESTION [SAMPLING]\n"
+		"       gf-run --cache-dir D ls\n"
+		"\n"
+		"Ingests text into a context of the paged cache store in D, in constant memory, and\n"
+		"answers questions about a context by continuing it on a copy-on-write branch (the\n"
+		"stored context never changes).\n"
+		"\n"
+		"Options (anywhere on the line; -- ends them):\n"
+		"  --model M.gguf         model written by gf-convert, with a vocabulary (ingest, ask)\n"
+		"  --cache-dir D          the cache store directory (created by ingest)\n"
+		"  --threads N            OpenBLAS threads (default: OpenBLAS's choice)\n"
+		"  --chunk N              Finch-stage chunk, tokens (default 256); use the same value\n"
+		"                         to resume an ingest bit-identically\n"
+		"  --page-tokens N        tokens per cache page (ingest; default 1024)\n"
+		"  --c-dtype f16|bf16|f32 storage type of the cache rows (ingest; default f16). A\n"
+		"                         resumed ingest or a question uses the context's own type\n"
+		"  --checkpoint-tokens K  commit a resumable checkpoint every K tokens (ingest;\n"
+		"                         rounded up to a chunk multiple; default 262144)\n"
+		"  --tier-mb N            expanded key/value tier for decode, MiB (default 512; 0 off)\n"
+		"  --help                 this text\n"
+		"\n"
+		"ingest FILE...: FILEs (regular files or directories) become one byte stream. A single\n"
+		"regular file is taken as it is. Otherwise each file, in command-line order (the files\n"
+		"of a directory recursively, in byte-wise name order, skipping dot-names, non-regular\n"
+		"files and files with a NUL byte in their first 4 KiB), is written as\n"
+		"    ### File: LABEL<newline><the file's bytes><newline>\n"
+		"where LABEL is the path as given, joined with '/' to the path inside a directory,\n"
+		"leading \"./\" removed. The same command line over the same files gives the same\n"
+		"context; an identical context already stored is reused (reported, not stored twice).\n"
+		"  --name NAME            name the context; names are unique in a store (a name in\n"
+		"                         use is refused); a reused context keeps its own name\n"
+		"  --resume               continue the interrupted ingest named NAME (or the only\n"
+		"                         unnamed one) from its last checkpoint: give the same FILEs\n"
+		"                         (unchanged) and --chunk. With nothing to resume, a new\n"
+		"                         ingest starts\n"
+		"On a terminal a progress line on stderr shows tokens done, tokens/s and the ETA.\n"
+		"SIGINT/SIGTERM commit a checkpoint and exit 1, printing the command to resume.\n"
+		"At the end one line on stdout: context serial, name, tokens, bytes on disk, bytes per\n"
+		"token, tokens/s, key prefix, and whether an identical context was reused.\n"
+		"\n"
+		"ask CONTEXT QUESTION: CONTEXT is a context name, #serial, or a prefix of its hex key.\n"
+		"QUESTION's tokens are appended to the context as given, with no prompt template\n"
+		"(write the format the model expects, e.g. \"\\n\\nUser: ...\\n\\nAssistant:\"). The\n"
+		"answer streams to stdout as whole UTF-8 characters; it ends at the end-of-text token,\n"
+		"--max-tokens, or a --stop string (not printed). Timings go to stderr.\n"
+		"  --max-tokens N         answer length limit (default 256)\n"
+		"  --temperature T        0 = greedy (default 1.0)\n"
+		"  --top-k K              keep the K most likely tokens (default 0 = off)\n"
+		"  --top-p P              nucleus sampling, 0 < P <= 1 (default 1 = off)\n"
+		"  --min-p M              drop tokens below M x the top probability (default 0 = off)\n"
+		"  --presence-penalty X   subtracted once from every token already in the answer (0)\n"
+		"  --frequency-penalty X  subtracted per occurrence in the answer (0); penalties look\n"
+		"                         at the answer only, not at the context or the question\n"
+		"  --seed S               sampling RNG seed (default 0: the same answer every run)\n"
+		"  --stop STR             stop when STR appears in the answer (repeatable)\n"
+		"\n"
+		"ls: every context: serial, name, tokens, bytes on disk, bytes per token, key prefix,\n"
+		"state (sealed, or open = interrupted ingest). Reads the store without locking it.\n"
+		"\n"
+		"Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 context not found; every error\n"
+		"is one line on stderr.\n");
+}
+
+static int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int die(int code, const char *fmt, ...)
+{
+	char line[2 * GF_ERR_LEN + 256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	for (char *p = line; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	fprintf(stderr, "gf-run: %s\n", line);
+	return code;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- command line ------------------------------------------------------------------------ */
+
+struct opts {
+	const char *model, *cache_dir;
+	int threads;
+	int chunk;
+	uint32_t page_tokens;
+	cs_dtype c_dtype;
+	uint64_t checkpoint_tokens;
+	uint64_t tier_mb;
+	bool page_set, dtype_set;
+	/* ingest */
+	const char *name;
+	bool resume;
+	/* ask */
+	gf_sampling samp;
+	long max_tokens;
+	const char **stops;
+	int n_stops;
+	/* positionals: the command, then its arguments */
+	const char *cmd;
+	char **args;
+	int n_args;
+	const char *ingest_opt, *ask_opt;   /* one option given of each kind, for messages */
+};
+
+static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	char *end;
+
+	if (!s[0] || s[0] == '-')
+		return -1;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end || v < lo || v > hi)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int parse_float(const char *s, float *out)
+{
+	char *end;
+
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || end == s || *end || !isfinite(v))
+		return -1;
+	*out = (float)v;
+	return 0;
+}
+
+/* 0, or an exit code after printing the error. */
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+	bool dashdash = false;
+	uint64_t u;
+
+	memset(o, 0, sizeof(*o));
+	o->chunk = 256;
+	o->page_tokens = 1024;
+	o->c_dtype = CS_DTYPE_F16;
+	o->checkpoint_tokens = 262144;
+	o->tier_mb = 512;
+	o->max_tokens = 256;
+	gf_sampling_defaults(&o->samp);
+	o->stops = calloc((size_t)argc, sizeof(*o->stops));
+	o->args = calloc((size_t)argc, sizeof(*o->args));
+	if (!o->stops || !o->args)
+		return die(EX_ERR, "out of memory");
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (dashdash || strncmp(a, "--", 2) != 0 || a[2] == 0) {
+			if (!dashdash && strcmp(a, "--") == 0) {
+				dashdash = true;
+				continue;
+			}
+			if (!o->cmd)
+				o->cmd = a;
+			else
+				o->args[o->n_args++] = argv[i];
+			continue;
+		}
+		if (strcmp(a, "--resume") == 0) {
+			o->resume = true;
+			o->ingest_opt = a;
+			continue;
+		}
+		if (i + 1 >= argc)
+			return die(EX_USAGE, "%s needs a value (see --help)", a);
+		const char *v = argv[++i];
+		if (strcmp(a, "--model") == 0) {
+			o->model = v;
+		} else if (strcmp(a, "--cache-dir") == 0) {
+			o->cache_dir = v;
+		} else if (strcmp(a, "--threads") == 0) {
+			if (parse_u64(v, 1, 1024, &u))
+				return die(EX_USAGE, "--threads %s: not an integer in 1..1024", v);
+			o->threads = (int)u;
+		} else if (strcmp(a, "--chunk") == 0) {
+			if (parse_u64(v, 1, 1 << 16, &u))
+				return die(EX_USAGE, "--chunk %s: not an integer in 1..65536", v);
+			o->chunk = (int)u;
+		} else if (strcmp(a, "--page-tokens") == 0) {
+			if (parse_u64(v, 1, 1 << 20, &u))
+				return die(EX_USAGE, "--page-tokens %s: not an integer in 1..1048576", v);
+			o->page_tokens = (uint32_t)u;
+			o->page_set = true;
+		} else if (strcmp(a, "--c-dtype") == 0) {
+			if (strcmp(v, "f16") == 0)
+				o->c_dtype = CS_DTYPE_F16;
+			else if (strcmp(v, "bf16") == 0)
+				o->c_dtype = CS_DTYPE_BF16;
+			else if (strcmp(v, "f32") == 0)
+				o->c_dtype = CS_DTYPE_F32;
+			else
+				return die(EX_USAGE, "--c-dtype %s: not f16, bf16 or f32", v);
+			o->dtype_set = true;
+		} else if (strcmp(a, "--checkpoint-tokens") == 0) {
+			if (parse_u64(v, 0, UINT64_MAX / 2, &u))
+				return die(EX_USAGE, "--checkpoint-tokens %s: not a non-negative integer", v);
+			o->checkpoint_tokens = u;
+		} else if (strcmp(a, "--tier-mb") == 0) {
+			if (parse_u64(v, 0, 1ull << 30, &u))
+				return die(EX_USAGE, "--tier-mb %s: not a non-negative integer", v);
+			o->tier_mb = u;
+		} else if (strcmp(a, "--name") == 0) {
+			size_t len = strlen(v);
+			if (len == 0 || len >= CS_NAME_MAX || strchr(v, '\n'))
+				return die(EX_USAGE, "--name: 1..%d bytes without a newline", CS_NAME_MAX - 1);
+			o->name = v;
+			o->ingest_opt = a;
+		} else if (strcmp(a, "--max-tokens") == 0) {
+			if (parse_u64(v, 0, 1u << 30, &u))
+				return die(EX_USAGE, "--max-tokens %s: not a non-negative integer", v);
+			o->max_tokens = (long)u;
+			o->ask_opt = a;
+		} else if (strcmp(a, "--temperature") == 0 || strcmp(a, "--top-p") == 0 ||
+			   strcmp(a, "--min-p") == 0 || strcmp(a, "--presence-penalty") == 0 ||
+			   strcmp(a, "--frequency-penalty") == 0) {
+			float *dst = strcmp(a, "--temperature") == 0 ? &o->samp.temperature
+				   : strcmp(a, "--top-p") == 0 ? &o->samp.top_p
+				   : strcmp(a, "--min-p") == 0 ? &o->samp.min_p
+				   : strcmp(a, "--presence-penalty") == 0 ? &o->samp.presence_penalty
+				   : &o->samp.frequency_penalty;
+			if (parse_float(v, dst))
+				return die(EX_USAGE, "%s %s: not a number", a, v);
+			o->ask_opt = a;
+		} else if (strcmp(a, "--top-k") == 0) {
+			if (parse_u64(v, 0, INT32_MAX, &u))
+				return die(EX_USAGE, "--top-k %s: not a non-negative integer", v);
+			o->samp.top_k = (int32_t)u;
+			o->ask_opt = a;
+		} else if (strcmp(a, "--seed") == 0) {
+			if (parse_u64(v, 0, UINT64_MAX, &u))
+				return die(EX_USAGE, "--seed %s: not an unsigned 64-bit integer", v);
+			o->samp.seed = u;
+			o->ask_opt = a;
+		} else if (strcmp(a, "--stop") == 0) {
+			if (!v[0])
+				return die(EX_USAGE, "--stop: empty string");
+			o->stops[o->n_stops++] = v;
+			o->ask_opt = a;
+		} else {
+			return die(EX_USAGE, "unknown option %s (see --help)", a);
+		}
+	}
+	if (!o->cmd)
+		return die(EX_USAGE, "no command: ingest, ask or ls (see --help)");
+	if (!o->cache_dir)
+		return die(EX_USAGE, "%s needs --cache-dir (see --help)", o->cmd);
+	bool ingest = strcmp(o->cmd, "ingest") == 0, ask = strcmp(o->cmd, "ask") == 0;
+	if (!ingest && !ask && strcmp(o->cmd, "ls") != 0)
+		return die(EX_USAGE, "unknown command '%s': ingest, ask or ls (see --help)", o->cmd);
+	if (o->ingest_opt && !ingest)
+		return die(EX_USAGE, "%s is an option of ingest, not %s", o->ingest_opt, o->cmd);
+	if (o->ask_opt && !ask)
+		return die(EX_USAGE, "%s is an option of ask, not %s", o->ask_opt, o->cmd);
+	if ((ingest || ask) && !o->model)
+		return die(EX_USAGE, "%s needs --model (see --help)", o->cmd);
+	if (ingest && o->n_args == 0)
+		return die(EX_USAGE, "ingest needs at least one FILE (see --help)");
+	if (ask && o->n_args != 2)
+		return die(EX_USAGE, "ask takes CONTEXT and QUESTION (%d argument%s given; quote "
+			   "the question)", o->n_args, o->n_args == 1 ? "" : "s");
+	if (!ingest && !ask && o->n_args)
+		return die(EX_USAGE, "ls takes no argument ('%s' given)", o->args[0]);
+	if (ask && !o->args[1][0])
+		return die(EX_USAGE, "empty question");
+	char err[GF_ERR_LEN];
+	if (ask && gf_sampling_check(&o->samp, err))
+		return die(EX_USAGE, "%s", err);
+	return 0;
+}
+
+static void opts_free(struct opts *o)
+{
+	free(o->stops);
+	free(o->args);
+}
+
+static void engine_config(const struct opts *o, gfe_config *cfg)
+{
+	gfe_config_defaults(cfg);
+	cfg->model_path = o->model;
+	cfg->cache_dir = o->cache_dir;
+	cfg->chunk = o->chunk;
+	cfg->page_tokens = o->page_tokens;
+	cfg->c_dtype = o->c_dtype;
+	cfg->checkpoint_tokens = o->checkpoint_tokens;
+	cfg->tier_bytes = o->tier_mb << 20;
+	cfg->threads = o->threads;
+}
+
+/* The store read-only (no lock: works beside a running ingest). *s NULL and 0 when the
+ * directory does not exist and missing_ok. */
+static int open_store_ro(const char *dir, bool missing_ok, cs_store **s)
+{
+	char err[CS_ERR_LEN] = "";
+	cs_config cfg;
+
+	*s = NULL;
+	cs_config_defaults(&cfg);
+	cfg.flags = CS_OPEN_RDONLY;
+	int rc = cs_store_open(s, dir, &cfg, err);
+	if (rc == -ENOENT && missing_ok)
+		return 0;
+	if (rc)
+		return die(rc == -ENOENT ? EX_NOCTX : EX_ERR, "%s", err);
+	return 0;
+}
+
+static void human(char *out, size_t cap, double v, const char *unit)
+{
+	static const char sfx[] = " kMGTP";
+	int i = 0;
+
+	while (v >= 1000 && i < 5) {
+		v /= 1000;
+		i++;
+	}
+	if (i == 0)
+		snprintf(out, cap, "%.0f%s", v, unit);
+	else
+		snprintf(out, cap, "%.*f%c%s", v < 10 ? 2 : v < 100 ? 1 : 0, v, sfx[i], unit);
+}
+
+/* ---- ls ------------------------------------------------------------------------------------ */
+
+static int cmd_ls(const struct opts *o)
+{
+	char err[CS_ERR_LEN] = "", hex[33];
+	cs_ctx_info *list;
+	cs_store *s;
+	size_t n;
+	int rc = open_store_ro(o->cache_dir, false, &s);
+
+	if (rc)
+		return rc == EX_NOCTX ? EX_ERR : rc;
+	if (cs_store_list(s, &list, &n, err)) {
+		cs_store_close(s);
+		return die(EX_ERR, "%s", err);
+	}
+	printf("%6s  %-24s %12s %14s %8s  %-12s  %s\n", "SERIAL", "NAME", "TOKENS", "DISK_BYTES",
+	       "B/TOKEN", "KEY", "STATE");
+	for (size_t i = 0; i < n; i++) {
+		const cs_ctx_info *x = &list[i];
+
+		cs_key_hex(x->key, hex);
+		printf("%6" PRIu64 "  %-24s %12" PRIu64 " %14" PRIu64 " %8.2f  %.12s  %s\n", x->serial,
+		       x->name[0] ? x->name : "-", x->n_tokens, x->disk_bytes,
+		       x->n_tokens ? (double)x->disk_bytes / (double)x->n_tokens : 0.0, hex,
+		       x->sealed ? "sealed" : "open");
+	}
+	free(list);
+	cs_store_close(s);
+	return EX_OK;
+}
+
+/* ---- the input stream ------------------------------------------------------------------- */
+
+struct in_file {
+	char *path;     /* to open */
+	char *label;    /* in the header */
+	uint64_t size;  /* at listing time (progress only) */
+};
+
+struct input {
+	struct in_file *files;
+	size_t n, cap;
+	bool headers;
+	uint64_t total;  /* stream bytes, estimated from the sizes at listing time */
+};
+
+static void input_free(struct input *in)
+{
+	for (size_t i = 0; i < in->n; i++) {
+		free(in->files[i].path);
+		free(in->files[i].label);
+	}
+	free(in->files);
+}
+
+static char *join(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *p = malloc(la + lb + 2);
+
+	if (!p)
+		return NULL;
+	memcpy(p, a, la);
+	p[la] = '/';
+	memcpy(p + la + 1, b, lb + 1);
+	return p;
+}
+
+static int input_add(struct input *in, const char *path, const char *label, uint64_t size)
+{
+	if (in->n == in->cap) {
+		size_t cap = in->cap ? 2 * in->cap : 16;
+		struct in_file *f = realloc(in->files, cap * sizeof(*f));
+		if (!f)
+			return die(EX_ERR, "out of memory listing input files");
+		in->files = f;
+		in->cap = cap;
+	}
+	while (strncmp(label, "./", 2) == 0 && label[2])
+		for (label += 2; *label == '/'; label++)
+			;
+	struct in_file *f = &in->files[in->n];
+	f->path = strdup(path);
+	f->label = strdup(label);
+	f->size = size;
+	if (!f->path || !f->label) {
+		free(f->path);
+		free(f->label);
+		return die(EX_ERR, "out of memory listing input files");
+	}
+	in->n++;
+	return 0;
+}
+
+static bool is_binary(const char *path)
+{
+	unsigned char buf[SNIFF_BYTES];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return false;   /* the read later reports the error */
+	do
+		n = read(fd, buf, sizeof(buf));
+	while (n < 0 && errno == EINTR);
+	close(fd);
+	return n > 0 && memchr(buf, 0, (size_t)n) != NULL;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds a directory's files recursively, in strcmp order of entry names. */
+static int input_walk(struct input *in, const char *path, const char *label, int depth)
+{
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+	int rc = 0;
+
+	if (depth > 64)
+		return die(EX_ERR, "%s: directories nested deeper than 64 levels", path);
+	DIR *d = opendir(path);
+	if (!d)
+		return die(EX_ERR, "%s: %s", path, strerror(errno));
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (n == cap) {
+			cap = cap ? 2 * cap : 32;
+			char **p = realloc(names, cap * sizeof(*p));
+			if (!p) {
+				rc = die(EX_ERR, "out of memory listing %s", path);
+				goto out_names;
+			}
+			names = p;
+		}
+		if (!(names[n] = strdup(de->d_name))) {
+			rc = die(EX_ERR, "out of memory listing %s", path);
+			goto out_names;
+		}
+		n++;
+	}
+	if (n)
+		qsort(names, n, sizeof(*names), cmp_str);
+	for (size_t i = 0; i < n && !rc; i++) {
+		char *p = join(path, names[i]), *l = join(label, names[i]);
+		struct stat st;
+
+		if (!p || !l)
+			rc = die(EX_ERR, "out of memory listing %s", path);
+		else if (stat(p, &st))
+			rc = 0;   /* a dangling link, or it vanished: not part of the input */
+		else if (S_ISDIR(st.st_mode))
+			rc = input_walk(in, p, l, depth + 1);
+		else if (S_ISREG(st.st_mode) && !is_binary(p))
+			rc = input_add(in, p, l, (uint64_t)st.st_size);
+		free(p);
+		free(l);
+	}
+out_names:
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	closedir(d);
+	return rc;
+}
+
+static int input_list(struct input *in, char **args, int n_args)
+{
+	int rc;
+
+	memset(in, 0, sizeof(*in));
+	in->headers = n_args > 1;
+	for (int i = 0; i < n_args; i++) {
+		struct stat st;
+		char *a = args[i];
+
+		if (stat(a, &st))
+			return die(EX_ERR, "%s: %s", a, strerror(errno));
+		if (S_ISDIR(st.st_mode)) {
+			size_t len = strlen(a);
+			while (len > 1 && a[len - 1] == '/')
+				a[--len] = 0;
+			in->headers = true;
+			rc = input_walk(in, a, a, 0);
+		} else if (S_ISREG(st.st_mode)) {
+			rc = input_add(in, a, a, (uint64_t)st.st_size);
+		} else {
+			return die(EX_ERR, "%s: not a regular file or directory", a);
+		}
+		if (rc)
+			return rc;
+	}
+	for (size_t i = 0; i < in->n; i++)
+		in->total += in->files[i].size + (in->headers ? strlen(in->files[i].label) + 12 : 0);
+	return 0;
+}
+
+/* ---- ingest --------------------------------------------------------------------------------- */
+
+struct feed {
+	gfe_ingest *in;
+	uint64_t skip;          /* stream bytes still to skip (a resume) */
+	uint64_t pos;           /* stream bytes seen, skipped ones included */
+	uint64_t total;
+	uint64_t tokens0;       /* tokens done when this run started */
+	double t0, last_progress;
+	bool progress;
+	char err[GF_ERR_LEN];
+};
+
+static void fmt_eta(char *out, size_t cap, double s)
+{
+	if (!(s >= 0) || s > 3600.0 * 24 * 365)
+		snprintf(out, cap, "?");
+	else if (s >= 3600)
+		snprintf(out, cap, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+	else if (s >= 60)
+		snprintf(out, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+	else
+		snprintf(out, cap, "%ds", (int)s);
+}
+
+static void progress_line(struct feed *f, bool force)
+{
+	if (!f->progress)
+		return;
+	double t = now_s();
+	if (!force && t - f->last_progress < PROGRESS_EVERY)
+		return;
+	f->last_progress = t;
+	uint64_t done = gfe_ingest_tokens_done(f->in);
+	double rate = t > f->t0 ? (double)(done - f->tokens0) / (t - f->t0) : 0;
+	/* Total tokens estimated from the bytes/token ratio of the stream so far. */
+	double est = f->pos ? (double)done * (double)f->total / (double)f->pos : 0;
+	char a[32], b[32], c[32];
+	human(a, sizeof(a), (double)done, "");
+	human(b, sizeof(b), rate, "");
+	fmt_eta(c, sizeof(c), rate > 0 && est > done ? (est - (double)done) / rate : -1);
+	fprintf(stderr, "\r%s tokens  %s tokens/s  %3.0f%%  ETA %s\033[K", a, b,
+		f->total ? 100.0 * (double)(f->pos < f->total ? f->pos : f->total) / (double)f->total
+			 : 0.0,
+		rate > 0 ? c : "?");
+}
+
+/* Feeds stream bytes to the engine, skipping what a resume already has. 0, -EINTR when a
+ * signal asked to stop, or an engine error (f->err). */
+static int feed_bytes(struct feed *f, const char *p, size_t n)
+{
+	while (n) {
+		if (stop_signal)
+			return -EINTR;
+		if (f->skip) {
+			size_t k = f->skip < n ? (size_t)f->skip : n;
+			f->skip -= k;
+			f->pos += k;
+			p += k;
+			n -= k;
+			continue;
+		}
+		size_t k = n < FEED_BYTES ? n : FEED_BYTES;
+		int rc = gfe_ingest_text(f->in, p, k, f->err);
+		if (rc)
+			return rc;
+		f->pos += k;
+		p += k;
+		n -= k;
+		progress_line(f, false);
+	}
+	return 0;
+}
+
+static int feed_file(struct feed *f, const struct in_file *file, bool headers, char *buf)
+{
+	char head[64];
+	int rc;
+
+	if (headers) {
+		snprintf(head, sizeof(head), "### File: ");
+		if ((rc = feed_bytes(f, head, strlen(head))) ||
+		    (rc = feed_bytes(f, file->label, strlen(file->label))) ||
+		    (rc = feed_bytes(f, "\n", 1)))
+			return rc;
+	}
+	int fd = open(file->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(f->err, sizeof(f->err), "%s: %s", file->path, strerror(errno));
+		return -EIO;
+	}
+	for (;;) {
+		ssize_t n = read(fd, buf, READ_BYTES);
+		if (n < 0 && errno == EINTR) {
+			if (stop_signal) {
+				rc = -EINTR;
+				break;
+			}
+			continue;
+		}
+		if (n < 0) {
+			snprintf(f->err, sizeof(f->err), "%s: read: %s", file->path, strerror(errno));
+			rc = -EIO;
+			break;
+		}
+		if (n == 0) {
+			rc = 0;
+			break;
+		}
+		if ((rc = feed_bytes(f, buf, (size_t)n)))
+			break;
+	}
+	close(fd);
+	if (!rc && headers)
+		rc = feed_bytes(f, "\n", 1);
+	return rc;
+}
+
+/* Finds the context --resume continues: the unsealed one named o->name, or the only
+ * unnamed unsealed one. 0 with *serial 0 when there is none; an exit code on error. */
+static int find_resumable(const struct opts *o, uint64_t *serial, cs_ctx_info *out)
+{
+	char err[CS_ERR_LEN] = "";
+	cs_ctx_info *list;
+	cs_store *s;
+	size_t n, hits = 0;
+	int rc = open_store_ro(o->cache_dir, true, &s);
+
+	*serial = 0;
+	if (rc || !s)
+		return rc;
+	if (cs_store_list(s, &list, &n, err)) {
+		cs_store_close(s);
+		return die(EX_ERR, "%s", err);
+	}
+	for (size_t i = 0; i < n; i++) {
+		const cs_ctx_info *x = &list[i];
+		if (o->name ? strcmp(x->name, o->name) != 0 : x->name[0] != 0)
+			continue;
+		if (x->sealed && o->name) {
+			rc = die(EX_ERR, "context '%s' (#%" PRIu64 ", %" PRIu64 " tokens) is complete: "
+				 "nothing to resume", o->name, x->serial, x->n_tokens);
+			break;
+		}
+		if (x->sealed)
+			continue;
+		*serial = x->serial;
+		*out = *x;
+		hits++;
+	}
+	if (!rc && hits > 1)
+		rc = die(EX_ERR, "%zu interrupted unnamed ingests in %s: remove all but one "
+			 "(gf-cache rm #serial) to resume", hits, o->cache_dir);
+	free(list);
+	cs_store_close(s);
+	return rc;
+}
+
+/* A new ingest must not take a name in use: say what to do instead. */
+static int check_name_free(const struct opts *o)
+{
+	cs_ctx_info info;
+	cs_store *s;
+	int rc = open_store_ro(o->cache_dir, true, &s);
+
+	if (rc || !s || !o->name)
+		goto out_store;
+	if (cs_store_lookup_name(s, o->name, &info) == 0) {
+		if (info.sealed)
+			rc = die(EX_ERR, "name '%s' is taken by context #%" PRIu64 " (%" PRIu64
+				 " tokens): choose another --name", o->name, info.serial, info.n_tokens);
+		else
+			rc = die(EX_ERR, "an interrupted ingest named '%s' exists (#%" PRIu64 ", %" PRIu64
+				 " tokens): add --resume to continue it, or remove it with gf-cache rm #%" PRIu64,
+				 o->name, info.serial, info.n_tokens, info.serial);
+	}
+out_store:
+	cs_store_close(s);
+	return rc;
+}
+
+static void resume_hint(const struct opts *o, char *out, size_t cap)
+{
+	int k = snprintf(out, cap, "gf-run --model %s --cache-dir %s", o->model, o->cache_dir);
+	if (o->chunk != 256 && k > 0 && (size_t)k < cap)
+		k += snprintf(out + k, cap - (size_t)k, " --chunk %d", o->chunk);
+	if (k > 0 && (size_t)k < cap)
+		k += snprintf(out + k, cap - (size_t)k, " ingest --resume%s%s", o->name ? " --name " : "",
+			      o->name ? o->name : "");
+	for (int i = 0; i < o->n_args && k > 0 && (size_t)k < cap; i++)
+		k += snprintf(out + k, cap - (size_t)k, " %s", o->args[i]);
+}
+
+static int cmd_ingest(struct opts *o)
+{
+	char err[GF_ERR_LEN] = "", hex[33], hint[1024];
+	struct input inp;
+	struct feed f = { 0 };
+	gfe_engine *e = NULL;
+	gfe_ingest *in = NULL;
+	gfe_context ctx;
+	char *buf = NULL;
+	uint64_t serial = 0;
+	cs_ctx_info rinfo;
+	int rc, ret = EX_ERR;
+
+	if ((rc = input_list(&inp, o->args, o->n_args)))
+		goto out_input;
+	if (o->resume) {
+		if ((rc = find_resumable(o, &serial, &rinfo)))
+			goto out_input;
+		if (serial) {
+			/* The context fixes its row type and page size; the engine must agree. */
+			if ((o->dtype_set && o->c_dtype != rinfo.dtype) ||
+			    (o->page_set && o->page_tokens != rinfo.page_tokens)) {
+				rc = die(EX_USAGE, "context #%" PRIu64 " was started with --c-dtype %s "
+					 "--page-tokens %u: resume with the same (or without them)",
+					 serial, cs_dtype_name(rinfo.dtype), rinfo.page_tokens);
+				goto out_input;
+			}
+			o->c_dtype = rinfo.dtype;
+			o->page_tokens = rinfo.page_tokens;
+		} else {
+			fprintf(stderr, "gf-run: no interrupted ingest%s%s to resume: starting a new one\n",
+				o->name ? " named " : "", o->name ? o->name : "");
+		}
+	}
+	if (!serial && (rc = check_name_free(o)))
+		goto out_input;
+	buf = malloc(READ_BYTES);
+	if (!buf) {
+		rc = die(EX_ERR, "out of memory");
+		goto out_input;
+	}
+	gfe_config cfg;
+	engine_config(o, &cfg);
+	if (gfe_open(&e, &cfg, err)) {
+		rc = die(EX_ERR, "%s", err);
+		goto out_input;
+	}
+	if (!gfe_tokenizer(e)) {
+		rc = die(EX_ERR, "%s: the model has no vocabulary (convert it with --vocab)", o->model);
+		goto out_engine;
+	}
+	if (serial ? gfe_ingest_resume(e, serial, &in, err)
+		   : gfe_ingest_begin(e, o->name, &in, err)) {
+		rc = die(EX_ERR, "%s", err);
+		goto out_engine;
+	}
+
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;   /* no SA_RESTART: a blocked read returns EINTR */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+
+	f.in = in;
+	f.skip = gfe_ingest_input_bytes(in);
+	f.total = inp.total;
+	f.tokens0 = gfe_ingest_tokens_done(in);
+	f.t0 = now_s();
+	f.progress = isatty(STDERR_FILENO);
+	const uint64_t resumed_bytes = f.skip;
+	rc = 0;
+	for (size_t i = 0; i < inp.n && !rc; i++)
+		rc = feed_file(&f, &inp.files[i], inp.headers, buf);
+	if (rc == -EINTR) {
+		int sig = stop_signal;
+		if (f.progress)
+			fputs("\r\033[K", stderr);
+		resume_hint(o, hint, sizeof(hint));
+		if (gfe_ingest_checkpoint(in, err))
+			rc = die(EX_ERR, "interrupted by signal %d; the checkpoint failed (%s); the last "
+				 "periodic checkpoint holds %" PRIu64 " tokens: resume with: %s", sig, err,
+				 gfe_ingest_committed(in), hint);
+		else
+			rc = die(EX_ERR, "interrupted by signal %d: %" PRIu64 " tokens committed to "
+				 "context #%" PRIu64 "; resume with: %s", sig, gfe_ingest_committed(in),
+				 gfe_ingest_serial(in), hint);
+		goto out_ingest;
+	}
+	if (rc) {
+		if (f.progress)
+			fputs("\r\033[K", stderr);
+		rc = die(EX_ERR, "%s", f.err[0] ? f.err : "ingest failed");
+		goto out_ingest;
+	}
+	if (f.skip) {
+		if (f.progress)
+			fputs("\r\033[K", stderr);
+		rc = die(EX_ERR, "the input is %" PRIu64 " bytes but the interrupted ingest had read "
+			 "%" PRIu64 ": give the same files, unchanged", f.pos, resumed_bytes);
+		goto out_ingest;
+	}
+	if (f.progress) {
+		progress_line(&f, true);
+		fprintf(stderr, "  finishing");
+	}
+	int frc = gfe_ingest_finish(in, &ctx, NULL, err);
+	double t_end = now_s();
+	if (f.progress)
+		fputs("\r\033[K", stderr);
+	if (frc) {
+		rc = die(EX_ERR, "%s", err);
+		goto out_ingest;
+	}
+	/* Tokens the finish ran (the last partial chunk) count too. */
+	const uint64_t ran = ctx.n_tokens - f.tokens0;
+	cs_ctx_info info;
+	const char *name = "-";
+	if (cs_store_info(gfe_store(e), ctx.serial, &info, NULL) == 0 && info.name[0])
+		name = info.name;
+	cs_key_hex(ctx.key, hex);
+	printf("%s #%" PRIu64 " %s: %" PRIu64 " tokens, %" PRIu64 " bytes on disk (%.2f bytes/token), "
+	       "%.0f tokens/s, key %.12s%s\n", ctx.reused ? "reused" : "ingested", ctx.serial, name,
+	       ctx.n_tokens, ctx.disk_bytes,
+	       ctx.n_tokens ? (double)ctx.disk_bytes / (double)ctx.n_tokens : 0.0,
+	       t_end > f.t0 ? (double)ran / (t_end - f.t0) : 0.0, hex,
+	       ctx.reused ? " (an identical context was already stored)" : "");
+	rc = 0;
+	ret = EX_OK;
+out_ingest:
+	gfe_ingest_free(in);
+out_engine:
+	gfe_close(e);
+out_input:
+	free(buf);
+	input_free(&inp);
+	return rc ? rc : ret;
+}
+
+/* ---- ask ------------------------------------------------------------------------------------ */
+
+/* Resolves CONTEXT: a name, #serial, or a unique prefix of the hex key. */
+static int resolve(const struct opts *o, const char *id, cs_ctx_info *out)
+{
+	char err[CS_ERR_LEN] = "", hex[33];
+	cs_ctx_info *list;
+	cs_store *s;
+	size_t n, hits = 0, len = strlen(id);
+	int rc = open_store_ro(o->cache_dir, true, &s);
+
+	if (rc)
+		return rc;
+	if (!s)
+		return die(EX_NOCTX, "%s: no such context (no store at %s)", id, o->cache_dir);
+	if (cs_store_lookup_name(s, id, out) == 0)
+		goto out_store;
+	if (id[0] == '#') {
+		char *end;
+		errno = 0;
+		unsigned long long v = strtoull(id + 1, &end, 10);
+		if (!id[1] || *end || errno)
+			rc = die(EX_USAGE, "%s: not a serial number", id);
+		else if (cs_store_info(s, v, out, err))
+			rc = die(EX_NOCTX, "%s: no such context in %s", id, o->cache_dir);
+		goto out_store;
+	}
+	bool hexid = len > 0 && len <= 32;
+	for (size_t i = 0; i < len; i++)
+		hexid = hexid && strchr("0123456789abcdefABCDEF", id[i]);
+	if (!hexid) {
+		rc = die(EX_NOCTX, "%s: no context of that name in %s", id, o->cache_dir);
+		goto out_store;
+	}
+	if (cs_store_list(s, &list, &n, err)) {
+		rc = die(EX_ERR, "%s", err);
+		goto out_store;
+	}
+	for (size_t i = 0; i < n; i++) {
+		cs_key_hex(list[i].key, hex);
+		if (!strncasecmp(hex, id, len)) {
+			*out = list[i];
+			hits++;
+		}
+	}
+	free(list);
+	if (hits > 1)
+		rc = die(EX_USAGE, "%s: matches %zu contexts, give more digits", id, hits);
+	else if (!hits)
+		rc = die(EX_NOCTX, "%s: no such context in %s", id, o->cache_dir);
+out_store:
+	cs_store_close(s);
+	return rc;
+}
+
+/* The answer on its way to stdout, held back where it could be the start of a stop string. */
+struct answer {
+	char *buf;
+	size_t n, cap;
+	const char **stops;
+	int n_stops;
+	bool stopped;
+};
+
+static int answer_write(const char *p, size_t n)
+{
+	if (n && fwrite(p, 1, n, stdout) != n)
+		return -EIO;
+	return fflush(stdout) ? -EIO : 0;
+}
+
+/* Appends bytes; writes what can no longer be part of a stop string. */
+static int answer_push(struct answer *a, const uint8_t *p, size_t n, bool final)
+{
+	if (!a->buf || a->n + n > a->cap) {
+		size_t cap = (a->n + n) * 2 + 256;
+		char *b = realloc(a->buf, cap);
+		if (!b)
+			return -ENOMEM;
+		a->buf = b;
+		a->cap = cap;
+	}
+	memcpy(a->buf + a->n, p, n);
+	a->n += n;
+	size_t cut = a->n, hold = 0;
+	for (int i = 0; i < a->n_stops; i++) {
+		const size_t ls = strlen(a->stops[i]);
+		const char *hit = memmem(a->buf, a->n, a->stops[i], ls);
+		if (hit && (size_t)(hit - a->buf) < cut) {
+			cut = (size_t)(hit - a->buf);
+			a->stopped = true;
+		}
+		/* Longest tail of the buffer that begins the stop string. */
+		for (size_t k = ls - 1 < a->n ? ls - 1 : a->n; k > hold; k--)
+			if (!memcmp(a->buf + a->n - k, a->stops[i], k)) {
+				hold = k;
+				break;
+			}
+	}
+	if (a->stopped)
+		return answer_write(a->buf, cut);
+	if (final)
+		hold = 0;
+	size_t out = a->n - hold;
+	int rc = answer_write(a->buf, out);
+	memmove(a->buf, a->buf + out, hold);
+	a->n = hold;
+	return rc;
+}
+
+static int cmd_ask(struct opts *o)
+{
+	char err[GF_ERR_LEN] = "";
+	const char *id = o->args[0], *question = o->args[1];
+	gfe_engine *e = NULL;
+	gfe_session *s = NULL;
+	gf_sampler smp = { 0 };
+	bool smp_ok = false;
+	gf_decoder dec;
+	struct answer ans = { .stops = o->stops, .n_stops = o->n_stops };
+	int32_t *q = NULL;
+	float *logits = NULL;
+	uint8_t text[GF_TOKEN_MAX_BYTES + 16];
+	size_t n_q = 0, n_text;
+	cs_ctx_info info;
+	int rc;
+
+	if ((rc = resolve(o, id, &info)))
+		return rc;
+	if (!info.sealed)
+		return die(EX_ERR, "%s: context #%" PRIu64 " is an interrupted ingest (%" PRIu64
+			   " tokens): finish it with ingest --resume", id, info.serial, info.n_tokens);
+	gfe_config cfg;
+	engine_config(o, &cfg);
+	cfg.c_dtype = info.dtype;   /* the engine reads rows of the context's type */
+	cfg.page_tokens = info.page_tokens;
+	const double t0 = now_s();
+	if (gfe_open(&e, &cfg, err))
+		return die(EX_ERR, "%s", err);
+	const double t_open = now_s();
+	const gf_tokenizer *tk = gfe_tokenizer(e);
+	const int32_t V = gfe_model(e)->cfg.vocab_size;
+	if (!tk) {
+		rc = die(EX_ERR, "%s: the model has no vocabulary (convert it with --vocab)", o->model);
+		goto out_engine;
+	}
+	if (gf_tokenize(tk, (const uint8_t *)question, strlen(question), &q, &n_q)) {
+		rc = die(EX_ERR, "out of memory tokenizing the question");
+		goto out_engine;
+	}
+	if (n_q == 0) {
+		rc = die(EX_USAGE, "empty question");
+		goto out_engine;
+	}
+	logits = malloc(sizeof(float) * (size_t)V);
+	if (!logits || gf_sampler_init(&smp, V, &o->samp)) {
+		rc = die(EX_ERR, "out of memory for the sampler");
+		goto out_engine;
+	}
+	smp_ok = true;
+	gf_decoder_init(&dec, tk);
+	if (gfe_session_open(e, info.serial, &s, err) ||
+	    gfe_session_prefill(s, q, n_q, logits, err)) {
+		rc = die(EX_ERR, "%s", err);
+		goto out_engine;
+	}
+	const double t_prefill = now_s();
+	double t_first = t_prefill;
+	long n_gen = 0;
+	const char *why = "max tokens";
+	for (long i = 0; i < o->max_tokens; i++) {
+		int32_t tok = gf_sampler_sample(&smp, logits);
+		if (i == 0)
+			t_first = now_s();
+		if (tok == 0) {
+			why = "end of text";
+			break;
+		}
+		gf_sampler_accept(&smp, tok);
+		n_gen++;
+		if (gf_decoder_push(&dec, tok, text, sizeof(text), &n_text)) {
+			rc = die(EX_ERR, "sampled token %d has no bytes in the vocabulary", tok);
+			goto out_engine;
+		}
+		if (answer_push(&ans, text, n_text, false)) {
+			rc = die(EX_ERR, "writing the answer: %s", strerror(errno));
+			goto out_engine;
+		}
+		if (ans.stopped) {
+			why = "stop string";
+			break;
+		}
+		if (i + 1 < o->max_tokens && gfe_session_step(s, tok, logits, err)) {
+			rc = die(EX_ERR, "%s", err);
+			goto out_engine;
+		}
+	}
+	if (!ans.stopped) {
+		gf_decoder_flush(&dec, text, sizeof(text), &n_text);
+		if (answer_push(&ans, text, n_text, true)) {
+			rc = die(EX_ERR, "writing the answer: %s", strerror(errno));
+			goto out_engine;
+		}
+	}
+	if (isatty(STDOUT_FILENO))
+		answer_write("\n", 1);
+	const double t_end = now_s();
+	fprintf(stderr, "gf-run: context #%" PRIu64 " (%" PRIu64 " tokens) + %zu question tokens; "
+		"load %.2f s, prefill %.3f s, first token %.3f s, %ld tokens in %.3f s "
+		"(%.1f tokens/s), stopped at %s\n",
+		info.serial, info.n_tokens, n_q, t_open - t0, t_prefill - t_open,
+		t_first - t_open, n_gen, t_end - t_first,
+		n_gen > 1 && t_end > t_first ? (double)(n_gen - 1) / (t_end - t_first) : 0.0, why);
+	rc = EX_OK;
+out_engine:
+	gfe_session_free(s);
+	if (smp_ok)
+		gf_sampler_free(&smp);
+	free(ans.buf);
+	free(logits);
+	free(q);
+	gfe_close(e);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o;
+	int rc;
+
+	gf_blas_prefer_avx512(argv);
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage(stdout);
+			return EX_OK;
+		}
+	rc = parse_args(argc, argv, &o);
+	if (!rc) {
+		if (strcmp(o.cmd, "ls") == 0)
+			rc = cmd_ls(&o);
+		else if (strcmp(o.cmd, "ingest") == 0)
+			rc = cmd_ingest(&o);
+		else
+			rc = cmd_ask(&o);
+	}
+	opts_free(&o);
+	return rc;
+}
