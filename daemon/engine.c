@@ -11,17 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, int rc, const char *fmt, ...)
-{
-	if (err) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, GF_ERR_LEN, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 /* ---- the expanded key/value tier -----------------------------------------------------------
  * Rebuilt keys and values of whole blocks (GF_KV_BLOCK positions of one GOLD layer), kept in
  * RAM under a byte budget, least recently used first out. Blocks of a stored context never
@@ -211,7 +200,7 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	int rc;
 	gfe_engine *e = calloc(1, sizeof(*e));
 	if (!e)
-		return fail(err, -ENOMEM, "out of memory");
+		return gf_error(err, -ENOMEM, "out of memory");
 	e->cfg = *cfg;
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_mutex_init(&e->tier.mu, NULL);
@@ -222,7 +211,7 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	if (e->cfg.chunk < gf_config_tail_window(mc))
 		e->cfg.chunk = gf_config_tail_window(mc);
 	if (cs_dtype_size(cfg->c_dtype) == 0 || cfg->page_tokens < 1) {
-		rc = fail(err, -EINVAL, "cache element type %d or page size %u not supported",
+		rc = gf_error(err, -EINVAL, "cache element type %d or page size %u not supported",
 			  (int)cfg->c_dtype, cfg->page_tokens);
 		goto fail_engine;
 	}
@@ -231,7 +220,7 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	e->cfg.checkpoint_tokens = (cfg->checkpoint_tokens + ch - 1) / ch * ch;
 	if (e->model->gguf.vocab.n_tokens > 0) {
 		if ((rc = gf_tokenizer_init(&e->tokenizer, &e->model->gguf.vocab, why))) {
-			rc = fail(err, rc, "%s: vocabulary: %s", cfg->model_path, why);
+			rc = gf_error(err, rc, "%s: vocabulary: %s", cfg->model_path, why);
 			goto fail_engine;
 		}
 		e->has_tokenizer = true;
@@ -333,21 +322,21 @@ static int snapshot_read(const gf_config *c, const void *buf, size_t len, gf_sta
 {
 	struct snapshot_header h;
 	if (len < sizeof(h))
-		return fail(err, -EBADMSG, "snapshot of %zu bytes is too short", len);
+		return gf_error(err, -EBADMSG, "snapshot of %zu bytes is too short", len);
 	memcpy(&h, buf, sizeof(h));
 	if (h.magic != GFE_SNAPSHOT_MAGIC)
-		return fail(err, -EBADMSG, "snapshot: bad magic 0x%08x", h.magic);
+		return gf_error(err, -EBADMSG, "snapshot: bad magic 0x%08x", h.magic);
 	if (h.major != GFE_SNAPSHOT_MAJOR)
-		return fail(err, -EBADMSG, "snapshot format %u.%u: this build reads %u.x", h.major,
+		return gf_error(err, -EBADMSG, "snapshot format %u.%u: this build reads %u.x", h.major,
 			    h.minor, GFE_SNAPSHOT_MAJOR);
 	if (h.model_id != c->model_id || h.n_layer != (uint32_t)c->n_layer ||
 	    h.n_embd != (uint32_t)c->n_embd || h.first_gold != (uint32_t)c->first_gold ||
 	    h.n_head != (uint32_t)c->n_head || h.head_size != (uint32_t)c->head_size)
-		return fail(err, -EINVAL, "snapshot was made by another model (id %016llx, this one %016llx)",
+		return gf_error(err, -EINVAL, "snapshot was made by another model (id %016llx, this one %016llx)",
 			    (unsigned long long)h.model_id, (unsigned long long)c->model_id);
 	if (h.n_tail > h.window || h.window != (uint32_t)gf_config_tail_window(c) ||
 	    len != snapshot_size(c, (int)h.n_tail))
-		return fail(err, -EBADMSG, "snapshot: %zu bytes do not match its header", len);
+		return gf_error(err, -EBADMSG, "snapshot: %zu bytes do not match its header", len);
 	const char *p = (const char *)buf + sizeof(h);
 	memcpy(st->shift, p, gf_state_floats(c) * sizeof(float));
 	p += gf_state_floats(c) * sizeof(float);
@@ -564,7 +553,7 @@ static int ingest_alloc(gfe_engine *e, gfe_ingest **out, char *err)
 	const size_t ch = (size_t)e->cfg.chunk;
 	gfe_ingest *in = calloc(1, sizeof(*in));
 	if (!in)
-		return fail(err, -ENOMEM, "out of memory");
+		return gf_error(err, -ENOMEM, "out of memory");
 	in->e = e;
 	int rc = gf_workspace_init(&in->ws, e->model, e->cfg.chunk);
 	if (!rc)
@@ -577,7 +566,7 @@ static int ingest_alloc(gfe_engine *e, gfe_ingest **out, char *err)
 	in->snap = malloc(snapshot_size(c, gf_config_tail_window(c)));
 	if (rc || !in->pending || !in->x || !in->c || !in->crow || !in->tok_u32 || !in->snap) {
 		gfe_ingest_free(in);
-		return fail(err, -ENOMEM, "out of memory for an ingest");
+		return gf_error(err, -ENOMEM, "out of memory for an ingest");
 	}
 	if (e->has_tokenizer)
 		gf_encoder_init(&in->enc, &e->tokenizer);
@@ -621,7 +610,7 @@ int gfe_ingest_resume(gfe_engine *e, uint64_t serial, gfe_ingest **out, char *er
 		goto fail_ingest;
 	if (info.dtype != e->cfg.c_dtype) {
 		/* Rows are appended from buffers of the engine's type. */
-		rc = fail(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
+		rc = gf_error(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
 			  (unsigned long long)serial, cs_dtype_name(info.dtype),
 			  cs_dtype_name(e->cfg.c_dtype));
 		goto fail_ingest;
@@ -630,14 +619,14 @@ int gfe_ingest_resume(gfe_engine *e, uint64_t serial, gfe_ingest **out, char *er
 		goto fail_ingest;
 	if (len == 0) {
 		/* Committed before its first checkpoint's snapshot: start it over. */
-		rc = fail(err, -EINVAL, "context #%llu has no snapshot to resume from",
+		rc = gf_error(err, -EINVAL, "context #%llu has no snapshot to resume from",
 			  (unsigned long long)serial);
 		goto fail_ingest;
 	}
 	if ((rc = snapshot_read(c, blob, len, &in->st, &in->input_bytes, err)))
 		goto fail_ingest;
 	if ((uint64_t)in->st.n_pos != cs_writer_committed(in->w)) {
-		rc = fail(err, -EBADMSG, "context #%llu: snapshot at token %lld but %llu committed",
+		rc = gf_error(err, -EBADMSG, "context #%llu: snapshot at token %lld but %llu committed",
 			  (unsigned long long)serial, (long long)in->st.n_pos,
 			  (unsigned long long)cs_writer_committed(in->w));
 		goto fail_ingest;
@@ -673,7 +662,7 @@ static int ingest_run_chunk(gfe_ingest *in, char *err)
 	const int n = in->n_pending;
 	int rc = gf_finch_chunk(e->model, in->ws, &in->st, in->pending, n, NULL, in->x, in->c);
 	if (rc)
-		return fail(err, rc, "token outside the vocabulary (0..%d) near position %lld",
+		return gf_error(err, rc, "token outside the vocabulary (0..%d) near position %lld",
 			    c->vocab_size - 1, (long long)in->st.n_pos);
 	c_to_storage(e->cfg.c_dtype, in->c, in->crow, (size_t)n * c->ckv_dim);
 	for (int i = 0; i < n; i++)
@@ -700,7 +689,7 @@ static int ingest_push(gfe_ingest *in, const int32_t *tok, size_t n, char *err)
 	const int32_t V = in->e->model->cfg.vocab_size;
 	for (size_t i = 0; i < n; i++) {
 		if (tok[i] < 0 || tok[i] >= V)
-			return fail(err, -EINVAL, "token %d at position %llu is outside the vocabulary (0..%d)",
+			return gf_error(err, -EINVAL, "token %d at position %llu is outside the vocabulary (0..%d)",
 				    tok[i], (unsigned long long)(in->st.n_pos + in->n_pending), V - 1);
 		in->pending[in->n_pending++] = tok[i];
 		if (tk) {
@@ -737,9 +726,9 @@ static int ingest_check(gfe_ingest *in, int rc, char *err)
 int gfe_ingest_text(gfe_ingest *in, const void *bytes, size_t n, char *err)
 {
 	if (in->failed)
-		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+		return gf_error(err, in->failed, "this ingest failed earlier: %.200s", in->err);
 	if (!in->e->has_tokenizer)
-		return fail(err, -EINVAL, "the model has no vocabulary: send token ids");
+		return gf_error(err, -EINVAL, "the model has no vocabulary: send token ids");
 	in->err[0] = 0;
 	int rc = gf_encoder_feed(&in->enc, bytes, n, ingest_sink, in);
 	return ingest_check(in, rc, err);
@@ -748,7 +737,7 @@ int gfe_ingest_text(gfe_ingest *in, const void *bytes, size_t n, char *err)
 int gfe_ingest_tokens(gfe_ingest *in, const int32_t *tok, size_t n, char *err)
 {
 	if (in->failed)
-		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+		return gf_error(err, in->failed, "this ingest failed earlier: %.200s", in->err);
 	in->err[0] = 0;
 	int rc = ingest_push(in, tok, n, in->err);
 	return ingest_check(in, rc, err);
@@ -757,7 +746,7 @@ int gfe_ingest_tokens(gfe_ingest *in, const int32_t *tok, size_t n, char *err)
 int gfe_ingest_checkpoint(gfe_ingest *in, char *err)
 {
 	if (in->failed)
-		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+		return gf_error(err, in->failed, "this ingest failed earlier: %.200s", in->err);
 	in->err[0] = 0;
 	int rc = ingest_commit(in, 0, in->err);
 	return ingest_check(in, rc, err);
@@ -772,14 +761,14 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 	float *logits = NULL;
 	int rc;
 	if (in->failed)
-		return fail(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+		return gf_error(err, in->failed, "this ingest failed earlier: %.200s", in->err);
 	in->err[0] = 0;
 	if (e->has_tokenizer && (rc = gf_encoder_finish(&in->enc, ingest_sink, in)))
 		return ingest_check(in, rc, err);
 	if (in->n_pending && (rc = ingest_run_chunk(in, in->err)))
 		return ingest_check(in, rc, err);
 	if (in->st.n_pos == 0)
-		return ingest_check(in, fail(in->err, -EINVAL, "empty input: no tokens to ingest"), err);
+		return ingest_check(in, gf_error(in->err, -EINVAL, "empty input: no tokens to ingest"), err);
 	/* The GOLD tail reads the pages: commit them, then attend over all of them. */
 	if ((rc = ingest_commit(in, 0, in->err)))
 		return ingest_check(in, rc, err);
@@ -814,7 +803,7 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 		in->w = NULL;
 		cs_store_remove(e->store, serial, NULL);
 		if ((rc = cs_store_lookup(e->store, key, &info)))
-			return ingest_check(in, fail(in->err, rc, "identical context vanished"), err);
+			return ingest_check(in, gf_error(in->err, rc, "identical context vanished"), err);
 		out->serial = info.serial;
 		out->key = info.key;
 		out->n_tokens = info.n_tokens;
@@ -897,24 +886,24 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	int rc;
 	gfe_session *s = calloc(1, sizeof(*s));
 	if (!s)
-		return fail(err, -ENOMEM, "out of memory");
+		return gf_error(err, -ENOMEM, "out of memory");
 	s->e = e;
 	if ((rc = cs_reader_open(e->store, serial, &s->reader, err)))
 		goto fail_session;
 	cs_reader_info(s->reader, &info);
 	if (!info.sealed) {
-		rc = fail(err, -EINVAL, "context #%llu is still being ingested (%llu tokens so far)",
+		rc = gf_error(err, -EINVAL, "context #%llu is still being ingested (%llu tokens so far)",
 			  (unsigned long long)serial, (unsigned long long)info.n_tokens);
 		goto fail_session;
 	}
 	if (info.model_id != c->model_id || info.width != (uint32_t)c->ckv_dim) {
-		rc = fail(err, -EINVAL, "context #%llu was made by another model",
+		rc = gf_error(err, -EINVAL, "context #%llu was made by another model",
 			  (unsigned long long)serial);
 		goto fail_session;
 	}
 	if (info.dtype != e->cfg.c_dtype) {
 		/* Rows are read into buffers of the engine's type. */
-		rc = fail(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
+		rc = gf_error(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
 			  (unsigned long long)serial, cs_dtype_name(info.dtype),
 			  cs_dtype_name(e->cfg.c_dtype));
 		goto fail_session;
@@ -926,7 +915,7 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	if ((rc = snapshot_read(c, blob, len, &s->st, &input_bytes, err)))
 		goto fail_session;
 	if ((uint64_t)s->st.n_pos != info.n_tokens) {
-		rc = fail(err, -EBADMSG, "context #%llu: snapshot at token %lld, pages hold %llu",
+		rc = gf_error(err, -EBADMSG, "context #%llu: snapshot at token %lld, pages hold %llu",
 			  (unsigned long long)serial, (long long)s->st.n_pos,
 			  (unsigned long long)info.n_tokens);
 		goto fail_session;
@@ -951,7 +940,7 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	*out = s;
 	return 0;
 fail_oom:
-	rc = fail(err, -ENOMEM, "out of memory for a session");
+	rc = gf_error(err, -ENOMEM, "out of memory for a session");
 fail_session:
 	free(blob);
 	gfe_session_free(s);
@@ -965,7 +954,7 @@ static int session_finch(gfe_session *s, const int32_t *tok, int n, char *err)
 	const gf_config *c = &e->model->cfg;
 	int rc = gf_finch_chunk(e->model, s->ws, &s->st, tok, n, NULL, s->x, s->c);
 	if (rc)
-		return fail(err, rc, "token outside the vocabulary (0..%d)", c->vocab_size - 1);
+		return gf_error(err, rc, "token outside the vocabulary (0..%d)", c->vocab_size - 1);
 	c_to_storage(e->cfg.c_dtype, s->c, s->crow, (size_t)n * c->ckv_dim);
 	for (int i = 0; i < n; i++)
 		s->tok_u32[i] = (uint32_t)tok[i];
@@ -982,7 +971,7 @@ int gfe_session_prefill(gfe_session *s, const int32_t *tok, size_t n, float *log
 	const int ch = s->e->cfg.chunk;
 	int rc;
 	if (n == 0)
-		return fail(err, -EINVAL, "empty question: no tokens");
+		return gf_error(err, -EINVAL, "empty question: no tokens");
 	for (size_t t = 0; t < n; t += (size_t)ch) {
 		int step = (int)(n - t < (size_t)ch ? n - t : (size_t)ch);
 		if ((rc = session_finch(s, tok + t, step, err)))
@@ -991,7 +980,7 @@ int gfe_session_prefill(gfe_session *s, const int32_t *tok, size_t n, float *log
 	s->ps.err[0] = 0;
 	rc = gf_gold_tail(s->e->model, s->ws, &s->st, &s->ps.src, logits);
 	if (rc)
-		return fail(err, rc, "attention over the cache: %.200s", s->ps.err[0] ? s->ps.err : "failed");
+		return gf_error(err, rc, "attention over the cache: %.200s", s->ps.err[0] ? s->ps.err : "failed");
 	return 0;
 }
 
@@ -1004,7 +993,7 @@ int gfe_session_step(gfe_session *s, int32_t tok, float *logits, char *err)
 	rc = gf_gold_chunk(s->e->model, s->ws, &s->st, &s->ps.src, s->x, s->st.n_pos - 1, 1,
 			   logits, false);
 	if (rc)
-		return fail(err, rc, "attention over the cache: %.200s", s->ps.err[0] ? s->ps.err : "failed");
+		return gf_error(err, rc, "attention over the cache: %.200s", s->ps.err[0] ? s->ps.err : "failed");
 	return 0;
 }
 

@@ -13,17 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, int rc, const char *fmt, ...)
-{
-	if (err) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, GF_ERR_LEN, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 int gf_config_tail_window(const gf_config *cfg)
 {
 	return 2 * (cfg->n_layer - cfg->first_gold) + 1;
@@ -32,19 +21,19 @@ int gf_config_tail_window(const gf_config *cfg)
 int gf_config_default(gf_config *cfg, int n_layer, int n_embd, int vocab, int ratio, char *err)
 {
 	if (n_layer < 2 || n_layer > 1024)
-		return fail(err, -EINVAL, "layers %d: must be 2..1024", n_layer);
+		return gf_error(err, -EINVAL, "layers %d: must be 2..1024", n_layer);
 	if (n_embd < 16 || n_embd % 16 || n_embd > 65536)
-		return fail(err, -EINVAL, "embd %d: must be a multiple of 16 in 16..65536", n_embd);
+		return gf_error(err, -EINVAL, "embd %d: must be a multiple of 16 in 16..65536", n_embd);
 	if (vocab < 2 || vocab > (1 << 24))
-		return fail(err, -EINVAL, "vocab %d: must be 2..16777216", vocab);
+		return gf_error(err, -EINVAL, "vocab %d: must be 2..16777216", vocab);
 	if (ratio < 2 || ratio > 64)
-		return fail(err, -EINVAL, "ratio %d: must be 2..64", ratio);
+		return gf_error(err, -EINVAL, "ratio %d: must be 2..64", ratio);
 	int head = n_embd < 64 ? n_embd : 64;
 	if (n_embd % head)
-		return fail(err, -EINVAL, "embd %d: must be a multiple of the head size 64", n_embd);
+		return gf_error(err, -EINVAL, "embd %d: must be a multiple of the head size 64", n_embd);
 	int gold_first = (int)((long)n_layer * (ratio - 1) / ratio);
 	if (gold_first < 1 || gold_first >= n_layer)
-		return fail(err, -EINVAL, "layers %d with ratio %d leave no Finch or no GOLD block",
+		return gf_error(err, -EINVAL, "layers %d with ratio %d leave no Finch or no GOLD block",
 			    n_layer, ratio);
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->n_layer = n_layer;
@@ -192,13 +181,13 @@ static int dim_of(const gf_tensor_set *ts, const char *name, int want_dims, int 
 {
 	const gf_tensor *t = gf_tensors_find(ts, name);
 	if (!t)
-		return fail(err, -EINVAL, "tensor %s: missing", name);
+		return gf_error(err, -EINVAL, "tensor %s: missing", name);
 	if (t->n_dims != want_dims)
-		return fail(err, -EINVAL, "tensor %s: %d dimensions, expected %d", name, t->n_dims,
+		return gf_error(err, -EINVAL, "tensor %s: %d dimensions, expected %d", name, t->n_dims,
 			    want_dims);
 	*out = t->shape[dim];
 	if (*out <= 0 || *out > (1 << 24))
-		return fail(err, -EINVAL, "tensor %s: dimension %d is %lld", name, dim,
+		return gf_error(err, -EINVAL, "tensor %s: dimension %d is %lld", name, dim,
 			    (long long)*out);
 	return 0;
 }
@@ -218,16 +207,16 @@ static int check_against_specs(const gf_config *cfg, const gf_tensor_set *ts, ch
 	gf_tensor_spec *specs;
 	int n_specs, rc = gf_config_tensor_specs(cfg, &specs, &n_specs);
 	if (rc)
-		return fail(err, rc, "out of memory listing tensors");
+		return gf_error(err, rc, "out of memory listing tensors");
 	for (int i = 0; i < n_specs && !rc; i++) {
 		const gf_tensor_spec *s = &specs[i];
 		const gf_tensor *t = gf_tensors_find(ts, s->name);
 		if (!t) {
-			rc = fail(err, -EINVAL, "tensor %s: missing", s->name);
+			rc = gf_error(err, -EINVAL, "tensor %s: missing", s->name);
 			break;
 		}
 		if (gf_dtype_size(t->dtype) == 0) {
-			rc = fail(err, -EINVAL, "tensor %s: unsupported dtype %d", s->name, (int)t->dtype);
+			rc = gf_error(err, -EINVAL, "tensor %s: unsupported dtype %d", s->name, (int)t->dtype);
 			break;
 		}
 		int same = t->n_dims == s->n_dims;
@@ -237,7 +226,7 @@ static int check_against_specs(const gf_config *cfg, const gf_tensor_set *ts, ch
 			char got[80], want[80];
 			shape_str(got, sizeof(got), t->n_dims, t->shape);
 			shape_str(want, sizeof(want), s->n_dims, s->shape);
-			rc = fail(err, -EINVAL, "tensor %s: shape %s, expected %s", s->name, got, want);
+			rc = gf_error(err, -EINVAL, "tensor %s: shape %s, expected %s", s->name, got, want);
 		}
 	}
 	/* Counting after the lookups above proves there is no tensor beyond the specs, except
@@ -248,13 +237,13 @@ static int check_against_specs(const gf_config *cfg, const gf_tensor_set *ts, ch
 			for (int j = 0; j < n_specs && !known; j++)
 				known = strcmp(ts->tensors[i].name, specs[j].name) == 0;
 			if (!known) {
-				rc = fail(err, -EINVAL, "tensor %s: not part of a GoldFinch model",
+				rc = gf_error(err, -EINVAL, "tensor %s: not part of a GoldFinch model",
 					  ts->tensors[i].name);
 				break;
 			}
 		}
 		if (!rc)
-			rc = fail(err, -EINVAL, "%d tensors, expected %d", ts->n_tensors, n_specs);
+			rc = gf_error(err, -EINVAL, "%d tensors, expected %d", ts->n_tensors, n_specs);
 	}
 	free(specs);
 	return rc;
@@ -288,12 +277,12 @@ int gf_config_infer(gf_config *cfg, const gf_tensor_set *ts, char *err)
 		if (c.first_gold < 0 && gf_tensors_find(ts, name))
 			c.first_gold = b;
 		if (b > 4096)
-			return fail(err, -EINVAL, "more than 4096 blocks");
+			return gf_error(err, -EINVAL, "more than 4096 blocks");
 	}
 	if (c.n_layer == 0)
-		return fail(err, -EINVAL, "tensor blocks.0.ln1.weight: missing");
+		return gf_error(err, -EINVAL, "tensor blocks.0.ln1.weight: missing");
 	if (c.first_gold <= 0)
-		return fail(err, -EINVAL, "%s", c.first_gold == 0 ?
+		return gf_error(err, -EINVAL, "%s", c.first_gold == 0 ?
 			    "block 0 is a GOLD block: a GoldFinch model starts with Finch blocks" :
 			    "no GOLD block (no blocks.N.att.query.weight)");
 	const int G = c.first_gold;
@@ -303,7 +292,7 @@ int gf_config_infer(gf_config *cfg, const gf_tensor_set *ts, char *err)
 		return rc;
 	c.dim_att = (int32_t)v;
 	if (c.dim_att != c.n_embd)
-		return fail(err, -EINVAL, "tensor blocks.0.att.receptance.weight: dim_att %d != n_embd %d (GOLD needs them equal)",
+		return gf_error(err, -EINVAL, "tensor blocks.0.att.receptance.weight: dim_att %d != n_embd %d (GOLD needs them equal)",
 			    c.dim_att, c.n_embd);
 	if ((rc = dim_of(ts, "blocks.0.ffn.key.weight", 2, 0, &v, err)))
 		return rc;
@@ -312,7 +301,7 @@ int gf_config_infer(gf_config *cfg, const gf_tensor_set *ts, char *err)
 		return rc;
 	c.head_size = (int32_t)v;
 	if (c.dim_att % c.head_size)
-		return fail(err, -EINVAL, "tensor blocks.0.att.time_faaaa: head size %d does not divide dim_att %d",
+		return gf_error(err, -EINVAL, "tensor blocks.0.att.time_faaaa: head size %d does not divide dim_att %d",
 			    c.head_size, c.dim_att);
 	c.n_head = c.dim_att / c.head_size;
 	if ((rc = dim_of(ts, "w_kv_cache_a.weight", 2, 0, &v, err)))
@@ -337,7 +326,7 @@ int gf_config_infer(gf_config *cfg, const gf_tensor_set *ts, char *err)
 		if ((rc = dim_of(ts, name, ranks[i].dims, ranks[i].dim, &v, err)))
 			return rc;
 		if (v % ranks[i].div)
-			return fail(err, -EINVAL, "tensor %s: dimension %lld not a multiple of %d", name,
+			return gf_error(err, -EINVAL, "tensor %s: dimension %lld not a multiple of %d", name,
 				    (long long)v, ranks[i].div);
 		*ranks[i].out = (int32_t)(v / ranks[i].div);
 	}

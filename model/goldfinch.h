@@ -25,6 +25,11 @@ extern "C" {
 #define GF_NAME_MAX 96
 #define GF_MAX_DIMS 4
 
+/* Writes a one-line message into err (GF_ERR_LEN bytes; nothing when err is NULL) and
+ * returns rc, so that `return gf_error(err, -EINVAL, "tensor %s: missing", name);` reads as
+ * what it does. */
+int gf_error(char *err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* ------------------------------------------------------------------------------------------
  * Element types. The values are GGML's type ids so GGUF files carry them unchanged.
  */

@@ -12,17 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, int rc, const char *fmt, ...)
-{
-	if (err) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, GF_ERR_LEN, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 /* Returns the tensor as float32, upcasting into a block the model owns if needed. */
 static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *err,
 			 const char *fmt, ...)
@@ -36,7 +25,7 @@ static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *er
 	va_end(ap);
 	const gf_tensor *t = gf_tensors_find(ts, name);
 	if (!t) {
-		*rc = fail(err, -EINVAL, "tensor %s: missing", name);
+		*rc = gf_error(err, -EINVAL, "tensor %s: missing", name);
 		return NULL;
 	}
 	size_t n = t->nbytes / gf_dtype_size(t->dtype);
@@ -44,7 +33,7 @@ static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *er
 		return t->data;
 	float *f = malloc(n * sizeof(float) + 1);
 	if (!f) {
-		*rc = fail(err, -ENOMEM, "tensor %s: out of memory upcasting %zu values", name, n);
+		*rc = gf_error(err, -ENOMEM, "tensor %s: out of memory upcasting %zu values", name, n);
 		return NULL;
 	}
 	gf_convert_to_f32(t->dtype, t->data, f, n);
@@ -57,12 +46,12 @@ int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_
 	gf_model *m = calloc(1, sizeof(*m));
 	int rc = 0;
 	if (!m)
-		return fail(err, -ENOMEM, "out of memory");
+		return gf_error(err, -ENOMEM, "out of memory");
 	m->cfg = *cfg;
 	m->layers = calloc((size_t)cfg->n_layer, sizeof(gf_layer));
 	m->upcast = calloc((size_t)ts->n_tensors + 1, sizeof(float *));
 	if (!m->layers || !m->upcast) {
-		rc = fail(err, -ENOMEM, "out of memory");
+		rc = gf_error(err, -ENOMEM, "out of memory");
 		goto free_model;
 	}
 	m->emb = bind(m, ts, &rc, err, "emb.weight");
@@ -148,13 +137,13 @@ int gf_model_load(gf_model **out, const char *gguf_path, char *err)
 	/* The metadata says what the model is; the tensors must agree with it exactly. */
 	rc = gf_config_infer(&inferred, &g.tensors, why);
 	if (rc) {
-		fail(err, rc, "%s: %s", gguf_path, why);
+		gf_error(err, rc, "%s: %s", gguf_path, why);
 		goto free_gguf;
 	}
 	if (inferred.n_layer != g.config.n_layer || inferred.n_embd != g.config.n_embd ||
 	    inferred.first_gold != g.config.first_gold || inferred.head_size != g.config.head_size ||
 	    inferred.vocab_size != g.config.vocab_size || inferred.dim_ffn != g.config.dim_ffn) {
-		rc = fail(err, -EINVAL, "%s: goldfinch.* metadata disagrees with the tensors", gguf_path);
+		rc = gf_error(err, -EINVAL, "%s: goldfinch.* metadata disagrees with the tensors", gguf_path);
 		goto free_gguf;
 	}
 	inferred.rope_base = g.config.rope_base;
@@ -164,7 +153,7 @@ int gf_model_load(gf_model **out, const char *gguf_path, char *err)
 	gf_model *m;
 	rc = gf_model_from_tensors(&m, &inferred, &g.tensors, why);
 	if (rc) {
-		fail(err, rc, "%s: %s", gguf_path, why);
+		gf_error(err, rc, "%s: %s", gguf_path, why);
 		goto free_gguf;
 	}
 	m->gguf = g; /* the model now owns the mapping its f32 weights point into */
