@@ -353,28 +353,63 @@ static int check_tokens(const gf_model *m, const int32_t *tok, int64_t n)
 	return 0;
 }
 
+int gf_embed(const gf_model *m, const int32_t *tok, int n, float *x)
+{
+	if (n < 1 || check_tokens(m, tok, n))
+		return -EINVAL;
+	embed_rows(m, tok, n, x);
+	return 0;
+}
+
+static int run_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src,
+		      int64_t p0, int n, int b0, int b1);
+
+int gf_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src, float *x,
+	      int64_t p0, int n, int b0, int b1)
+{
+	const gf_config *c = &m->cfg;
+	if (n < 1 || n > ws->max_chunk || b0 < 0 || b1 > c->n_layer || b0 > b1)
+		return -EINVAL;
+	if (b1 > c->first_gold && (!src || p0 < 0 || src->n_pos < p0 + n))
+		return -EINVAL;
+	const size_t bytes = sizeof(float) * (size_t)n * c->n_embd;
+	memcpy(ws->x, x, bytes);
+	int rc = run_blocks(m, ws, st, src, p0, n, b0, b1);
+	memcpy(x, ws->x, bytes);
+	return rc;
+}
+
+void gf_cache_rows(const gf_model *m, gf_workspace *ws, const float *x, int n, float *c_out)
+{
+	const gf_config *c = &m->cfg;
+	linear(ws, x, c->n_embd, n, m->w_kv_cache_a, c->n_embd, c->ckv_dim, 0.0f, c_out,
+	       c->ckv_dim);
+}
+
+void gf_head(const gf_model *m, gf_workspace *ws, const float *x, int n, float *logits)
+{
+	const gf_config *c = &m->cfg;
+	layernorm_rows(ws->xln, x, n, c->n_embd, m->ln_out_w, m->ln_out_b);
+	linear(ws, ws->xln, c->n_embd, n, m->head, c->n_embd, c->vocab_size, 0.0f, logits,
+	       c->vocab_size);
+}
+
 int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int32_t *tok,
 		   int n, float *x0_out, float *x_out, float *c_out)
 {
 	const gf_config *c = &m->cfg;
-	const int C = c->n_embd, N = c->head_size, H = c->n_head;
+	const int C = c->n_embd;
 	if (n < 1 || n > ws->max_chunk)
 		return -EINVAL;
-	if (check_tokens(m, tok, n))
+	if (gf_embed(m, tok, n, ws->x))
 		return -EINVAL;
-	embed_rows(m, tok, n, ws->x);
 	if (x0_out)
 		memcpy(x0_out, ws->x, sizeof(float) * (size_t)n * C);
-	for (int b = 0; b < c->first_gold; b++) {
-		const gf_layer *l = &m->layers[b];
-		float *shift = st->shift + (size_t)b * 2 * C;
-		finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n);
-		channel_mix(m, ws, l, shift + C, n);
-	}
+	run_blocks(m, ws, st, NULL, 0, n, 0, c->first_gold);
 	if (x_out)
 		memcpy(x_out, ws->x, sizeof(float) * (size_t)n * C);
 	if (c_out)
-		linear(ws, ws->x, C, n, m->w_kv_cache_a, C, c->ckv_dim, 0.0f, c_out, c->ckv_dim);
+		gf_cache_rows(m, ws, ws->x, n, c_out);
 	return 0;
 }
 
@@ -666,28 +701,41 @@ static int gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 	return 0;
 }
 
+/* Blocks [b0, b1) on ws->x: Finch blocks with their recurrent state, GOLD blocks through src
+ * at positions p0.. . */
+static int run_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src,
+		      int64_t p0, int n, int b0, int b1)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, N = c->head_size, H = c->n_head;
+	for (int b = b0; b < b1; b++) {
+		const gf_layer *l = &m->layers[b];
+		float *shift = st->shift + (size_t)b * 2 * C;
+		if (!l->is_gold) {
+			finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n);
+		} else {
+			int rc = gold_time_mix(m, ws, l, b - c->first_gold, shift, src, p0, n);
+			if (rc)
+				return rc;
+		}
+		channel_mix(m, ws, l, shift + C, n);
+	}
+	return 0;
+}
+
 int gf_gold_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src,
 		  const float *x_in, int64_t p0, int n, float *logits, bool last_only)
 {
 	const gf_config *c = &m->cfg;
-	const int C = c->n_embd, V = c->vocab_size;
+	const int C = c->n_embd;
 	if (n < 1 || n > ws->max_chunk || p0 < 0 || src->n_pos < p0 + n)
 		return -EINVAL;
 	memcpy(ws->x, x_in, sizeof(float) * (size_t)n * C);
-	for (int b = c->first_gold; b < c->n_layer; b++) {
-		const gf_layer *l = &m->layers[b];
-		float *shift = st->shift + (size_t)b * 2 * C;
-		int rc = gold_time_mix(m, ws, l, b - c->first_gold, shift, src, p0, n);
-		if (rc)
-			return rc;
-		channel_mix(m, ws, l, shift + C, n);
-	}
-	if (!logits)
-		return 0;
+	int rc = run_blocks(m, ws, st, src, p0, n, c->first_gold, c->n_layer);
+	if (rc || !logits)
+		return rc;
 	const int first = last_only ? n - 1 : 0;
-	const int rows = n - first;
-	layernorm_rows(ws->xln, ws->x + (size_t)first * C, rows, C, m->ln_out_w, m->ln_out_b);
-	linear(ws, ws->xln, C, rows, m->head, C, V, 0.0f, logits, V);
+	gf_head(m, ws, ws->x + (size_t)first * C, n - first, logits);
 	return 0;
 }
 

@@ -341,6 +341,22 @@ int gf_gold_tail(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source
 /* Appends n Finch-stage output rows x [n][C] to the state's window of the last W. */
 void gf_state_push_tail(const gf_config *cfg, gf_state *st, const float *x, int n);
 
+/* ---- Slices of the forward, for a rank that owns blocks [b0, b1) (issue 6) --------------
+ * gf_finch_chunk = gf_embed, gf_blocks(0, G), gf_cache_rows; gf_gold_chunk = gf_blocks(G, L),
+ * gf_head. Composed, the slices give the same bits as the whole. */
+
+/* x [n][C] = ln0(emb[tok]). -EINVAL for a token outside the vocabulary. */
+int gf_embed(const gf_model *m, const int32_t *tok, int n, float *x);
+/* Runs blocks [b0, b1) on n <= max_chunk rows of the residual stream x [n][C], in place:
+ * Finch blocks carry their state in st; GOLD blocks treat the rows as positions p0.. and
+ * attend through src (may be NULL when the range holds no GOLD block). */
+int gf_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src, float *x,
+	      int64_t p0, int n, int b0, int b1);
+/* c [n][Ck] of the residual stream after block G-1. */
+void gf_cache_rows(const gf_model *m, gf_workspace *ws, const float *x, int n, float *c);
+/* logits [n][V] = head(ln_out(x)) for n <= max_chunk rows. */
+void gf_head(const gf_model *m, gf_workspace *ws, const float *x, int n, float *logits);
+
 /* Full forward over T tokens from an empty state, exact at every position: logits [T][V];
  * optional c_out [T][Ck], kc_out [T][A], finch_out [T][C]. For tests and gf-eval. */
 int gf_forward_full(const gf_model *m, const int32_t *tok, int64_t T, float *logits,
