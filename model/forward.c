@@ -542,7 +542,10 @@ int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c_
 		key_stream_rows(m, ws, kv->c + (size_t)(t0 - has_prev) * Ck, kv->tok + t0 - has_prev,
 				step, has_prev);
 		for (int g = 0; g < kv->n_gold; g++) {
-			const gf_layer *l = &m->layers[c->first_gold + g];
+			const int b = c->first_gold + g;
+			if (b < m->block_first || b >= m->block_end)
+				continue; /* another rank's layer */
+			const gf_layer *l = &m->layers[b];
 			float *k = kv->k + ((size_t)g * kv->cap + t0) * A;
 			float *v = kv->v + ((size_t)g * kv->cap + t0) * A;
 			expand_layer(m, ws, l, step, t0, k, v);

@@ -223,7 +223,8 @@ typedef struct gf_model {
 	const float *head;               /* [V][C] */
 	const float *w_kv_cache_a;       /* [Ck][C] */
 	const float *w_kv_cache_b;       /* [A][C + Ck] */
-	gf_layer *layers;                /* [n_layer] */
+	gf_layer *layers;                /* [n_layer]; only [block_first, block_end) bound */
+	int block_first, block_end;      /* the blocks this instance holds (all, unless sliced) */
 	gf_gguf gguf;                    /* the mapping the f32 weights live in */
 	float **upcast;                  /* weights upcast from bf16/f16, freed with the model */
 	int n_upcast;
@@ -231,6 +232,9 @@ typedef struct gf_model {
 
 /* Loads a GGUF written by gf-convert. The vocabulary stays in m->gguf.vocab. */
 int gf_model_load(gf_model **out, const char *gguf_path, char *err);
+/* Loads only what blocks [b0, b1) need (b1 < 0: to the end): an MPI rank's slice. Weights
+ * of other blocks stay unbound (NULL), unread and, for bf16/f16 files, not upcast. */
+int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
 int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err);
 void gf_model_free(gf_model *m);
@@ -287,8 +291,9 @@ int gf_workspace_max_chunk(const gf_workspace *ws);
 int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int32_t *tok,
 		   int n, float *x0_out, float *x_out, float *c_out);
 
-/* Appends n positions (their c rows and tokens) to kv, expanding every GOLD layer's key and
- * value rows. Grows kv as needed (the only allocation, amortised). */
+/* Appends n positions (their c rows and tokens) to kv, expanding the key and value rows of
+ * every GOLD layer the model holds (a sliced model: its own). Grows kv as needed (the only
+ * allocation, amortised). */
 int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c,
 		 const int32_t *tok, int64_t n);
 

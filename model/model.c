@@ -41,30 +41,47 @@ static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *er
 	return f;
 }
 
-int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err)
+/* Binds what blocks [b0, b1) need: their layers; the embedding and ln0 for block 0 and for
+ * GOLD blocks (their keys are rebuilt from ln0(emb[tok])); w_kv_cache_a for block G-1;
+ * w_kv_cache_b for GOLD blocks; ln_out and the head for the last block. */
+static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, int b0,
+			int b1, char *err)
 {
+	if (b0 < 0 || b1 > cfg->n_layer || b0 >= b1)
+		return gf_error(err, -EINVAL, "blocks %d..%d: the model has blocks 0..%d", b0, b1 - 1,
+				cfg->n_layer - 1);
 	gf_model *m = calloc(1, sizeof(*m));
 	int rc = 0;
 	if (!m)
 		return gf_error(err, -ENOMEM, "out of memory");
 	m->cfg = *cfg;
+	m->block_first = b0;
+	m->block_end = b1;
+	const int G = cfg->first_gold, has_gold = b1 > G;
 	m->layers = calloc((size_t)cfg->n_layer, sizeof(gf_layer));
 	m->upcast = calloc((size_t)ts->n_tensors + 1, sizeof(float *));
 	if (!m->layers || !m->upcast) {
 		rc = gf_error(err, -ENOMEM, "out of memory");
 		goto free_model;
 	}
-	m->emb = bind(m, ts, &rc, err, "emb.weight");
-	m->ln0_w = bind(m, ts, &rc, err, "blocks.0.ln0.weight");
-	m->ln0_b = bind(m, ts, &rc, err, "blocks.0.ln0.bias");
-	m->ln_out_w = bind(m, ts, &rc, err, "ln_out.weight");
-	m->ln_out_b = bind(m, ts, &rc, err, "ln_out.bias");
-	m->head = bind(m, ts, &rc, err, "head.weight");
-	m->w_kv_cache_a = bind(m, ts, &rc, err, "w_kv_cache_a.weight");
-	m->w_kv_cache_b = bind(m, ts, &rc, err, "w_kv_cache_b.weight");
-	for (int b = 0; b < cfg->n_layer && !rc; b++) {
+	if (b0 == 0 || has_gold) {
+		m->emb = bind(m, ts, &rc, err, "emb.weight");
+		m->ln0_w = bind(m, ts, &rc, err, "blocks.0.ln0.weight");
+		m->ln0_b = bind(m, ts, &rc, err, "blocks.0.ln0.bias");
+	}
+	if (b1 == cfg->n_layer) {
+		m->ln_out_w = bind(m, ts, &rc, err, "ln_out.weight");
+		m->ln_out_b = bind(m, ts, &rc, err, "ln_out.bias");
+		m->head = bind(m, ts, &rc, err, "head.weight");
+	}
+	if (b0 < G && G <= b1)
+		m->w_kv_cache_a = bind(m, ts, &rc, err, "w_kv_cache_a.weight");
+	if (has_gold)
+		m->w_kv_cache_b = bind(m, ts, &rc, err, "w_kv_cache_b.weight");
+	for (int b = 0; b < cfg->n_layer; b++)
+		m->layers[b].is_gold = b >= G;
+	for (int b = b0; b < b1 && !rc; b++) {
 		gf_layer *l = &m->layers[b];
-		l->is_gold = b >= cfg->first_gold;
 		l->ln1_w = bind(m, ts, &rc, err, "blocks.%d.ln1.weight", b);
 		l->ln1_b = bind(m, ts, &rc, err, "blocks.%d.ln1.bias", b);
 		l->ln2_w = bind(m, ts, &rc, err, "blocks.%d.ln2.weight", b);
@@ -126,7 +143,17 @@ free_model:
 	return rc;
 }
 
+int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err)
+{
+	return from_tensors(out, cfg, ts, 0, cfg->n_layer, err);
+}
+
 int gf_model_load(gf_model **out, const char *gguf_path, char *err)
+{
+	return gf_model_load_blocks(out, gguf_path, 0, -1, err);
+}
+
+int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, char *err)
 {
 	gf_gguf g;
 	gf_config inferred;
@@ -151,7 +178,7 @@ int gf_model_load(gf_model **out, const char *gguf_path, char *err)
 	inferred.rope_rescale = g.config.rope_rescale > 0 ? g.config.rope_rescale : 1.0f;
 	inferred.model_id = g.config.model_id;
 	gf_model *m;
-	rc = gf_model_from_tensors(&m, &inferred, &g.tensors, why);
+	rc = from_tensors(&m, &inferred, &g.tensors, b0, b1 < 0 ? inferred.n_layer : b1, why);
 	if (rc) {
 		gf_error(err, rc, "%s: %s", gguf_path, why);
 		goto free_gguf;

@@ -192,6 +192,69 @@ int main(int argc, char **argv)
 		gf_workspace_free(ws);
 		free(x1), free(x2), free(c1), free(c2), free(l1), free(l2);
 	}
+	/* Three ranks' slices, each loaded with only its own weights, give the same bits. */
+	{
+		const int n = W + 3, L = c->n_layer, G = c->first_gold, C = c->n_embd;
+		const int k1 = G / 2 > 0 ? G / 2 : 1, k2 = G + (L - G) / 2;
+		gf_model *part[3];
+		const int lo[3] = { 0, k1, k2 }, hi[3] = { k1, k2, L };
+		for (int i = 0; i < 3; i++)
+			if (gf_model_load_blocks(&part[i], argv[1], lo[i], hi[i], err)) {
+				fprintf(stderr, "slice %d..%d: %s\n", lo[i], hi[i], err);
+				return 1;
+			}
+		gf_workspace *ws;
+		gf_state s1, s2;
+		gf_kv kv1, kvr[3];   /* every GOLD rank keeps its own copy of the cache */
+		float *x1 = malloc(sizeof(float) * n * C), *x2 = malloc(sizeof(float) * n * C);
+		float *c1 = malloc(sizeof(float) * n * c->ckv_dim), *c2 = malloc(sizeof(float) * n * c->ckv_dim);
+		float *l1 = malloc(sizeof(float) * (size_t)n * V), *l2 = malloc(sizeof(float) * (size_t)n * V);
+		gf_kv_source src1, srcr;
+		if (gf_workspace_init(&ws, m, n) || gf_state_init(&s1, c) || gf_state_init(&s2, c) ||
+		    gf_kv_init(&kv1, c, 0))
+			return 1;
+		/* whole */
+		if (gf_finch_chunk(m, ws, &s1, tok, n, NULL, x1, c1) || gf_kv_append(m, ws, &kv1, c1, tok, n))
+			return 1;
+		gf_kv_source_ram(&src1, &kv1);
+		if (gf_gold_chunk(m, ws, &s1, &src1, x1, 0, n, l1, false))
+			return 1;
+		/* slices, in rank order: rank 0 embeds; the owner of block G-1 makes c (before any
+		 * GOLD block runs, since it comes first); each GOLD rank expands its own keys */
+		if (gf_embed(part[0], tok, n, x2))
+			return 1;
+		for (int i = 0; i < 3; i++) {
+			int a = lo[i], e = hi[i], fe = e < G ? e : G;
+			gf_kv_init(&kvr[i], c, 0);
+			if (a < fe && gf_blocks(part[i], ws, &s2, NULL, x2, 0, n, a, fe))
+				return 1;
+			if (a < G && G <= e)
+				gf_cache_rows(part[i], ws, x2, n, c2);
+			int ga = a > G ? a : G;
+			if (ga < e) {
+				if (gf_kv_append(part[i], ws, &kvr[i], c2, tok, n))
+					return 1;
+				gf_kv_source_ram(&srcr, &kvr[i]);
+				if (gf_blocks(part[i], ws, &s2, &srcr, x2, 0, n, ga, e))
+					return 1;
+			}
+		}
+		gf_head(part[2], ws, x2, n, l2);
+		int same = !memcmp(c1, c2, sizeof(float) * n * c->ckv_dim) &&
+			   !memcmp(l1, l2, sizeof(float) * (size_t)n * V);
+		printf("  three ranks' slices (%d..%d, %d..%d, %d..%d): %s\n", lo[0], hi[0] - 1, lo[1],
+		       hi[1] - 1, lo[2], hi[2] - 1, same ? "bit-identical ok" : "FAIL");
+		failures += !same;
+		for (int i = 0; i < 3; i++) {
+			gf_model_free(part[i]);
+			gf_kv_free(&kvr[i]);
+		}
+		gf_kv_free(&kv1);
+		gf_state_free(&s1);
+		gf_state_free(&s2);
+		gf_workspace_free(ws);
+		free(x1), free(x2), free(c1), free(c2), free(l1), free(l2);
+	}
 	/* The logits must look like a model's, not like noise blown up or collapsed. */
 	double s = 0, s2 = 0;
 	for (size_t i = 0; i < (size_t)T * V; i++)
