@@ -228,6 +228,8 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	cs_config sc;
 	cs_config_defaults(&sc);
 	sc.disk_budget = cfg->disk_budget;
+	if (cfg->ram_cache_bytes)
+		sc.ram_cache_bytes = cfg->ram_cache_bytes;
 	if ((rc = cs_store_open(&e->store, cfg->cache_dir, &sc, err)))
 		goto fail_engine;
 	e->tier.budget = cfg->tier_bytes;

@@ -47,6 +47,7 @@ typedef struct gfe_config {
 	uint64_t tier_bytes;         /* expanded key/value tier budget; 0 = off; default 0 */
 	uint64_t disk_budget;        /* bytes; 0 = unlimited */
 	int threads;                 /* OpenBLAS / decode threads; 0 = OpenBLAS's default */
+	uint64_t ram_cache_bytes;    /* the store's RAM page cache (cs_config); 0 = its default */
 } gfe_config;
 
 void gfe_config_defaults(gfe_config *cfg);

@@ -1,0 +1,106 @@
+/*
+ * server_backend.h — the one seam between goldfinchd's front end (network loop, job queue,
+ * protocol) and whatever computes: everything the front end asks of the model and the
+ * store goes through a gfd_backend, a table of operations over an opaque implementation.
+ *
+ * Today there is one implementation, the local one (server_backend_local.c: one process,
+ * one gfe_engine). Issue 6's multi-rank daemon implements the same table on rank 0 and
+ * fans each call out to the ranks that own the layers; the front end does not change.
+ *
+ * Contract for every implementation:
+ *   - every operation returns 0 or -errno with one line in `err` (GF_ERR_LEN, may be NULL);
+ *     the front end maps the errno to a protocol error code (-ENOENT not found, -EBUSY in
+ *     use, -ENOSPC disk budget or disk full, -EEXIST name taken, -EINVAL bad request,
+ *     anything else internal), so implementations keep those meanings;
+ *   - thread-safety: the backend itself may be called from any number of threads at once
+ *     (workers, the control thread, the metrics thread); an ingest or a session handle
+ *     belongs to one thread at a time;
+ *   - ownership: the backend owns its handles until *_free; info/list results are copies.
+ */
+#ifndef GFD_SERVER_BACKEND_H
+#define GFD_SERVER_BACKEND_H
+
+#include "cache_store.h"
+#include "goldfinch.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gfd_backend_info {
+	char model_name[GF_NAME_MAX];
+	gf_config cfg;               /* the model's shapes; cfg.model_id identifies it */
+	const gf_tokenizer *tokenizer;  /* owned by the backend, valid until close; NULL: none */
+	cs_dtype c_dtype;            /* how this server stores c rows */
+	uint32_t ranks;              /* processes serving (1 for the local backend) */
+	uint64_t disk_budget;        /* bytes; 0 = unlimited */
+} gfd_backend_info;
+
+/* What an ingest has done so far. */
+typedef struct gfd_ingest_state {
+	uint64_t serial;          /* the context being written */
+	uint64_t tokens_done;     /* through the Finch stage */
+	uint64_t committed;       /* tokens as of the last checkpoint */
+	uint64_t input_bytes;     /* input bytes behind the committed tokens (resume point) */
+} gfd_ingest_state;
+
+typedef struct gfd_ingest gfd_ingest;     /* opaque per implementation */
+typedef struct gfd_session gfd_session;
+
+typedef struct gfd_backend_ops {
+	const char *name;
+	void (*close)(void *self);  /* every handle freed first */
+	void (*info)(void *self, gfd_backend_info *out);
+
+	/* Contexts: a snapshot of the store's catalogue. */
+	int (*list)(void *self, cs_ctx_info **out, size_t *n, char *err); /* *out malloc'd */
+	int (*ctx_info)(void *self, uint64_t serial, cs_ctx_info *out, char *err);
+	int (*lookup_name)(void *self, const char *name, cs_ctx_info *out); /* -ENOENT */
+	int (*remove)(void *self, uint64_t serial, char *err);              /* -EBUSY if held */
+	uint64_t (*disk_used)(void *self);
+
+	/* Ingest: text in, a sealed context out; see daemon/engine.h for the semantics. */
+	int (*ingest_begin)(void *self, const char *name, gfd_ingest **out, char *err);
+	int (*ingest_resume)(void *self, uint64_t serial, gfd_ingest **out, char *err);
+	int (*ingest_text)(gfd_ingest *in, const void *bytes, size_t n, char *err);
+	int (*ingest_checkpoint)(gfd_ingest *in, char *err);
+	/* Seals; *out describes the context (maybe an identical one stored before: reused). */
+	int (*ingest_finish)(gfd_ingest *in, cs_ctx_info *out, bool *reused, char *err);
+	void (*ingest_state)(const gfd_ingest *in, gfd_ingest_state *out);
+	void (*ingest_free)(gfd_ingest *in); /* keeps the last checkpoint; NULL-safe */
+
+	/* Sessions: questions and answers on a sealed context; logits are [vocab]. */
+	int (*session_open)(void *self, uint64_t serial, gfd_session **out, char *err);
+	int (*session_prefill)(gfd_session *s, const int32_t *tok, size_t n, float *logits,
+			       char *err);
+	int (*session_step)(gfd_session *s, int32_t tok, float *logits, char *err);
+	uint64_t (*session_base_tokens)(const gfd_session *s);
+	void (*session_free)(gfd_session *s); /* NULL-safe */
+} gfd_backend_ops;
+
+typedef struct gfd_backend {
+	const gfd_backend_ops *ops;
+	void *self;
+} gfd_backend;
+
+/* What the local backend is opened with: the engine's settings. */
+typedef struct gfd_local_config {
+	const char *model_path;
+	const char *cache_dir;
+	cs_dtype c_dtype;
+	uint64_t checkpoint_tokens;  /* 0 = the engine's default */
+	uint64_t tier_bytes;
+	uint64_t disk_budget;
+	int threads;
+} gfd_local_config;
+
+/* One process, one gfe_engine over the model and the store in cache_dir. */
+int gfd_backend_local_open(gfd_backend *out, const gfd_local_config *cfg, char *err);
+
+static inline void gfd_backend_close(gfd_backend *b)
+{
+	if (b && b->ops)
+		b->ops->close(b->self);
+}
+
+#endif /* GFD_SERVER_BACKEND_H */

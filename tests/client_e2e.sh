@@ -1,0 +1,228 @@
+#!/bin/sh
+# client_e2e — gf and the Python client against the real goldfinchd on a temporary Unix
+# socket, with a small random model: a codebase (nested folders, a binary, a .git folder)
+# and a book are ingested, listed, asked about and dropped; answers must equal gf-run's
+# (the engine in one process) for the same input stream, flags and seed, and the Python
+# client's must equal gf's; an ingest whose client is killed resumes to the very context
+# an uninterrupted ingest makes; Ctrl-C cancels; exit codes for the usual failures.
+#
+# usage: client_e2e.sh GF GF_CLIENT_PY GOLDFINCHD GF_RUN MODEL.gguf PROTO_PYTHON_DIR
+# KEEP=FILE keeps a copy of the daemon log there (for debugging).
+set -u
+GF=$1
+PYCLIENT=$2
+DAEMON=$3
+GFRUN=$4
+MODEL=$5
+PROTO=$6
+PY=/usr/bin/python3
+if ! $PY -c 'import google.protobuf' 2>/dev/null; then
+	echo "SKIP: $PY has no protobuf module (python3-protobuf)"
+	exit 77
+fi
+[ -f "$MODEL" ] || { echo "FAIL: no model $MODEL (fixture client_model)"; exit 1; }
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/gf_client_e2e.XXXXXX") || exit 1
+D_PID=
+cleanup() {
+	[ -n "${KEEP:-}" ] && cp "$TMP/daemon.log" "$KEEP"
+	[ -n "$D_PID" ] && kill -KILL "$D_PID" 2>/dev/null
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+fails=0
+fail() {
+	echo "FAIL: $*" >&2
+	fails=$((fails + 1))
+}
+expect() { # STATUS CMD...: stdout to $TMP/out, stderr to $TMP/err
+	want=$1
+	shift
+	"$@" >"$TMP/out" 2>"$TMP/err"
+	got=$?
+	if [ "$got" != "$want" ]; then
+		fail "exit $got, want $want: $*"
+		sed 's/^/  stderr: /' "$TMP/err" | head -5 >&2
+	fi
+}
+json() { $PY -c "import json,sys; j=json.load(open('$TMP/out')); print(($1))"; }
+run() { "$GFRUN" --model "$MODEL" --cache-dir "$TMP/runcache" --threads 1 "$@"; }
+alive() { # the daemon must survive every step: stop at once, with its log, if it did not
+	kill -0 "$D_PID" 2>/dev/null && return 0
+	echo "FAIL: goldfinchd died ($1); the end of its log:"
+	tail -15 "$TMP/daemon.log"
+	exit 1
+}
+
+"$DAEMON" --model "$MODEL" --cache-dir "$TMP/cache" --listen "unix:$TMP/sock" --threads 1 \
+	--checkpoint-tokens 512 --log-file "$TMP/daemon.log" &
+D_PID=$!
+i=0
+while [ ! -S "$TMP/sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+[ -S "$TMP/sock" ] || { echo "FAIL: goldfinchd did not start"; cat "$TMP/daemon.log"; exit 1; }
+export GOLDFINCH_SERVER="unix:$TMP/sock" GF_PROTO_PYTHON_DIR="$PROTO"
+G="$GF --timeout 60"
+
+# A codebase: nested folders, a .git folder and a binary that must be skipped.
+P=$TMP/proj
+mkdir -p "$P/src/net" "$P/docs" "$P/.git/refs" "$P/img"
+printf '#include "net/sock.h"\n\nint main(void)\n{\n\treturn serve(7433);\n}\n' >"$P/src/main.c"
+printf 'int serve(int port);\n' >"$P/src/net/sock.h"
+printf 'int serve(int port)\n{\n\treturn port > 0 ? 0 : -1;\n}\n' >"$P/src/net/sock.c"
+printf '# Server\n\nIt serves on port 7433. Caf\303\251.\n' >"$P/docs/README.md"
+printf 'ref: refs/heads/main\n' >"$P/.git/HEAD"
+printf '0123abcd\n' >"$P/.git/refs/main"
+printf '\211PNG\r\n\032\n\000\000\000\rIHDR\000' >"$P/img/logo.png"
+{
+	for f in docs/README.md src/main.c src/net/sock.c src/net/sock.h; do
+		printf '### File: %s\n' "$f"
+		cat "$P/$f"
+		printf '\n'
+	done
+} >"$TMP/code.stream"
+$PY -c "
+import random
+r = random.Random(5)
+w = 'the river ran past the old mill where the miller kept his books and his cats'.split()
+print('\n'.join(' '.join(r.choice(w) for _ in range(12)) for _ in range(600)))" >"$TMP/book.txt"
+
+# 1. Server and model.
+expect 0 $G status --json
+[ "$(json 'j["model"]["n_layer"], j["model"]["n_embd"], j["protocol"]')" = "(4, 128, '1.0')" ] ||
+	fail "status: $(cat "$TMP/out")"
+
+alive "before step 2"
+# 2. The codebase: the daemon's context has the tokens of the expected stream (its key is
+#    the one gf-run gives that stream); the Python client's walk gives the same context.
+expect 0 $G --json ingest --name code "$P"
+KEY=$(json 'j["key"]')
+[ "$(json 'j["sealed"], j["reused"], j["tokens"] > 50')" = "(True, False, True)" ] ||
+	fail "ingest code: $(cat "$TMP/out")"
+grep -q "skipping $P/.git: version-control folder" "$TMP/err" || fail "no note for .git"
+grep -q "skipping $P/img/logo.png: binary file" "$TMP/err" || fail "no note for the binary"
+run ingest --name code "$TMP/code.stream" >"$TMP/run.out" 2>&1 || fail "gf-run ingest code"
+grep -q "key $(echo "$KEY" | cut -c1-12)" "$TMP/run.out" ||
+	fail "gf-run's key for the expected stream is not gf's $KEY: $(cat "$TMP/run.out")"
+expect 0 "$PY" "$PYCLIENT" ingest --name code-py "$P"
+[ "$(json 'j["key"], j["reused"]')" = "('$KEY', True)" ] || fail "Python ingest: $(cat "$TMP/out")"
+
+alive "before step 3"
+# 3. The book: as a file (its base name as the path), and as plain text like gf-run takes
+#    a single file.
+expect 0 $G ingest --name book "$TMP/book.txt"
+grep -q '^context #[0-9]* "book": [0-9]* tokens, .* on disk, new' "$TMP/out" ||
+	fail "ingest book: $(cat "$TMP/out")"
+expect 0 $G --json ingest --name book-raw - <"$TMP/book.txt"
+BKEY=$(json 'j["key"]')
+run ingest --name book-raw "$TMP/book.txt" >"$TMP/run.out" 2>&1 || fail "gf-run ingest book"
+grep -q "key $(echo "$BKEY" | cut -c1-12)" "$TMP/run.out" || fail "book keys differ"
+
+alive "before step 4"
+# 4. Contexts.
+expect 0 $G contexts
+grep -q '^#[0-9]* *code  *[0-9]' "$TMP/out" && grep -q '^#[0-9]* *book-raw ' "$TMP/out" ||
+	fail "contexts table: $(cat "$TMP/out")"
+expect 0 $G contexts --json
+[ "$(json 'sorted(c["name"] for c in j if c["sealed"])')" = "['book', 'book-raw', 'code']" ] ||
+	fail "contexts --json: $(cat "$TMP/out")"
+
+alive "before step 5"
+# 5. Answers: greedy on the codebase, sampled on the book; gf = gf-run = Python client.
+ask_all() { # CONTEXT QUESTION FLAGS...
+	ctx=$1
+	q=$2
+	shift 2
+	expect 0 $G ask "$ctx" "$q" "$@"
+	cp "$TMP/out" "$TMP/a_gf"
+	[ -s "$TMP/a_gf" ] || fail "empty answer from gf ($ctx)"
+	run ask "$ctx" "$q" "$@" >"$TMP/a_run" 2>"$TMP/run.err" || fail "gf-run ask $ctx: $(cat "$TMP/run.err")"
+	cmp -s "$TMP/a_gf" "$TMP/a_run" || fail "gf and gf-run answers differ on $ctx $*"
+	expect 0 "$PY" "$PYCLIENT" ask "$ctx" "$q" "$@"
+	cmp -s "$TMP/a_gf" "$TMP/out" || fail "gf and the Python client answers differ on $ctx $*"
+}
+ask_all code "What port does the server use?" --temperature 0 --max-tokens 24
+ask_all book-raw "Who kept the books?" --temperature 0.8 --top-p 0.9 --top-k 40 --seed 99 --max-tokens 24
+expect 0 $G -v ask code "Why?" --temperature 0 --max-tokens 5
+grep -q 'usage: prompt [0-9]* tokens, cached [1-9][0-9]* tokens reused, completion 5 tokens' "$TMP/err" ||
+	fail "ask -v usage: $(cat "$TMP/err")"
+
+alive "before step 6"
+# 6. Exit codes.
+expect 3 $G ask nosuch "q"
+expect 3 "$PY" "$PYCLIENT" ask nosuch "q"
+expect 3 $G drop nosuch
+expect 4 $GF --server "unix:$TMP/none" contexts
+expect 2 $G --bogus contexts
+expect 2 $G ask code "q" --min-p 3
+# Request ids are per connection: another connection's job is not found (gf --help).
+expect 3 $G cancel 99
+
+alive "before step 7"
+# 7. Ctrl-C during a generation: Cancel, the server's Done{CANCELLED}, exit 5.
+$G ask code "Tell a long story." --max-tokens 1000000 >"$TMP/long" 2>"$TMP/long.err" &
+pid=$!
+sleep 0.5
+kill -INT $pid
+wait $pid
+rc=$?
+[ $rc = 5 ] || fail "SIGINT during ask: exit $rc ($(cat "$TMP/long.err"))"
+# The daemon logs the job's end just after it answers: give the line a moment.
+i=0
+while [ $i -lt 100 ] && ! grep -q 'cancelled by the client' "$TMP/daemon.log"; do
+	sleep 0.05
+	i=$((i + 1))
+done
+grep -q 'cancelled by the client' "$TMP/daemon.log" || fail "daemon saw no Cancel"
+
+alive "before step 8"
+# 8. Resume: kill the client once the daemon has committed a checkpoint; --resume sends
+#    the input again from the byte the daemon names (inside a file) and ends with the
+#    context an uninterrupted ingest makes (reused: the same key).
+B=$TMP/big
+mkdir -p "$B/a" "$B/b"
+for n in 1 2 3 4 5; do head -c $((n * 7001)) "$TMP/book.txt" >"$B/a/part$n.txt"; done
+cp "$TMP/book.txt" "$B/b/book.txt"
+expect 0 $G --json ingest --name whole "$B"
+WKEY=$(json 'j["key"]')
+$G ingest --name big "$B" >/dev/null 2>&1 &
+pid=$!
+i=0
+while [ $i -lt 400 ]; do
+	$G contexts --json 2>/dev/null | $PY -c '
+import json, sys
+sys.exit(0 if any(c["name"] == "big" and c["tokens"] > 0 for c in json.load(sys.stdin)) else 1)' && break
+	sleep 0.02
+	i=$((i + 1))
+done
+kill -KILL $pid 2>/dev/null
+wait $pid 2>/dev/null
+# The daemon notices the disconnect and checkpoints; until then a resume finds the
+# context busy (it still has its writer).
+i=0
+while [ $i -lt 200 ] && ! grep -q 'ingest "big" .*resume it from byte\|done: context #[0-9]* "big"' "$TMP/daemon.log"; do
+	sleep 0.05
+	i=$((i + 1))
+done
+expect 0 $G -v --json ingest --name big --resume "$B"
+[ "$(json 'j["key"], j["reused"]')" = "('$WKEY', True)" ] || fail "resumed ingest: $(cat "$TMP/out")"
+grep -q 'resuming "big" from byte\|"big" was complete already' "$TMP/err" || fail "resume: $(cat "$TMP/err")"
+
+alive "before step 9"
+# 9. Drop.
+expect 0 $G drop code
+expect 3 $G ask code "q"
+expect 0 "$PY" "$PYCLIENT" drop book
+
+alive "at the end"
+# The daemon is still up and stops cleanly.
+kill -TERM "$D_PID"
+wait "$D_PID"
+rc=$?
+D_PID=
+[ $rc = 0 ] || fail "goldfinchd exit $rc after SIGTERM"
+
+if [ $fails -ne 0 ]; then
+	echo "client_e2e: $fails failure(s)"
+	tail -20 "$TMP/daemon.log"
+	exit 1
+fi
+echo "client_e2e: all passed"
