@@ -102,13 +102,17 @@ static struct tier_entry *tier_get(struct tier *t, uint64_t owner, int g, uint64
 }
 
 /* A new pinned entry to fill (the caller then publishes it with tier_publish), or NULL when
- * the budget cannot make room. */
-static struct tier_entry *tier_alloc(struct tier *t)
+ * the budget cannot make room. Attention walks a context's blocks in the same order at every
+ * step, and least-recently-used eviction of that cycle, when it is larger than the budget,
+ * would evict each block just before it is needed again: no hit ever. So a full tier makes
+ * room only from other owners' blocks (least recently used first) and otherwise keeps what
+ * it has: a scan larger than the budget then hits on the part that fits. */
+static struct tier_entry *tier_alloc(struct tier *t, uint64_t owner)
 {
 	pthread_mutex_lock(&t->mu);
 	while (t->bytes + t->entry_bytes > t->budget) {
 		struct tier_entry *victim = t->tail;
-		while (victim && victim->pins)
+		while (victim && (victim->pins || victim->owner == owner))
 			victim = victim->prev;
 		if (!victim)
 			break;
@@ -454,7 +458,7 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 		uint64_t owner = (uint64_t)first + n <= ps->base_full ? ps->serial : ps->session_owner;
 		if (owner) {
 			struct tier_entry *e = tier_get(t, owner, g, block);
-			if (!e && (e = tier_alloc(t))) {
+			if (!e && (e = tier_alloc(t, owner))) {
 				if ((rc = paged_rebuild(ps, ws, g, first, 0, n, e->k, e->v))) {
 					free(e->k);
 					free(e);

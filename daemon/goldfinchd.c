@@ -39,7 +39,8 @@ void gfd_usage(FILE *f)
 		"  --checkpoint-tokens K    an ingest commits every K tokens (default 262144)\n"
 		"  --c-dtype T              storage of the cache rows: f16 (default), bf16, f32\n"
 		"  --tier-mb N              RAM for expanded keys/values shared by generations\n"
-		"                           (default 0 = rebuild them from the cache each time)\n"
+		"                           (default: a quarter of RAM, at most 4096; 0 = off:\n"
+		"                           every token rebuilds the keys of the whole context)\n"
 		"  --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics\n"
 		"  --log-file F             append the log here (default: stderr)\n"
 		"  --print-config           print the settings these flags give, and exit\n"
@@ -56,6 +57,11 @@ void gfd_options_defaults(gfd_options *o)
 	memset(o, 0, sizeof(*o));
 	o->max_frame = PROTO_DEFAULT_MAX_FRAME;
 	o->max_jobs = 2;
+	/* Without the tier every decoded token rebuilds the keys of the whole context; a quarter
+	 * of RAM, at most 4 GiB, holds those of a few hundred thousand tokens of a small model. */
+	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+	uint64_t ram_mb = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page >> 20 : 4096;
+	o->tier_mb = ram_mb / 4 < 4096 ? ram_mb / 4 : 4096;
 	o->max_queue = 16;
 	o->c_dtype = CS_DTYPE_F16;
 }
