@@ -3,7 +3,7 @@
  *
  *   gf ingest [--name N] [--c-dtype f16|bf16|f32] [--resume] PATH...
  *   gf ask CONTEXT "question" [sampling flags]
- *   gf contexts | gf drop CONTEXT | gf status | gf cancel JOB-ID
+ *   gf contexts | gf drop CONTEXT | gf status | gf cancel JOB
  *
  * `gf --help` is the manual, exit codes included.
  */
@@ -54,6 +54,7 @@ static void usage(FILE *f)
 "      to folders, special files. PATH \"-\" sends stdin as plain text. On a terminal a\n"
 "      progress bar shows tokens, tokens/s and the ETA. At the end: the context's\n"
 "      serial, name, tokens, bytes on disk, and whether an identical context was reused.\n"
+"      With -v, the job's number (for gf cancel) goes to stderr when the server sends it.\n"
 "      --name N        a name to find the context by (unique on the server)\n"
 "      --c-dtype T     storage type of the cache rows: f16 (server default), bf16, f32\n"
 "      --resume        continue the interrupted ingest named N (needs --name): the\n"
@@ -61,8 +62,8 @@ static void usage(FILE *f)
 "                      there; give the same PATHs as the first time\n"
 "  gf ask CONTEXT QUESTION [flags]\n"
 "      Streams the answer to stdout as it is generated. CONTEXT is a name, #SERIAL,\n"
-"      or a prefix (8+ hex digits) of the context's key. With -v, usage and timings\n"
-"      go to stderr.\n"
+"      or a prefix (8+ hex digits) of the context's key. With -v, the job's number\n"
+"      (for gf cancel), usage and timings go to stderr.\n"
 "      --max-tokens N          default 256 (server)\n"
 "      --temperature T         >= 0; 0 = greedy (server default 1.0)\n"
 "      --top-k K               0 = off\n"
@@ -74,15 +75,17 @@ static void usage(FILE *f)
 "      --seed S                sampling seed (unsigned 64-bit)\n"
 "  gf contexts         lists contexts: serial, name, tokens, disk bytes, sealed, last use\n"
 "  gf drop CONTEXT     deletes a context (BUSY while a job uses it)\n"
-"  gf status           server, model, jobs, queue, memory, disk\n"
-"  gf cancel JOB-ID    sends Cancel for a job. A job id is the id of the request that\n"
-"                      started the job, and request ids belong to their connection\n"
-"                      (protocol 1.0): a job can only be cancelled from the connection\n"
-"                      that started it, so from another gf this finds no such job (exit\n"
-"                      3). To cancel your own `gf ask` or `gf ingest`, press Ctrl-C\n"
-"                      (SIGINT) or send SIGTERM: gf sends Cancel and waits for the\n"
-"                      server's acknowledgement (a second Ctrl-C quits at once). An\n"
-"                      interrupted ingest keeps its last checkpoint: --resume goes on.\n"
+"  gf status           server, model, jobs, queue, memory, disk, and each queued or\n"
+"                      running job: JOB number, kind, state, context, tokens, age, peer\n"
+"  gf cancel JOB       cancels job number JOB (as gf status lists it), started by any\n"
+"                      client: exit 0 once the server accepted, 3 if no such job is\n"
+"                      queued or running. The job's own client then ends: gf ask and\n"
+"                      gf ingest exit 5; a cancelled ingest keeps its last checkpoint,\n"
+"                      and gf ingest --resume goes on from there. Needs a protocol 1.1\n"
+"                      server; with 1.0 job ids are per connection and nothing is found\n"
+"                      (exit 3). Your own gf ask / gf ingest is also cancelled by Ctrl-C\n"
+"                      (SIGINT) or SIGTERM: gf sends Cancel and waits for the server's\n"
+"                      acknowledgement (a second Ctrl-C quits at once).\n"
 "\n"
 "Global flags (before or after the command):\n"
 "  --server ADDR            unix:/path/to/socket, /path, host:port or [v6addr]:port;\n"
@@ -432,6 +435,8 @@ static void print_hello(const gfc_conn *c)
 struct ingest_ui {
 	bool bar;              /* stderr is a terminal */
 	bool drawn;
+	bool verbose;          /* -v: say the job's number once it arrives */
+	uint64_t job;          /* server-wide number (IngestProgress.job); 0 unknown */
 	uint64_t total_bytes;  /* rendered; 0 unknown */
 	struct timespec t0;
 };
@@ -462,13 +467,24 @@ static void fmt_eta(double s, char *buf, size_t n)
 		snprintf(buf, n, "%lu:%02lu", t / 60, t % 60);
 }
 
+static void clear_bar(struct ingest_ui *ui);
+
 static int on_progress(void *user, const proto_response *r)
 {
 	struct ingest_ui *ui = user;
 
-	if (!ui->bar || r->body_case != GOLDFINCH__V1__RESPONSE__BODY_PROGRESS)
+	if (r->body_case != GOLDFINCH__V1__RESPONSE__BODY_PROGRESS)
 		return 0;
 	const Goldfinch__V1__IngestProgress *p = r->progress;
+	if (p->has_job && p->job && !ui->job) {
+		ui->job = p->job;
+		if (ui->verbose) {
+			clear_bar(ui);
+			fprintf(stderr, "gf: job %" PRIu64 "\n", ui->job);
+		}
+	}
+	if (!ui->bar)
+		return 0;
 	double frac = -1, eta = -1;
 	if (p->tokens_total)
 		frac = (double)p->tokens_done / (double)p->tokens_total;
@@ -679,7 +695,7 @@ static int cmd_ingest(gfc_conn *c, const struct args *a, struct ingest_input *in
 		      uint64_t total)
 {
 	Goldfinch__V1__IngestStart s = GOLDFINCH__V1__INGEST_START__INIT;
-	struct ingest_ui ui = { .bar = isatty(2), .total_bytes = total };
+	struct ingest_ui ui = { .bar = isatty(2), .total_bytes = total, .verbose = a->verbose };
 	char err[GFC_ERR_LEN] = "";
 	proto_response *ready = NULL;
 	uint64_t skip = 0;
@@ -761,14 +777,25 @@ struct ask_out {
 	bool tty;
 	char last;          /* last byte written */
 	bool failed;
+	bool verbose;       /* -v: say the job's number once it arrives */
+	uint64_t job;       /* server-wide number (the first Token.job); 0 unknown */
 };
 
 static int on_token(void *user, const proto_response *r)
 {
 	struct ask_out *o = user;
 
-	if (r->body_case != GOLDFINCH__V1__RESPONSE__BODY_TOKEN || !r->token->has_text ||
-	    !r->token->text.len)
+	if (r->body_case != GOLDFINCH__V1__RESPONSE__BODY_TOKEN)
+		return 0;
+	if (r->token->has_job && r->token->job && !o->job) {
+		o->job = r->token->job;
+		if (o->verbose) {
+			/* stderr: the answer on stdout stays the answer alone. */
+			fflush(stdout);
+			fprintf(stderr, "gf: job %" PRIu64 "\n", o->job);
+		}
+	}
+	if (!r->token->has_text || !r->token->text.len)
 		return 0;
 	const ProtobufCBinaryData *t = &r->token->text;
 	if (fwrite(t->data, 1, t->len, stdout) != t->len || fflush(stdout)) {
@@ -791,7 +818,7 @@ static const char *done_reason(int r)
 
 static int cmd_ask(gfc_conn *c, struct args *a)
 {
-	struct ask_out out = { .tty = isatty(1) };
+	struct ask_out out = { .tty = isatty(1), .verbose = a->verbose };
 	char err[GFC_ERR_LEN] = "";
 	proto_response *done = NULL;
 
@@ -883,6 +910,44 @@ static int cmd_drop(gfc_conn *c, const struct args *a)
 	return 0;
 }
 
+/* "42s", "3m04s", "2h05m", "3d04h": how long ago unix time ms was. */
+static const char *age(int64_t ms, char *buf, size_t n)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	int64_t d = ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - ms) / 1000;
+	if (ms <= 0)
+		return "-";
+	if (d < 0)
+		d = 0;
+	if (d < 60)
+		snprintf(buf, n, "%" PRId64 "s", d);
+	else if (d < 3600)
+		snprintf(buf, n, "%" PRId64 "m%02" PRId64 "s", d / 60, d % 60);
+	else if (d < 86400)
+		snprintf(buf, n, "%" PRId64 "h%02" PRId64 "m", d / 3600, d / 60 % 60);
+	else
+		snprintf(buf, n, "%" PRId64 "d%02" PRId64 "h", d / 86400, d / 3600 % 24);
+	return buf;
+}
+
+static cJSON *job_json(const Goldfinch__V1__JobInfo *ji)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(o, "job", (double)ji->job);
+	cJSON_AddStringToObject(o, "kind", ji->kind ? ji->kind : "");
+	if (ji->context)
+		cJSON_AddStringToObject(o, "context", ji->context);
+	else
+		cJSON_AddNullToObject(o, "context");
+	cJSON_AddStringToObject(o, "state", ji->state ? ji->state : "");
+	cJSON_AddNumberToObject(o, "tokens_done", (double)ji->tokens_done);
+	cJSON_AddNumberToObject(o, "started_unix_ms", (double)ji->started_unix_ms);
+	cJSON_AddStringToObject(o, "peer", ji->peer ? ji->peer : "");
+	return o;
+}
+
 static int cmd_status(gfc_conn *c, const struct args *a)
 {
 	const Goldfinch__V1__HelloReply *h = gfc_hello(c);
@@ -928,6 +993,10 @@ static int cmd_status(gfc_conn *c, const struct args *a)
 		cJSON_AddNumberToObject(o, "connections", s->connections);
 		cJSON_AddNumberToObject(o, "tokens_ingested", (double)s->tokens_ingested);
 		cJSON_AddNumberToObject(o, "tokens_generated", (double)s->tokens_generated);
+		/* A 1.0 server sends no job list: [] as for none. */
+		cJSON *jobs = cJSON_AddArrayToObject(o, "jobs");
+		for (size_t i = 0; i < s->n_jobs; i++)
+			cJSON_AddItemToArray(jobs, job_json(s->jobs[i]));
 		rc = print_json(o);
 	} else {
 		char b1[32], b2[32], b3[32];
@@ -949,6 +1018,18 @@ static int cmd_status(gfc_conn *c, const struct args *a)
 					      "unlimited");
 		printf("tokens       %" PRIu64 " ingested, %" PRIu64 " generated\n",
 		       s->tokens_ingested, s->tokens_generated);
+		if (s->n_jobs) {
+			printf("\n%-6s %-8s %-7s %-24s %10s %7s %s\n", "JOB", "KIND", "STATE", "CONTEXT",
+			       "TOKENS", "AGE", "PEER");
+			for (size_t i = 0; i < s->n_jobs; i++) {
+				const Goldfinch__V1__JobInfo *ji = s->jobs[i];
+				char t[32];
+				printf("%-6" PRIu64 " %-8s %-7s %-24s %10" PRIu64 " %7s %s\n", ji->job,
+				       ji->kind ? ji->kind : "?", ji->state ? ji->state : "?",
+				       ji->context && *ji->context ? ji->context : "-", ji->tokens_done,
+				       age(ji->started_unix_ms, t, sizeof(t)), ji->peer ? ji->peer : "-");
+			}
+		}
 	}
 	proto_response_free(r);
 	return rc;
@@ -956,18 +1037,31 @@ static int cmd_status(gfc_conn *c, const struct args *a)
 
 static int cmd_cancel(gfc_conn *c, const struct args *a)
 {
+	const Goldfinch__V1__HelloReply *h = gfc_hello(c);
 	char err[GFC_ERR_LEN] = "";
 	uint64_t id;
 
 	if (parse_u64(a->pos[0], &id) || !id)
-		return bad_usage("gf cancel %s: expected a job id (a positive integer)%s",
+		return bad_usage("gf cancel %s: expected a job number (a positive integer)%s",
 				 a->pos[0], "");
+	if (h->minor >= 1) {
+		/* Protocol 1.1: the server-wide number, whoever started the job. */
+		int rc = gfc_cancel_number(c, id, err);
+		if (rc) {
+			fprintf(stderr, "gf: job %" PRIu64 ": %s\n", id, err);
+			return gfc_exit_status(c, rc);
+		}
+		printf("job %" PRIu64 ": cancel accepted\n", id);
+		return 0;
+	}
+	/* A 1.0 server knows jobs only by request ids of their own connection. */
 	int rc = gfc_cancel(c, id, 2000, err);
 	if (rc) {
 		fprintf(stderr, "gf: job %" PRIu64 ": %s\n", id, err);
 		if (gfc_server_error(c) == GOLDFINCH__V1__ERROR_CODE__ERROR_NOT_FOUND)
-			fprintf(stderr, "gf: job ids are request ids of the connection that started "
-				"the job; press Ctrl-C in that gf to cancel it\n");
+			fprintf(stderr, "gf: this server speaks protocol %u.%u: job ids are request "
+				"ids of the connection that started the job; press Ctrl-C in that gf "
+				"to cancel it\n", h->major, h->minor);
 		return gfc_exit_status(c, rc);
 	}
 	printf("cancel sent for job %" PRIu64 "\n", id);

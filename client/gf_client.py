@@ -20,7 +20,12 @@ As a program (the same commands as `gf`, fewer flags):
     gf_client.py [--server A] [--auth-token-file F] [--proto-dir D] [--timeout S] \\
         hello | ingest [--name N] [--c-dtype T] [--resume] PATH... | ask CONTEXT QUESTION \\
         [--max-tokens N --temperature T --top-k K --top-p P --min-p M --presence-penalty X \\
-        --frequency-penalty X --stop S --seed S] | contexts | drop CONTEXT | status
+        --frequency-penalty X --stop S --seed S] [-v] | contexts | drop CONTEXT | status | \\
+        cancel JOB
+
+`status` lists the queued and running jobs with their server-wide numbers; `cancel JOB`
+stops one, whichever client started it (protocol 1.1: exit 0 when the server accepted, 3
+when there is no such job).
 
 The bindings are found by --proto-dir, else $GF_PROTO_PYTHON_DIR. Exit codes are gf's
 (gf --help): 0 ok, 1 server error, 2 usage, 3 not found, 4 connection or protocol,
@@ -35,7 +40,7 @@ import stat
 import struct
 import sys
 
-PROTO_MAJOR, PROTO_MINOR = 1, 0
+PROTO_MAJOR, PROTO_MINOR = 1, 1
 DEFAULT_SERVER = "127.0.0.1:7433"
 PIECE_BYTES = 64 << 10
 SNIFF_BYTES = 8192
@@ -207,6 +212,7 @@ class Client:
         self.buf = b""
         self.hello_reply = None
         self.last_done = None
+        self.last_job = None  # server-wide number of the last job (IngestProgress/Token.job)
 
     def __enter__(self):
         self.connect()
@@ -330,6 +336,19 @@ class Client:
         return self._expect(self._send(drop_context=pb.DropContext(context=context)),
                             "dropped").serial
 
+    def cancel(self, job):
+        """Cancels job number `job` (StatusReply.jobs), started by any client: returns when
+        the server accepted; ServerError NOT_FOUND when no such job. Protocol 1.1."""
+        if self.hello_reply is not None and self.hello_reply.minor < 1:
+            # A 1.0 server knows jobs only by request ids of their own connection, and this
+            # one has none: its NOT_FOUND is the answer, as gf reports it.
+            self._final(self._send(cancel=pb.Cancel(target=job)))
+            raise ProtocolError("server speaks protocol %d.%d and answered a Cancel"
+                                % (self.hello_reply.major, self.hello_reply.minor))
+        # target is required on the wire; with job set the server ignores it.
+        return self._expect(self._send(cancel=pb.Cancel(target=0, job=job)),
+                            "cancel_accepted").job
+
     def ask(self, context, prompt, **params):
         """Yields the answer's text (bytes) as tokens arrive; self.last_done is the Done.
         params: max_tokens, temperature, top_k, top_p, min_p, presence_penalty,
@@ -344,9 +363,12 @@ class Client:
                 setattr(g, k, v)
         rid = self._send(generate=g)
         self.last_done = None
+        self.last_job = None
         try:
             for r in self.responses(rid):
                 kind = r.WhichOneof("body")
+                if kind == "token" and r.token.HasField("job"):
+                    self.last_job = r.token.job
                 if kind == "token" and r.token.text:
                     yield r.token.text
                 elif kind == "done":
@@ -440,9 +462,16 @@ class Client:
 
     def _recv_job(self, rid, progress):
         for r in self.responses(rid):
-            if r.WhichOneof("body") == "progress" and progress:
-                progress(r.progress)
+            self._note_progress(r, progress)
             return r
+
+    def _note_progress(self, r, progress):
+        if r.WhichOneof("body") != "progress":
+            return
+        if r.progress.HasField("job"):
+            self.last_job = r.progress.job
+        if progress:
+            progress(r.progress)
 
     def _poll_progress(self, rid, progress):
         """Handles what has arrived, without waiting: progress, or an Error that stops us."""
@@ -461,13 +490,25 @@ class Client:
             kind = r.WhichOneof("body")
             if kind == "error" and r.id in (0, rid):
                 raise ServerError(r.error.code, r.error.message)
-            if r.id == rid and kind == "progress" and progress:
-                progress(r.progress)
+            if r.id == rid and kind == "progress":
+                self._note_progress(r, progress)
             elif r.id == rid and kind not in ("progress", None):
                 raise ProtocolError("ingest ended (%s) before its input was sent" % kind)
 
 
 # ---- the program --------------------------------------------------------------------------
+
+def job_dict(j):
+    return {"job": j.job, "kind": j.kind, "context": j.context if j.HasField("context") else None,
+            "state": j.state, "tokens_done": j.tokens_done, "started_unix_ms": j.started_unix_ms,
+            "peer": j.peer}
+
+
+def status_dict(s):
+    d = {f.name: v for f, v in s.ListFields() if f.name != "jobs"}
+    d["jobs"] = [job_dict(j) for j in s.jobs]  # [] from a 1.0 server
+    return d
+
 
 def context_dict(ci):
     return {"serial": ci.serial, "key": ci.key, "name": ci.name or None, "tokens": ci.tokens,
@@ -505,6 +546,8 @@ def main(argv=None):
     p = sub.add_parser("drop")
     p.add_argument("context")
     sub.add_parser("status")
+    p = sub.add_parser("cancel")
+    p.add_argument("job", type=int)
     try:
         a = ap.parse_args(argv)
     except SystemExit as e:
@@ -548,10 +591,16 @@ def main(argv=None):
                 params = {k: getattr(a, k) for k in (
                     "max_tokens", "temperature", "top_k", "top_p", "min_p", "presence_penalty",
                     "frequency_penalty", "stop", "seed")}
+                shown = False
                 for t in c.ask(a.context, a.question, **params):
+                    if a.verbose and not shown and c.last_job is not None:
+                        print("gf_client: job %d" % c.last_job, file=sys.stderr, flush=True)
+                        shown = True
                     out.buffer.write(t)
                     out.buffer.flush()
                 d = c.last_done
+                if a.verbose and not shown and c.last_job is not None:
+                    print("gf_client: job %d" % c.last_job, file=sys.stderr)
                 if a.verbose and d is not None:
                     print("gf_client: done: %s, usage: %s" % (
                         pb.DoneReason.Name(d.reason),
@@ -567,9 +616,10 @@ def main(argv=None):
             elif a.cmd == "drop":
                 print("dropped #%d" % c.drop(a.context))
             elif a.cmd == "status":
-                s = c.status()
-                json.dump({f.name: v for f, v in s.ListFields()}, out, indent=2)
+                json.dump(status_dict(c.status()), out, indent=2)
                 out.write("\n")
+            elif a.cmd == "cancel":
+                print("job %d: cancel accepted" % c.cancel(a.job))
     except ServerError as e:
         print("gf_client: %s" % e, file=sys.stderr)
         return e.exit_code()

@@ -445,6 +445,7 @@ static bool is_final(const proto_response *r)
 	case GOLDFINCH__V1__RESPONSE__BODY_STATUS:
 	case GOLDFINCH__V1__RESPONSE__BODY_CONTEXTS:
 	case GOLDFINCH__V1__RESPONSE__BODY_DROPPED:
+	case GOLDFINCH__V1__RESPONSE__BODY_CANCEL_ACCEPTED:
 		return true;
 	default:
 		return false;
@@ -463,6 +464,7 @@ static const char *body_name(int body_case)
 	case GOLDFINCH__V1__RESPONSE__BODY_STATUS: return "StatusReply";
 	case GOLDFINCH__V1__RESPONSE__BODY_CONTEXTS: return "ContextList";
 	case GOLDFINCH__V1__RESPONSE__BODY_DROPPED: return "Dropped";
+	case GOLDFINCH__V1__RESPONSE__BODY_CANCEL_ACCEPTED: return "CancelAccepted";
 	default: return "an unknown response";
 	}
 }
@@ -949,6 +951,31 @@ int gfc_cancel(gfc_conn *c, uint64_t target, int wait_ms, char *err)
 		}
 	}
 	job_end(c);
+	return rc;
+}
+
+int gfc_cancel_number(gfc_conn *c, uint64_t job, char *err)
+{
+	Goldfinch__V1__Request req = GOLDFINCH__V1__REQUEST__INIT;
+	Goldfinch__V1__Cancel cancel = GOLDFINCH__V1__CANCEL__INIT;
+	const Goldfinch__V1__HelloReply *h = gfc_hello(c);
+	proto_response *r;
+
+	if (h && h->major == 1 && h->minor < 1) {
+		seterr(err, "server %s speaks protocol %u.%u: it has no server-wide job numbers (1.1)",
+		       c->server, h->major, h->minor);
+		return -EPROTONOSUPPORT;
+	}
+	/* target is required on the wire; with job set the server ignores it (goldfinch.proto). */
+	cancel.target = 0;
+	cancel.has_job = true;
+	cancel.job = job;
+	req.body_case = GOLDFINCH__V1__REQUEST__BODY_CANCEL;
+	req.cancel = &cancel;
+	int rc = call_expect(c, &req, NULL, NULL, GOLDFINCH__V1__RESPONSE__BODY_CANCEL_ACCEPTED,
+			     &r, err);
+	if (!rc)
+		proto_response_free(r);
 	return rc;
 }
 

@@ -119,6 +119,12 @@ int gfc_cancel_job(gfc_conn *c, char *err);
  * (NOT_FOUND: no such job on this connection). Request ids are per connection (README), so
  * this cancels only jobs started on c. Returns 0 if no error came back in time. */
 int gfc_cancel(gfc_conn *c, uint64_t target, int wait_ms, char *err);
+/* Protocol 1.1: cancels the job with server-wide number `job` (StatusReply.jobs,
+ * IngestProgress.job, the first Token.job), whichever connection started it, and waits for
+ * the server's CancelAccepted: 0. -ENOENT (NOT_FOUND) when no such job is queued or
+ * running; -EPROTONOSUPPORT, without sending anything, when the server speaks 1.0. The
+ * job's own client then gets Done{CANCELLED} or Error{CANCELLED}. */
+int gfc_cancel_number(gfc_conn *c, uint64_t job, char *err);
 
 /* ---- Ingest --------------------------------------------------------------------------
  * gfc_ingest_start, then any mix of gfc_ingest_text and gfc_ingest_file (a file's text
@@ -137,8 +143,8 @@ int gfc_ingest_file(gfc_conn *c, const char *path, uint64_t size, char *err);
 int gfc_ingest_end(gfc_conn *c, proto_response **ready, char *err); /* (*ready)->context_ready */
 
 /* ---- Input files ---------------------------------------------------------------------
- * What `gf ingest` sends: regular text files, found by walking directories in sorted
- * (bytewise) order. Skipped with a note: version-control folders (.git .hg .svn .bzr
+ * What `gf ingest` sends (and what `gf-run ingest` reads: one policy for both): regular
+ * text files, found by walking directories in sorted (bytewise) order. Skipped with a note: version-control folders (.git .hg .svn .bzr
  * _darcs CVS .jj), binary files (a NUL byte or invalid UTF-8 in the first GFC_SNIFF_BYTES),
  * symbolic links to folders, and anything that is not a regular file or a folder.
  */

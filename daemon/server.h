@@ -4,9 +4,11 @@
  * daemon/README.md describes the behaviour, protocol/README.md the wire.
  *
  * Threads and who owns what:
- *   - the loop thread (server_loop.c) owns connections, listeners and job structs: it
- *     accepts, reads frames, answers Hello and Cancel, queues jobs, writes responses; it
- *     never blocks (non-blocking sockets, no store or engine calls);
+ *   - the loop thread (server_loop.c) owns connections, listeners, job structs and the
+ *     registry of live jobs (by server-wide number): it accepts, reads frames, answers
+ *     Hello and Cancel (of this connection's jobs, or of any by number), copies the jobs
+ *     for Status, queues jobs, writes responses; it never blocks (non-blocking sockets, no
+ *     store or engine calls);
  *   - --max-jobs worker threads (server_jobs.c) take jobs from the pending queue and run
  *     them through the backend (server_backend.h);
  *   - one control thread (server_jobs.c) answers Status, ListContexts and DropContext,
@@ -141,14 +143,16 @@ struct gfd_server;
 typedef struct gfd_job {
 	/* Fixed at accept. */
 	struct gfd_server *srv;
-	uint64_t number;         /* server-wide, for the log */
+	uint64_t number;         /* server-wide: the log, JobInfo.job, Cancel.job */
 	uint64_t conn_id, req_id;
 	char peer[64];
 	enum gfd_job_kind kind;
 	int64_t accepted_ns;
+	int64_t accepted_unix_ms;
 	/* Loop thread only. */
 	struct gfd_conn *conn;   /* NULL once the connection is gone */
 	struct gfd_job *cprev, *cnext;
+	struct gfd_job *rprev, *rnext;  /* the server's registry of live jobs */
 	bool file_open;          /* a FileStart's file awaits its closing "\n" */
 	bool end_seen;
 	/* Pending queue link and flag, under srv->qmu. */
@@ -156,6 +160,9 @@ typedef struct gfd_job {
 	bool queued;
 	/* Shared. */
 	atomic_int cancel;       /* enum gfd_cancel */
+	/* Written by the worker, read by the loop for StatusReply.jobs. */
+	atomic_uint_fast64_t tokens_done;  /* ingest: tokens in the context; generate: sent */
+	atomic_uint_fast64_t serial;       /* the context's, once the worker knows it; 0 */
 	pthread_mutex_t mu;      /* the input queue */
 	pthread_cond_t cv;
 	struct gfd_piece *in_head, *in_tail;
@@ -193,6 +200,18 @@ struct gfd_event {
 	uint8_t data[];
 };
 
+/* A job as StatusReply.jobs shows it: copied by the loop, which owns the jobs, when the
+ * Status request arrives, and answered with the store's figures by the control thread. */
+struct gfd_job_snap {
+	uint64_t number;
+	enum gfd_job_kind kind;
+	bool running;
+	uint64_t tokens_done;
+	int64_t accepted_unix_ms;
+	char *context;         /* malloc'd; NULL: none known yet */
+	char peer[64];
+};
+
 /* Control requests the control thread answers. */
 struct gfd_ctl_task {
 	struct gfd_ctl_task *next;
@@ -200,6 +219,8 @@ struct gfd_ctl_task {
 	int what;              /* GOLDFINCH__V1__REQUEST__BODY_* */
 	char *context;         /* DropContext */
 	char peer[64];
+	struct gfd_job_snap *jobs;  /* Status: the live jobs, by number [n_jobs] */
+	size_t n_jobs;
 };
 
 typedef struct gfd_server {
@@ -220,6 +241,7 @@ typedef struct gfd_server {
 	void *conns;            /* connection table */
 	uint64_t next_conn_id, next_job_number;
 	uint64_t live_jobs;     /* job structs not yet freed */
+	gfd_job *jobs_head, *jobs_tail;  /* the registry: every live job, by number */
 	bool stopping;
 	int spare_fd;           /* closed to accept-and-drop when out of descriptors */
 
@@ -260,6 +282,7 @@ void gfd_workers_stop(gfd_server *s);  /* joins; no job may be running */
 bool gfd_queue_remove(gfd_server *s, gfd_job *j);
 void gfd_queue_push(gfd_server *s, gfd_job *j);
 void gfd_ctl_push(gfd_server *s, struct gfd_ctl_task *t);
+void gfd_ctl_task_free(struct gfd_ctl_task *t);   /* NULL-safe */
 void gfd_job_free(gfd_job *j);
 void gfd_job_wake(gfd_job *j);        /* after setting cancel or adding input */
 

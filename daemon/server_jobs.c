@@ -441,6 +441,9 @@ static void send_progress(struct ingest_run *r)
 	/* Tokens per byte so far, times the bytes announced. */
 	p.tokens_total = r->j->total_bytes && bytes && st.tokens_done
 		? (uint64_t)((double)st.tokens_done / (double)bytes * (double)r->j->total_bytes) : 0;
+	/* Every progress names the job, so a client learns the number to cancel it by. */
+	p.has_job = true;
+	p.job = r->j->number;
 	proto_response resp = GOLDFINCH__V1__RESPONSE__INIT;
 	resp.id = r->j->req_id;
 	resp.body_case = GOLDFINCH__V1__RESPONSE__BODY_PROGRESS;
@@ -458,6 +461,7 @@ static void ingest_tick(struct ingest_run *r)
 		gfd_stats_tokens(&r->s->stats, st.tokens_done - r->tokens_reported, 0);
 		r->tokens_reported = st.tokens_done;
 	}
+	atomic_store(&r->j->tokens_done, st.tokens_done);
 	int64_t now = gfd_now_ns();
 	if (now - r->last_progress >= PROGRESS_NS)
 		send_progress(r);
@@ -543,6 +547,8 @@ static gfd_job_outcome run_ingest(gfd_server *s, gfd_job *j)
 	ops->ingest_state(r.in, &st);
 	r.resume_bytes = st.input_bytes;
 	r.tokens_at_start = r.tokens_reported = st.tokens_done;
+	atomic_store(&j->serial, st.serial);
+	atomic_store(&j->tokens_done, st.tokens_done);
 	gfd_logf(s->log, "job %" PRIu64 " started: ingest \"%s\" into #%" PRIu64 "%s, from byte %" PRIu64
 		 " (token %" PRIu64 ")", j->number, j->name ? j->name : "", st.serial,
 		 j->resume ? " (resumed)" : "", r.resume_bytes, st.tokens_done);
@@ -695,9 +701,12 @@ struct gen_out {
 	uint64_t sent;
 };
 
+/* Makes room for need bytes. The buffer exists after any call, even for need 0: memcpy
+ * and memmove must not see NULL, even for 0 bytes (a token whose bytes wait in the
+ * decoder adds none). */
 static int grow(uint8_t **buf, size_t *cap, size_t need)
 {
-	if (need <= *cap)
+	if (need <= *cap && *buf)
 		return 0;
 	size_t c = *cap ? *cap : 256;
 	while (c < need)
@@ -714,6 +723,11 @@ static void post_token(struct gen_out *g, int32_t tok, const uint8_t *text, size
 {
 	Goldfinch__V1__Token t = GOLDFINCH__V1__TOKEN__INIT;
 	t.id = tok;
+	if (!g->sent) {
+		/* The first Token names the job (1.1): what another client cancels it by. */
+		t.has_job = true;
+		t.job = g->j->number;
+	}
 	t.has_text = true;
 	t.text.data = (uint8_t *)text;
 	t.text.len = n;
@@ -723,6 +737,7 @@ static void post_token(struct gen_out *g, int32_t tok, const uint8_t *text, size
 	resp.token = &t;
 	gfd_post_response(g->s, g->j->conn_id, &resp);
 	g->sent++;
+	atomic_store(&g->j->tokens_done, g->sent);
 }
 
 static void flush_pending(struct gen_out *g)
@@ -841,6 +856,7 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 		code = gfd_errno_code(rc);
 		goto fail;
 	}
+	atomic_store(&j->serial, info.serial);
 	if (info.dtype != s->info.c_dtype) {
 		snprintf(err, GF_ERR_LEN, "context \"%.100s\" (#%" PRIu64 ") stores c as %s; this server reads %s (--c-dtype)",
 			 j->context, info.serial, cs_dtype_name(info.dtype), cs_dtype_name(s->info.c_dtype));
@@ -1072,11 +1088,38 @@ static void ctl_status(gfd_server *s, struct gfd_ctl_task *t)
 	r.connections = st.connections;
 	r.tokens_ingested = st.tokens_ingested;
 	r.tokens_generated = st.tokens_decoded;
+	/* The jobs as the loop saw them when the request arrived (server_loop.c). */
+	Goldfinch__V1__JobInfo *ji = t->n_jobs ? calloc(t->n_jobs, sizeof(*ji)) : NULL;
+	Goldfinch__V1__JobInfo **jp = t->n_jobs ? calloc(t->n_jobs, sizeof(*jp)) : NULL;
+	if (t->n_jobs && (!ji || !jp)) {
+		free(ji);
+		free(jp);
+		gfd_post_error(s, t->conn_id, t->req_id, GOLDFINCH__V1__ERROR_CODE__ERROR_INTERNAL,
+			       "out of memory listing %zu jobs", t->n_jobs);
+		return;
+	}
+	for (size_t i = 0; i < t->n_jobs; i++) {
+		const struct gfd_job_snap *js = &t->jobs[i];
+		goldfinch__v1__job_info__init(&ji[i]);
+		ji[i].has_job = ji[i].has_tokens_done = ji[i].has_started_unix_ms = true;
+		ji[i].job = js->number;
+		ji[i].kind = js->kind == GFD_JOB_INGEST ? "ingest" : "generate";
+		ji[i].context = js->context;
+		ji[i].state = js->running ? "running" : "queued";
+		ji[i].tokens_done = js->tokens_done;
+		ji[i].started_unix_ms = js->accepted_unix_ms;
+		ji[i].peer = (char *)js->peer;
+		jp[i] = &ji[i];
+	}
+	r.n_jobs = t->n_jobs;
+	r.jobs = jp;
 	proto_response resp = GOLDFINCH__V1__RESPONSE__INIT;
 	resp.id = t->req_id;
 	resp.body_case = GOLDFINCH__V1__RESPONSE__BODY_STATUS;
 	resp.status = &r;
 	gfd_post_response(s, t->conn_id, &resp);
+	free(ji);
+	free(jp);
 }
 
 static void ctl_list(gfd_server *s, struct gfd_ctl_task *t)
@@ -1169,10 +1212,20 @@ static void *ctl_main(void *arg)
 		default:
 			break;
 		}
-		free(t->context);
-		free(t);
+		gfd_ctl_task_free(t);
 	}
 	return NULL;
+}
+
+void gfd_ctl_task_free(struct gfd_ctl_task *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n_jobs; i++)
+		free(t->jobs[i].context);
+	free(t->jobs);
+	free(t->context);
+	free(t);
 }
 
 void gfd_ctl_push(gfd_server *s, struct gfd_ctl_task *t)
@@ -1232,8 +1285,7 @@ void gfd_workers_stop(gfd_server *s)
 	s->ctl_started = false;
 	for (struct gfd_ctl_task *t = s->c_head, *next; t; t = next) {
 		next = t->next;
-		free(t->context);
-		free(t);
+		gfd_ctl_task_free(t);
 	}
 	s->c_head = s->c_tail = NULL;
 }

@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define OUT_HIGH (8u << 20)
@@ -73,6 +74,7 @@ struct gfd_conn {
 	bool draining;                     /* write side shut: read and discard until EOF */
 	bool dead;                         /* destroy at the end of this round */
 	bool dirty;
+	bool kick;                         /* buffered frames to handle this round (unpaused) */
 	bool out_paused;
 	int64_t close_deadline;
 	gfd_job *jobs;
@@ -135,6 +137,16 @@ static void conn_update_events(gfd_server *s, struct gfd_conn *c)
 static void conn_mark_dead(gfd_server *s, struct gfd_conn *c, const char *why);
 static void remember_dead(struct gfd_conn *c, uint64_t id);
 
+/* Visits c at the end of this round: flushes its output, handles frames if kicked. */
+static void conn_mark_dirty(gfd_server *s, struct gfd_conn *c)
+{
+	if (!c->dirty) {
+		c->dirty = true;
+		c->dirty_next = table(s)->dirty;
+		table(s)->dirty = c;
+	}
+}
+
 static void conn_queue(gfd_server *s, struct gfd_conn *c, struct gfd_event *ev)
 {
 	ev->next = NULL;
@@ -145,11 +157,7 @@ static void conn_queue(gfd_server *s, struct gfd_conn *c, struct gfd_event *ev)
 		c->out_head = ev;
 	c->out_tail = ev;
 	c->out_bytes += ev->len;
-	if (!c->dirty) {
-		c->dirty = true;
-		c->dirty_next = table(s)->dirty;
-		table(s)->dirty = c;
-	}
+	conn_mark_dirty(s, c);
 	if (c->out_bytes > OUT_MAX) {
 		conn_mark_dead(s, c, "it does not read its responses");
 	} else if (c->out_bytes > OUT_HIGH && !c->out_paused) {
@@ -270,8 +278,47 @@ static gfd_job *conn_find_job(struct gfd_conn *c, uint64_t req_id)
 	return NULL;
 }
 
+/* ---- the registry of live jobs, by server-wide number (Status, Cancel{job}) ---------------- */
+
+static void registry_add(gfd_server *s, gfd_job *j)
+{
+	/* Numbers grow, so appending keeps the list sorted. */
+	j->rnext = NULL;
+	j->rprev = s->jobs_tail;
+	if (s->jobs_tail)
+		s->jobs_tail->rnext = j;
+	else
+		s->jobs_head = j;
+	s->jobs_tail = j;
+}
+
+static void registry_remove(gfd_server *s, gfd_job *j)
+{
+	if (j->rprev)
+		j->rprev->rnext = j->rnext;
+	else if (s->jobs_head == j)
+		s->jobs_head = j->rnext;
+	else
+		return; /* never added */
+	if (j->rnext)
+		j->rnext->rprev = j->rprev;
+	else
+		s->jobs_tail = j->rprev;
+	j->rprev = j->rnext = NULL;
+}
+
+static gfd_job *registry_find(gfd_server *s, uint64_t number)
+{
+	/* Live jobs are few (workers + queue + those of closed connections still stopping). */
+	for (gfd_job *j = s->jobs_head; j; j = j->rnext)
+		if (j->number == number)
+			return j;
+	return NULL;
+}
+
 static void job_release(gfd_server *s, gfd_job *j)
 {
+	registry_remove(s, j);
 	gfd_job_free(j);
 	s->live_jobs--;
 }
@@ -305,8 +352,16 @@ static void cancel_queued(gfd_server *s, gfd_job *j, int why)
 	s->stats.jobs_cancelled++;
 	pthread_mutex_unlock(&s->stats.mu);
 	if (c) {
+		/* Its client may still be sending input: dropped quietly, as for any ended ingest. */
+		if (j->kind == GFD_JOB_INGEST)
+			remember_dead(c, j->req_id);
 		if (c->paused_on == j) {
+			/* The frames it buffered behind the full queue are handled at the end of this
+			 * round: a Cancel{job} from another connection is handled inside that
+			 * connection's frames, where handling these would nest. */
 			c->paused_on = NULL;
+			c->kick = true;
+			conn_mark_dirty(s, c);
 			conn_update_events(s, c);
 		}
 		conn_unlink_job(c, j);
@@ -430,6 +485,11 @@ static gfd_job *job_new(gfd_server *s, struct gfd_conn *c, uint64_t req_id, enum
 	j->req_id = req_id;
 	j->kind = kind;
 	j->accepted_ns = gfd_now_ns();
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	j->accepted_unix_ms = gfd_unix_ms((int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec);
+	atomic_init(&j->tokens_done, 0);
+	atomic_init(&j->serial, 0);
 	snprintf(j->peer, sizeof(j->peer), "%s", c->peer);
 	return j;
 }
@@ -465,6 +525,7 @@ static bool job_admit(gfd_server *s, struct gfd_conn *c, uint64_t id)
 static void job_accept(gfd_server *s, struct gfd_conn *c, gfd_job *j, const char *what)
 {
 	conn_link_job(c, j);
+	registry_add(s, j);
 	s->live_jobs++;
 	gfd_logf(s->log, "job %" PRIu64 " accepted: %s, connection %" PRIu64 " request %" PRIu64 ", peer %s",
 		 j->number, what, c->id, j->req_id, c->peer);
@@ -833,8 +894,36 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 	job_accept(s, c, j, what);
 }
 
+/* Cancel{job}: any connection may stop any job by its server-wide number (every connection
+ * here has passed Hello, and with it the auth token). The job ends as for a Cancel from its
+ * own connection; the canceller gets CancelAccepted. */
+static void on_cancel_number(gfd_server *s, struct gfd_conn *c, uint64_t id, uint64_t number)
+{
+	gfd_job *j = registry_find(s, number);
+	if (!j) {
+		conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_NOT_FOUND,
+			   "cancel: no job %" PRIu64 " is queued or running on this server", number);
+		return;
+	}
+	gfd_logf(s->log, "job %" PRIu64 " cancel requested by connection %" PRIu64 ", peer %s",
+		 number, c->id, c->peer);
+	job_cancel(s, j, GFD_CANCEL_CLIENT);   /* may free j (a queued job) */
+	Goldfinch__V1__CancelAccepted ca = GOLDFINCH__V1__CANCEL_ACCEPTED__INIT;
+	ca.has_job = true;
+	ca.job = number;
+	proto_response r = GOLDFINCH__V1__RESPONSE__INIT;
+	r.id = id;
+	r.body_case = GOLDFINCH__V1__RESPONSE__BODY_CANCEL_ACCEPTED;
+	r.cancel_accepted = &ca;
+	conn_send(s, c, &r);
+}
+
 static void on_cancel(gfd_server *s, struct gfd_conn *c, uint64_t id, const Goldfinch__V1__Cancel *m)
 {
+	if (m->has_job) {
+		on_cancel_number(s, c, id, m->job);
+		return;
+	}
 	gfd_job *j = conn_find_job(c, m->target);
 	if (!j) {
 		conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_NOT_FOUND,
@@ -844,11 +933,52 @@ static void on_cancel(gfd_server *s, struct gfd_conn *c, uint64_t id, const Gold
 	job_cancel(s, j, GFD_CANCEL_CLIENT);
 }
 
+/* Copies the live jobs for StatusReply.jobs (the loop owns them; the control thread
+ * answers). -ENOMEM. */
+static int jobs_snapshot(gfd_server *s, struct gfd_ctl_task *t)
+{
+	size_t n = 0;
+	for (gfd_job *j = s->jobs_head; j; j = j->rnext)
+		n++;
+	if (!n)
+		return 0;
+	t->jobs = calloc(n, sizeof(*t->jobs));
+	if (!t->jobs)
+		return -ENOMEM;
+	/* qmu once for every `queued` flag: a job is running from the moment a worker took it. */
+	pthread_mutex_lock(&s->qmu);
+	for (gfd_job *j = s->jobs_head; j; j = j->rnext) {
+		struct gfd_job_snap *js = &t->jobs[t->n_jobs++];
+		js->number = j->number;
+		js->kind = j->kind;
+		js->running = !j->queued;
+		js->accepted_unix_ms = j->accepted_unix_ms;
+		snprintf(js->peer, sizeof(js->peer), "%s", j->peer);
+	}
+	pthread_mutex_unlock(&s->qmu);
+	size_t i = 0;
+	for (gfd_job *j = s->jobs_head; j; j = j->rnext, i++) {
+		struct gfd_job_snap *js = &t->jobs[i];
+		char ser[32];
+		const char *ctx = j->kind == GFD_JOB_GENERATE ? j->context : j->name;
+		uint64_t serial = atomic_load(&j->serial);
+		js->tokens_done = atomic_load(&j->tokens_done);
+		if (!ctx && serial) {
+			snprintf(ser, sizeof(ser), "#%" PRIu64, serial);
+			ctx = ser;
+		}
+		if (ctx && !(js->context = strdup(ctx)))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 static void on_control(gfd_server *s, struct gfd_conn *c, uint64_t id, int what, const char *ctx)
 {
 	struct gfd_ctl_task *t = calloc(1, sizeof(*t));
-	if (!t || (ctx && !(t->context = strdup(ctx)))) {
-		free(t);
+	if (!t || (ctx && !(t->context = strdup(ctx))) ||
+	    (what == GOLDFINCH__V1__REQUEST__BODY_STATUS && jobs_snapshot(s, t))) {
+		gfd_ctl_task_free(t);
 		conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_INTERNAL, "out of memory");
 		return;
 	}
@@ -1311,6 +1441,11 @@ int gfd_server_run(gfd_server *s)
 			struct gfd_conn *c = t->dirty;
 			t->dirty = c->dirty_next;
 			c->dirty = false;
+			if (!c->dead && c->kick) {
+				c->kick = false;
+				conn_process(s, c);
+				conn_update_events(s, c);
+			}
 			if (!c->dead)
 				conn_write(s, c);
 		}

@@ -4,7 +4,8 @@
 # and a book are ingested, listed, asked about and dropped; answers must equal gf-run's
 # (the engine in one process) for the same input stream, flags and seed, and the Python
 # client's must equal gf's; an ingest whose client is killed resumes to the very context
-# an uninterrupted ingest makes; Ctrl-C cancels; exit codes for the usual failures.
+# an uninterrupted ingest makes; Ctrl-C cancels; a job is listed by gf status and cancelled
+# by its number from another client (protocol 1.1); exit codes for the usual failures.
 #
 # usage: client_e2e.sh GF GF_CLIENT_PY GOLDFINCHD GF_RUN MODEL.gguf PROTO_PYTHON_DIR
 # KEEP=FILE keeps a copy of the daemon log there (for debugging).
@@ -87,33 +88,46 @@ print('\n'.join(' '.join(r.choice(w) for _ in range(12)) for _ in range(600)))" 
 
 # 1. Server and model.
 expect 0 $G status --json
-[ "$(json 'j["model"]["n_layer"], j["model"]["n_embd"], j["protocol"]')" = "(4, 128, '1.0')" ] ||
+[ "$(json 'j["model"]["n_layer"], j["model"]["n_embd"], j["protocol"], j["jobs"]')" = "(4, 128, '1.1', [])" ] ||
 	fail "status: $(cat "$TMP/out")"
 
 alive "before step 2"
 # 2. The codebase: the daemon's context has the tokens of the expected stream (its key is
-#    the one gf-run gives that stream); the Python client's walk gives the same context.
+#    the one gf-run gives that stream, read from stdin as plain text); gf-run given the
+#    same folder walks and renders it as gf and the daemon do (one walker, gfc_walk): the
+#    same key again; the Python client's walk gives the same context.
 expect 0 $G --json ingest --name code "$P"
 KEY=$(json 'j["key"]')
 [ "$(json 'j["sealed"], j["reused"], j["tokens"] > 50')" = "(True, False, True)" ] ||
 	fail "ingest code: $(cat "$TMP/out")"
 grep -q "skipping $P/.git: version-control folder" "$TMP/err" || fail "no note for .git"
 grep -q "skipping $P/img/logo.png: binary file" "$TMP/err" || fail "no note for the binary"
-run ingest --name code "$TMP/code.stream" >"$TMP/run.out" 2>&1 || fail "gf-run ingest code"
-grep -q "key $(echo "$KEY" | cut -c1-12)" "$TMP/run.out" ||
+run ingest --name code "$P" >"$TMP/run.out" 2>"$TMP/run.err" || fail "gf-run ingest code"
+grep -q "^ingested #[0-9]* code: .* key $(echo "$KEY" | cut -c1-12)" "$TMP/run.out" ||
+	fail "gf-run's key for the folder is not gf's $KEY: $(cat "$TMP/run.out")"
+grep -q "skipping $P/.git: version-control folder" "$TMP/run.err" &&
+	grep -q "skipping $P/img/logo.png: binary file" "$TMP/run.err" ||
+	fail "gf-run's notes differ from gf's: $(cat "$TMP/run.err")"
+run ingest --name code-stream - <"$TMP/code.stream" >"$TMP/run.out" 2>&1 || fail "gf-run ingest stream"
+grep -q "^reused .* key $(echo "$KEY" | cut -c1-12)" "$TMP/run.out" ||
 	fail "gf-run's key for the expected stream is not gf's $KEY: $(cat "$TMP/run.out")"
 expect 0 "$PY" "$PYCLIENT" ingest --name code-py "$P"
 [ "$(json 'j["key"], j["reused"]')" = "('$KEY', True)" ] || fail "Python ingest: $(cat "$TMP/out")"
 
 alive "before step 3"
-# 3. The book: as a file (its base name as the path), and as plain text like gf-run takes
-#    a single file.
-expect 0 $G ingest --name book "$TMP/book.txt"
+# 3. The book: as a file (its base name as the path: gf and gf-run alike), and as plain
+#    text from stdin (gf and gf-run alike).
+expect 0 $G -v ingest --name book "$TMP/book.txt"
 grep -q '^context #[0-9]* "book": [0-9]* tokens, .* on disk, new' "$TMP/out" ||
 	fail "ingest book: $(cat "$TMP/out")"
+FKEY=$(sed -n 's/^gf: key \([0-9a-f]*\)$/\1/p' "$TMP/err")
+run ingest --name book "$TMP/book.txt" >"$TMP/run.out" 2>&1 || fail "gf-run ingest book"
+grep -q "key $(echo "${FKEY:-none}" | cut -c1-12)" "$TMP/run.out" ||
+	fail "a single file: gf-run's key is not gf's ${FKEY:-(none)}: $(cat "$TMP/run.out")"
 expect 0 $G --json ingest --name book-raw - <"$TMP/book.txt"
 BKEY=$(json 'j["key"]')
-run ingest --name book-raw "$TMP/book.txt" >"$TMP/run.out" 2>&1 || fail "gf-run ingest book"
+[ "$BKEY" != "$FKEY" ] || fail "a file and its text as stdin gave the same key"
+run ingest --name book-raw - <"$TMP/book.txt" >"$TMP/run.out" 2>&1 || fail "gf-run ingest book-raw"
 grep -q "key $(echo "$BKEY" | cut -c1-12)" "$TMP/run.out" || fail "book keys differ"
 
 alive "before step 4"
@@ -153,8 +167,9 @@ expect 3 $G drop nosuch
 expect 4 $GF --server "unix:$TMP/none" contexts
 expect 2 $G --bogus contexts
 expect 2 $G ask code "q" --min-p 3
-# Request ids are per connection: another connection's job is not found (gf --help).
+# No job 99 is queued or running.
 expect 3 $G cancel 99
+expect 3 "$PY" "$PYCLIENT" cancel 99
 
 alive "before step 7"
 # 7. Ctrl-C during a generation: Cancel, the server's Done{CANCELLED}, exit 5.
@@ -172,6 +187,70 @@ while [ $i -lt 100 ] && ! grep -q 'cancelled by the client' "$TMP/daemon.log"; d
 	i=$((i + 1))
 done
 grep -q 'cancelled by the client' "$TMP/daemon.log" || fail "daemon saw no Cancel"
+
+alive "before step 7b"
+# 7b. From another terminal, by the job's server-wide number (protocol 1.1). An ingest
+#     that waits for input (stdin from a FIFO held open): gf status lists it, gf cancel
+#     stops it, its gf exits 5, and --resume completes it to the context a whole ingest of
+#     the same text made (book-raw, step 3). A generation: gf -v prints its number, the
+#     Python client lists it and cancels it, gf ask exits 5.
+mkfifo "$TMP/fifo"
+$G -v ingest --name piped - <"$TMP/fifo" >"$TMP/piped.out" 2>"$TMP/piped.err" &
+pid=$!
+exec 3>"$TMP/fifo"
+cat "$TMP/book.txt" >&3
+N=
+i=0
+while [ $i -lt 400 ] && [ -z "$N" ]; do
+	N=$($G status --json 2>/dev/null | $PY -c '
+import json, sys
+j = [x for x in json.load(sys.stdin)["jobs"] if x["context"] == "piped" and x["kind"] == "ingest"
+     and x["state"] == "running" and x["tokens_done"] >= 1024]
+print(j[0]["job"] if j else "")')
+	[ -n "$N" ] || sleep 0.05
+	i=$((i + 1))
+done
+if [ -n "$N" ]; then
+	expect 0 $G status
+	grep -q "^$N  *ingest  *running  *piped  *[0-9][0-9]*  *[0-9][0-9hms]*  *unix pid [0-9]" "$TMP/out" ||
+		fail "gf status does not list ingest job $N: $(cat "$TMP/out")"
+	expect 0 $G cancel "$N"
+	grep -q "^job $N: cancel accepted" "$TMP/out" || fail "gf cancel: $(cat "$TMP/out")"
+else
+	fail "the piped ingest is not listed by gf status --json"
+	kill -INT $pid
+fi
+exec 3>&-
+wait $pid
+rc=$?
+[ $rc = 5 ] || fail "ingest cancelled from another gf: exit $rc ($(cat "$TMP/piped.err"))"
+grep -q "^gf: job ${N:-x}\$" "$TMP/piped.err" || fail "gf -v ingest printed no job number: $(cat "$TMP/piped.err")"
+grep -q 'CANCELLED: ingest of "piped"' "$TMP/piped.err" || fail "ingest's client: $(cat "$TMP/piped.err")"
+expect 3 $G cancel "${N:-0}"
+expect 0 $G --json ingest --name piped --resume - <"$TMP/book.txt"
+[ "$(json 'j["key"], j["sealed"]')" = "('$BKEY', True)" ] || fail "resumed piped ingest: $(cat "$TMP/out")"
+$G -v ask code "Tell a long story." --max-tokens 1000000 >"$TMP/long" 2>"$TMP/long.err" &
+pid=$!
+N=
+i=0
+while [ $i -lt 400 ] && [ -z "$N" ]; do
+	N=$(sed -n 's/^gf: job \([0-9][0-9]*\)$/\1/p' "$TMP/long.err")
+	[ -n "$N" ] || sleep 0.05
+	i=$((i + 1))
+done
+if [ -n "$N" ]; then
+	expect 0 "$PY" "$PYCLIENT" status
+	[ "$(json "[(x['kind'], x['state'], x['context']) for x in j['jobs'] if x['job'] == $N]")" = \
+		"[('generate', 'running', 'code')]" ] || fail "Python client's status: $(cat "$TMP/out")"
+	expect 0 "$PY" "$PYCLIENT" cancel "$N"
+else
+	fail "gf -v ask printed no job number: $(cat "$TMP/long.err")"
+	kill -INT $pid
+fi
+wait $pid
+rc=$?
+[ $rc = 5 ] || fail "generation cancelled from the Python client: exit $rc ($(cat "$TMP/long.err"))"
+grep -q 'gf: cancelled' "$TMP/long.err" || fail "gf ask: $(cat "$TMP/long.err")"
 
 alive "before step 8"
 # 8. Resume: kill the client once the daemon has committed a checkpoint; --resume sends

@@ -904,6 +904,53 @@ static void test_cancel_other(void)
 	srv_stop(&s, "cancel other");
 }
 
+/* Protocol 1.1: Cancel{target 0, job} by server-wide number, from a connection that did
+ * not start the job: CancelAccepted, then NOT_FOUND for a number the server does not know. */
+static void script_cancel_number(struct srv *s)
+{
+	srv_hello(s, 0);
+	for (uint64_t want = 77; want <= 78; want++) {
+		proto_request *m = srv_expect(s, GOLDFINCH__V1__REQUEST__BODY_CANCEL);
+		if (!m)
+			return;
+		if (m->cancel->target != 0 || !m->cancel->has_job || m->cancel->job != want)
+			srv_fail(s, "cancel target %llu job %llu (has %d)",
+				 (unsigned long long)m->cancel->target,
+				 (unsigned long long)m->cancel->job, m->cancel->has_job);
+		if (want == 77) {
+			proto_response r = GOLDFINCH__V1__RESPONSE__INIT;
+			Goldfinch__V1__CancelAccepted ca = GOLDFINCH__V1__CANCEL_ACCEPTED__INIT;
+			ca.has_job = true;
+			ca.job = want;
+			r.id = m->id;
+			r.body_case = GOLDFINCH__V1__RESPONSE__BODY_CANCEL_ACCEPTED;
+			r.cancel_accepted = &ca;
+			srv_send(s, &r, true);
+		} else {
+			srv_error(s, m->id, GOLDFINCH__V1__ERROR_CODE__ERROR_NOT_FOUND,
+				  "cancel: no job 78 is queued or running");
+		}
+		proto_request_free(m);
+	}
+}
+
+static void test_cancel_number(void)
+{
+	struct srv s;
+	char err[GFC_ERR_LEN] = "";
+
+	srv_start(&s, script_cancel_number);
+	gfc_conn *c = client(5, -1, NULL);
+	CHECK(gfc_connect(c, err) == 0, "connect: %s", err);
+	int rc = gfc_cancel_number(c, 77, err);
+	CHECK(rc == 0 && gfc_exit_status(c, rc) == GFC_EXIT_OK, "cancel job 77: %d %s", rc, err);
+	rc = gfc_cancel_number(c, 78, err);
+	CHECK(rc == -ENOENT && gfc_exit_status(c, rc) == GFC_EXIT_NOT_FOUND, "cancel job 78: %d %s",
+	      rc, err);
+	gfc_close(c);
+	srv_stop(&s, "cancel number");
+}
+
 /* ---- walking -------------------------------------------------------------------------- */
 
 static void put(const char *rel, const void *data, size_t n)
@@ -1039,6 +1086,7 @@ int main(void)
 	test_resume_and_limits();
 	test_cancel();
 	test_cancel_other();
+	test_cancel_number();
 	test_walk();
 
 	char cmd[400];

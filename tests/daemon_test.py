@@ -143,8 +143,9 @@ def case_setup():
     if gf_run and os.path.exists(gf_run):
         # The same question through gf-run: its answer text must equal the daemon's.
         base = [gf_run, "--model", path("model.gguf"), "--cache-dir", path("ref_gfrun")]
-        subprocess.run(base + ["ingest", "--name", "book", path("book.txt")], check=True,
-                       capture_output=True)
+        with open(path("book.txt"), "rb") as bf:  # stdin: the text as it is, no file header
+            subprocess.run(base + ["ingest", "--name", "book", "-"], stdin=bf, check=True,
+                           capture_output=True)
         out = subprocess.run(base + ["ask", "book", PROMPT, "--temperature", "0",
                                      "--max-tokens", "24"], check=True, capture_output=True).stdout
         refs["gf_run_text"] = out.hex()
@@ -220,7 +221,7 @@ def case_hello():
     c = Conn("unix:" + st["sock"])
     id = c.hello(major=2)
     r = c.expect_error("ERROR_VERSION", id)
-    check("1.0" in r.error.message, "version error names ours: " + r.error.message)
+    check("speaks 1.1" in r.error.message, "version error names ours: " + r.error.message)
     check(c.recv(10) is None, "connection still open after a version mismatch")
     # Same major, newer minor: accepted.
     c = Conn(st["tcp"])
@@ -394,6 +395,101 @@ def case_cancel():
     c.expect("dropped", c.drop("cancel-big"))
     check(s.jobs_running <= 2, "status")
     c.close()
+
+
+def find_job(conn, pred, what, timeout=30.0):
+    """The first JobInfo of StatusReply.jobs that pred accepts, polling until timeout."""
+    deadline = time.time() + timeout
+    while True:
+        jobs = list(conn.status().jobs)
+        for j in jobs:
+            if pred(j):
+                return j
+        if time.time() > deadline:
+            raise Fail("no job %s in status: %s" % (what, jobs))
+        time.sleep(0.02)
+
+
+def cancel_number(conn, number):
+    """Cancel{job} (protocol 1.1) from conn: the CancelAccepted."""
+    id = conn.request(cancel=pb.Cancel(target=0, job=number))
+    r = conn.expect("cancel_accepted", id)
+    check(r.cancel_accepted.job == number, "CancelAccepted for %d: %s" % (number, r))
+    return r
+
+
+def case_cancel_job():
+    """Protocol 1.1: jobs have server-wide numbers. A job's own client (a 1.0 Hello, which
+    ignores the new fields) starts it; a second connection sees it in StatusReply.jobs; a
+    third cancels it by number. The ingest checkpoints and resumes to the uninterrupted
+    context; the generation ends with Done{CANCELLED}; unknown numbers are NOT_FOUND."""
+    owner, st = shared()
+    refs = json.load(open(path("refs.json")))
+    watcher = Conn("unix:" + st["sock"])
+    watcher.hello(minor=1)
+    watcher.expect("hello")
+    killer = Conn(st["tcp"])
+    killer.hello(minor=1)
+    killer.expect("hello")
+    t_start = time.time()
+    # An ingest that waits for more input (no IngestEnd yet): it stays running.
+    big = open(path("big.txt"), "rb").read()
+    iid = owner.request(ingest_start=pb.IngestStart(name="xjob-big"))
+    first = owner.expect("progress", iid)
+    number = first.progress.job
+    check(number > 0, "IngestProgress carries no job number: %s" % first)
+    for p in book_pieces(big[:len(big) // 2], 4096):
+        owner.request(id=iid, ingest_data=pb.IngestData(text=p))
+    j = find_job(watcher, lambda j: j.job == number and j.tokens_done >= 1024,
+                 "%d with 1024 tokens" % number)
+    check(j.kind == "ingest" and j.state == "running" and j.context == "xjob-big",
+          "JobInfo of the ingest: %s" % j)
+    check(("pid %d " % os.getpid()) in j.peer, "peer %r" % j.peer)
+    check(abs(j.started_unix_ms / 1000.0 - t_start) < 60, "started_unix_ms %d" % j.started_unix_ms)
+    cancel_number(killer, number)
+    while True:
+        r = owner.recv(30)
+        check(r is not None, "closed while waiting for the cancelled ingest's answer")
+        if r.id == iid and r.WhichOneof("body") == "error":
+            break
+        check(r.WhichOneof("body") == "progress", "unexpected %s" % r)
+    check(r.error.code == pb.ERROR_CANCELLED and "resume" in r.error.message,
+          "the ingest's client: %s" % r.error)
+    owner.request(id=iid, ingest_data=pb.IngestData(text=b"late"))  # dropped quietly
+    deadline = time.time() + 30
+    while any(x.job == number for x in watcher.status().jobs) and time.time() < deadline:
+        time.sleep(0.02)
+    check(not any(x.job == number for x in watcher.status().jobs), "ended job still listed")
+    killer.expect_error("ERROR_NOT_FOUND", killer.request(cancel=pb.Cancel(target=0, job=number)))
+    ctx = {x.name: x for x in watcher.contexts()}.get("xjob-big")
+    check(ctx is not None and not ctx.sealed and ctx.tokens > 0, "after the cancel: %s" % ctx)
+    ready = owner.ingest([big], name="xjob-big", resume=True, skip_to_resume=True)
+    check(not isinstance(ready, pb.Response), "resume failed: %s" % ready)
+    check(ready.context.key == refs["big"]["key"], "resumed key %s, uninterrupted %s"
+          % (ready.context.key, refs["big"]["key"]))
+    owner.expect("dropped", owner.drop("xjob-big"))
+    log("ingest job %d cancelled from another connection at %d tokens, resumed" % (number, ctx.tokens))
+    # A generation: the first Token names the job, later ones do not.
+    gid = owner.generate("book", PROMPT, max_tokens=100000, temperature=0.0)
+    t1 = owner.expect("token", gid)
+    gnum = t1.token.job
+    check(gnum > number, "first Token's job %d (the ingest's was %d)" % (gnum, number))
+    t2 = owner.expect("token", gid)
+    check(not t2.token.HasField("job"), "a later Token carries the job again")
+    j = find_job(watcher, lambda j: j.job == gnum, str(gnum))
+    check(j.kind == "generate" and j.state == "running" and j.context == "book", "JobInfo %s" % j)
+    cancel_number(killer, gnum)
+    ids, _, done = owner.collect(gid)
+    check(done.reason == pb.DONE_CANCELLED, "generation ended with %s" % done)
+    check(done.usage.completion_tokens < 100000, "usage %s" % done.usage)
+    # Unknown numbers, and 0.
+    for n in (987654321, 0):
+        killer.expect_error("ERROR_NOT_FOUND", killer.request(cancel=pb.Cancel(target=0, job=n)))
+    # The 1.0 client kept working through all this.
+    ids, _, _ = owner.ask("book", PROMPT, max_tokens=24, temperature=0.0)
+    check(ids == refs["book"]["answer"], "answer after the cancels")
+    for c in (owner, watcher, killer):
+        c.close()
 
 
 def ok_after(conn):
@@ -651,8 +747,11 @@ def case_limits():
         time.sleep(0.1)
         g3 = other.generate("fits", PROMPT, max_tokens=5)
         other.expect_error("ERROR_BUSY", g3)
-        # Cancel the waiting one, then the running one.
-        c.request(cancel=pb.Cancel(target=g2))
+        # Cancel the waiting one from the other connection by its number (it is listed as
+        # queued), then the running one from its own.
+        q = find_job(other, lambda j: j.state == "queued", "queued")
+        check(q.kind == "generate" and q.context == "fits" and q.tokens_done == 0, "queued: %s" % q)
+        cancel_number(other, q.job)
         c.request(cancel=pb.Cancel(target=g1))
         seen = {}
         while len(seen) < 2:
@@ -680,25 +779,35 @@ def case_backpressure():
         a.ingest(book_pieces(open(path("small.txt"), "rb").read(), 3000), name="fits")
         g = a.generate("fits", PROMPT, max_tokens=1000000)
         a.expect("token", g)  # the only job slot is taken
-        b = d.connect()
-        b.s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        b.hello_ok()
-        iid = b.request(ingest_start=pb.IngestStart(name="paused"))
         data = make_text(60000, 4)
-        out = b""
-        for p in book_pieces(data, 3000):
-            body = pb.Request(id=iid, ingest_data=pb.IngestData(text=p)).SerializeToString()
-            out += struct.pack("<I", len(body)) + body
-        b.s.setblocking(False)
 
-        def push(off, quiet=0.5, limit=30.0, target=None):
+        def paused_ingest(name):
+            """A connection with a small send buffer, its IngestStart sent, and the frames
+            of its input (then a StatusRequest) to push."""
+            conn = d.connect()
+            conn.s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            conn.hello_ok()
+            iid = conn.request(ingest_start=pb.IngestStart(name=name))
+            frames = b""
+            for p in book_pieces(data, 3000):
+                body = pb.Request(id=iid, ingest_data=pb.IngestData(text=p)).SerializeToString()
+                frames += struct.pack("<I", len(body)) + body
+            body = pb.Request(id=9999, status=pb.StatusRequest()).SerializeToString()
+            frames += struct.pack("<I", len(body)) + body
+            conn.s.setblocking(False)
+            return conn, iid, frames
+
+        b, iid, out = paused_ingest("paused")
+
+        def push(off, quiet=0.5, limit=30.0, target=None, conn=None, frames=None):
             """Sends from off until the socket stays full for `quiet` s (or off passes
             target); the new offset."""
+            conn, frames = conn or b, frames or out
             last, t_end = time.time(), time.time() + limit
-            target = target or len(out)
+            target = target or len(frames)
             while off < target and time.time() - last < quiet and time.time() < t_end:
                 try:
-                    off += b.s.send(out[off:off + 65536])
+                    off += conn.s.send(frames[off:off + 65536])
                     last = time.time()
                 except BlockingIOError:
                     time.sleep(0.01)
@@ -726,6 +835,30 @@ def case_backpressure():
         check(c.status().jobs_running == 0, "the ingest of a closed connection still runs")
         if "paused" in {x.name for x in c.contexts()}:
             c.expect("dropped", c.drop("paused"))
+        # Protocol 1.1: a queued ingest whose connection is paused, cancelled by number from
+        # another connection. Its client hears CANCELLED, and its connection is read again:
+        # the rest of its input is dropped quietly and the Status behind it is answered.
+        g = a.generate("fits", PROMPT, max_tokens=1000000)
+        a.expect("token", g)
+        b2, iid2, out2 = paused_ingest("paused2")
+        stalled = push(0, conn=b2, frames=out2)
+        check(stalled < len(out2) // 2, "second ingest: sent %d of %d bytes" % (stalled, len(out2)))
+        q = find_job(c, lambda j: j.context == "paused2", "paused2")
+        check(q.state == "queued" and q.kind == "ingest", "paused ingest: %s" % q)
+        cancel_number(c, q.job)
+        sent = push(stalled, quiet=10.0, limit=60.0, conn=b2, frames=out2)
+        check(sent == len(out2), "the cancelled ingest's connection was not read again: %d of %d"
+              % (sent, len(out2)))
+        b2.s.setblocking(True)
+        b2.s.settimeout(30)
+        b2.expect_error("ERROR_CANCELLED", iid2)
+        b2.expect("status", 9999)
+        check(not any(j.context == "paused2" for j in c.status().jobs), "paused2 still listed")
+        a.request(cancel=pb.Cancel(target=g))
+        _, _, done = a.collect(g)
+        check(done.reason == pb.DONE_CANCELLED, "second generation cancelled")
+        check("paused2" not in {x.name for x in c.contexts()}, "a queued ingest left a context")
+        b2.close()
         a.close()
         c.close()
     finally:

@@ -2,9 +2,11 @@
 # engine_cli — gf-run end to end on real files.
 #   engine_cli.sh GF_RUN ENGINE_DUMP TEXT_MODEL.gguf TMP_DIR
 # (ids.gguf beside TEXT_MODEL.gguf is a model without a vocabulary.)
-#  - ingest of a nested directory: the stream is exactly the documented format (a file
-#    written by hand in that format, ingested alone, is the same context: reused);
-#    dot-names and binary files are left out; ls shows the context;
+#  - ingest of a nested directory: the stream is exactly the documented format, the one
+#    goldfinchd makes of `gf ingest` (that stream written by hand and ingested from stdin
+#    as plain text is the same context: reused); version-control folders and binary files
+#    (a NUL byte, invalid UTF-8) are left out with a note, other dot-names are kept; a
+#    single file is rendered under its base name, as gf sends it; ls shows the context;
 #  - ask: greedy answers are repeatable and the same by name, #serial and key prefix;
 #    seeded sampling is repeatable; --stop cuts the answer before the stop string;
 #  - a second ingest of the same files reports the stored context as reused;
@@ -26,6 +28,8 @@ printf 'Notes: the answer is 42.\n' >proj/docs/notes.txt
 : >proj/empty.txt
 printf 'secret\n' >proj/.git/config
 printf 'PNG\000\001\002binary' >proj/logo.bin
+printf 'root = true\n' >proj/.editorconfig
+printf 'caf\351 latin-1\n' >proj/latin1.txt
 store="$tmp/store"
 R() { "$run" --model "$model" --cache-dir "$store" --chunk 32 --page-tokens 64 "$@"; }
 
@@ -35,21 +39,30 @@ fail() {
 }
 
 # ---- ingest, and the stream format ----
-R ingest --name proj proj >ingest1.out
-cat ingest1.out
+R ingest --name proj proj >ingest1.out 2>ingest1.err
+cat ingest1.out ingest1.err
 grep -q '^ingested #1 proj: ' ingest1.out || fail "ingest summary"
+for skipped in "proj/.git: version-control folder" "proj/logo.bin: binary file" \
+	"proj/latin1.txt: binary file"; do
+	grep -q "^gf-run: skipping $skipped\$" ingest1.err || fail "no note: skipping $skipped"
+done
 tokens=$(sed -n 's/^ingested #1 proj: \([0-9]*\) tokens.*/\1/p' ingest1.out)
 {
-	for f in README.md docs/notes.txt empty.txt src/main.c src/util/helpers.h; do
-		printf '### File: proj/%s\n' "$f"
+	for f in .editorconfig README.md docs/notes.txt empty.txt src/main.c src/util/helpers.h; do
+		printf '### File: %s\n' "$f"
 		cat "proj/$f"
 		printf '\n'
 	done
 } >expected.txt
-R ingest expected.txt >format.out
+R ingest - <expected.txt >format.out
 cat format.out
 grep -q '^reused #1 proj: ' format.out || fail "the documented stream format is not what ingest reads"
 echo "ok: the stream is the documented format ($tokens tokens)"
+# A single file: under its base name, as gf sends it (stdin is the way to take it as is).
+R ingest --name notes proj/docs/notes.txt >single.out
+{ printf '### File: notes.txt\n'; cat proj/docs/notes.txt; printf '\n'; } | R ingest - >single2.out
+grep -q '^reused #[0-9]* notes: ' single2.out || fail "a single file is not rendered under its base name: $(cat single.out single2.out)"
+echo "ok: a single file is rendered as gf sends it"
 
 R ls >ls.out
 cat ls.out
@@ -118,7 +131,9 @@ expect() { # $1 = exit code, $2 = what, rest = command
 	echo "ok: $what: exit $rc: $(cat err.txt)"
 }
 expect 1 "missing file" R ingest proj/nosuch.txt
-expect 1 "empty input" R ingest proj/empty.txt
+expect 1 "empty input" R ingest - </dev/null
+expect 1 "nothing to ingest" R ingest proj/logo.bin
+expect 2 "stdin twice" R ingest - -
 expect 1 "name taken" R ingest --name proj proj/src
 expect 1 "resume of a complete context" R ingest --resume --name proj proj
 expect 1 "model without vocabulary" "$run" --model "$ids_model" --cache-dir "$tmp/store_ids" ingest proj

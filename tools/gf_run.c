@@ -2,23 +2,24 @@
  * gf-run — the whole GoldFinch path in one process (daemon/engine.h): ingest text into a
  * context in the paged cache store, list contexts, ask questions of a context.
  *
- *   gf-run --model M.gguf --cache-dir D [global options] ingest [--name NAME] [--resume] FILE...
+ *   gf-run --model M.gguf --cache-dir D [global options] ingest [--name NAME] [--resume] PATH...
  *   gf-run --model M.gguf --cache-dir D [global options] ask CONTEXT "question" [sampling]
  *   gf-run --cache-dir D ls
  *
- * The input stream of an ingest. One regular file is ingested as its bytes, unchanged (a
- * book stays a book). Several files, or any directory, become one byte stream in which
- * every file is
+ * The input stream of an ingest is exactly what goldfinchd builds when `gf ingest` sends
+ * the same PATHs, so both give the same tokens and the same context key. One policy, one
+ * implementation: the files are those of the client library's walker (gfc_walk in
+ * client/gfc_walk.c: folders in byte-wise name order, version-control folders, binary
+ * files, links to folders and special files skipped), and each file is rendered as the
+ * daemon renders a FileStart and its text:
  *
- *     "### File: " LABEL "\n"   the file's bytes   "\n"
+ *     "### File: " REL "\n"   the file's bytes   "\n"
  *
- * in command-line order; a directory contributes its files recursively, entries in
- * byte-wise (strcmp) order, skipping names that start with '.' (.git, ...), anything that is
- * not a regular file or directory, and files whose first 4 KiB hold a NUL byte (binaries).
- * LABEL is the path as given on the command line, joined with '/' to the path inside a
- * directory, with leading "./" removed. The same command line over the same files gives the
- * same stream, hence the same tokens and the same context (identical contexts are stored
- * once: the second ingest reports the first as reused).
+ * REL is the path relative to the folder given, or the base name of a file given directly
+ * (a single file too: `gf-run ingest book.txt` is `gf ingest book.txt`). PATH "-" is stdin,
+ * taken as plain text with no header (like `gf ingest -`): the way to ingest a book, or any
+ * stream, exactly as it is. Identical contexts are stored once: the second ingest reports
+ * the first as reused.
  *
  * The stream is read 64 KiB at a time and fed to the engine in 4 KiB pieces: memory stays
  * fixed whatever the input size. SIGINT or SIGTERM during an ingest commits a checkpoint
@@ -32,9 +33,9 @@
  */
 #include "cache_store.h"
 #include "engine.h"
+#include "gfclient.h"
 #include "goldfinch.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -53,7 +54,6 @@ enum { EX_OK = 0, EX_ERR = 1, EX_USAGE = 2, EX_NOCTX = 3 };
 
 #define READ_BYTES (64u << 10)   /* one read from an input file */
 #define FEED_BYTES (4u << 10)    /* one gfe_ingest_text call: signals are seen between them */
-#define SNIFF_BYTES 4096         /* a NUL in this many first bytes marks a binary file */
 #define PROGRESS_EVERY 0.25      /* seconds between progress line updates */
 
 /* The one piece of global mutable state: written by the SIGINT/SIGTERM handler, read
@@ -68,7 +68,7 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: gf-run --model M.gguf --cache-dir D [OPTIONS] ingest [--name NAME] [--resume] FILE...\n"
+		"usage: gf-run --model M.gguf --cache-dir D [OPTIONS] ingest [--name NAME] [--resume] PATH...\n"
 		"       gf-run --model M.gguf --cache-dir D [OPTIONS] ask CONTEXT QUESTION [SAMPLING]\n"
 		"       gf-run --cache-dir D ls\n"
 		"\n"
@@ -90,18 +90,21 @@ static void usage(FILE *f)
 		"  --tier-mb N            expanded key/value tier for decode, MiB (default 512; 0 off)\n"
 		"  --help                 this text\n"
 		"\n"
-		"ingest FILE...: FILEs (regular files or directories) become one byte stream. A single\n"
-		"regular file is taken as it is. Otherwise each file, in command-line order (the files\n"
-		"of a directory recursively, in byte-wise name order, skipping dot-names, non-regular\n"
-		"files and files with a NUL byte in their first 4 KiB), is written as\n"
-		"    ### File: LABEL<newline><the file's bytes><newline>\n"
-		"where LABEL is the path as given, joined with '/' to the path inside a directory,\n"
-		"leading \"./\" removed. The same command line over the same files gives the same\n"
-		"context; an identical context already stored is reused (reported, not stored twice).\n"
+		"ingest PATH...: PATHs (files, directories, or - for stdin) become one byte stream,\n"
+		"the very stream goldfinchd makes of `gf ingest PATH...`, so both give the same\n"
+		"context. Each text file, in command-line order (a directory's recursively, in\n"
+		"byte-wise name order), is written as\n"
+		"    ### File: REL<newline><the file's bytes><newline>\n"
+		"where REL is its path relative to the directory given, or the base name of a file\n"
+		"given directly (a single file too). Skipped, with a note on stderr: version-control\n"
+		"folders (.git .hg .svn .bzr _darcs CVS .jj), binary files (a NUL byte or invalid\n"
+		"UTF-8 in the first 8 KiB), links to directories, special files. - is stdin, as plain\n"
+		"text without a header: ingest a book as it is with `gf-run ingest - < book.txt`.\n"
+		"An identical context already stored is reused (reported, not stored twice).\n"
 		"  --name NAME            name the context; names are unique in a store (a name in\n"
 		"                         use is refused); a reused context keeps its own name\n"
 		"  --resume               continue the interrupted ingest named NAME (or the only\n"
-		"                         unnamed one) from its last checkpoint: give the same FILEs\n"
+		"                         unnamed one) from its last checkpoint: give the same PATHs\n"
 		"                         (unchanged) and --chunk. With nothing to resume, a new\n"
 		"                         ingest starts\n"
 		"On a terminal a progress line on stderr shows tokens done, tokens/s and the ETA.\n"
@@ -339,7 +342,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	if ((ingest || ask) && !o->model)
 		return die(EX_USAGE, "%s needs --model (see --help)", o->cmd);
 	if (ingest && o->n_args == 0)
-		return die(EX_USAGE, "ingest needs at least one FILE (see --help)");
+		return die(EX_USAGE, "ingest needs at least one PATH (see --help)");
 	if (ask && o->n_args != 2)
 		return die(EX_USAGE, "ask takes CONTEXT and QUESTION (%d argument%s given; quote "
 			   "the question)", o->n_args, o->n_args == 1 ? "" : "s");
@@ -439,171 +442,97 @@ static int cmd_ls(const struct opts *o)
 
 /* ---- the input stream ------------------------------------------------------------------- */
 
-struct in_file {
-	char *path;     /* to open */
-	char *label;    /* in the header */
-	uint64_t size;  /* at listing time (progress only) */
-};
-
+/* What `gf ingest` sends for the same arguments, and hence the stream goldfinchd renders:
+ * the files come from the client library's walker (gfc_walk: one policy for every tool),
+ * stdin ("-") is plain text. */
 struct input {
-	struct in_file *files;
-	size_t n, cap;
-	bool headers;
-	uint64_t total;  /* stream bytes, estimated from the sizes at listing time */
+	gfc_filelist *lists;  /* one per argument; empty for "-" */
+	bool *is_stdin;
+	int n;
+	uint64_t total;       /* rendered bytes, from the sizes at listing time; 0 with stdin */
+	char **notes;         /* "PATH: why" of what the walk skipped, printed once ingesting */
+	size_t n_notes, cap_notes;
+	bool notes_oom;
 };
 
 static void input_free(struct input *in)
 {
-	for (size_t i = 0; i < in->n; i++) {
-		free(in->files[i].path);
-		free(in->files[i].label);
-	}
-	free(in->files);
+	for (int i = 0; i < in->n; i++)
+		gfc_filelist_free(&in->lists[i]);
+	free(in->lists);
+	free(in->is_stdin);
+	for (size_t i = 0; i < in->n_notes; i++)
+		free(in->notes[i]);
+	free(in->notes);
 }
 
-static char *join(const char *a, const char *b)
+/* Skips are kept, not printed, during the walk: a command that fails before it ingests
+ * anything says so in one line. */
+static void note_skip(void *user, const char *path, const char *why)
 {
-	size_t la = strlen(a), lb = strlen(b);
-	char *p = malloc(la + lb + 2);
+	struct input *in = user;
+	size_t n = strlen(path) + strlen(why) + 3;
+	char *line = malloc(n);
 
-	if (!p)
-		return NULL;
-	memcpy(p, a, la);
-	p[la] = '/';
-	memcpy(p + la + 1, b, lb + 1);
-	return p;
-}
-
-static int input_add(struct input *in, const char *path, const char *label, uint64_t size)
-{
-	if (in->n == in->cap) {
-		size_t cap = in->cap ? 2 * in->cap : 16;
-		struct in_file *f = realloc(in->files, cap * sizeof(*f));
-		if (!f)
-			return die(EX_ERR, "out of memory listing input files");
-		in->files = f;
-		in->cap = cap;
-	}
-	while (strncmp(label, "./", 2) == 0 && label[2])
-		for (label += 2; *label == '/'; label++)
-			;
-	struct in_file *f = &in->files[in->n];
-	f->path = strdup(path);
-	f->label = strdup(label);
-	f->size = size;
-	if (!f->path || !f->label) {
-		free(f->path);
-		free(f->label);
-		return die(EX_ERR, "out of memory listing input files");
-	}
-	in->n++;
-	return 0;
-}
-
-static bool is_binary(const char *path)
-{
-	unsigned char buf[SNIFF_BYTES];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return false;   /* the read later reports the error */
-	do
-		n = read(fd, buf, sizeof(buf));
-	while (n < 0 && errno == EINTR);
-	close(fd);
-	return n > 0 && memchr(buf, 0, (size_t)n) != NULL;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Adds a directory's files recursively, in strcmp order of entry names. */
-static int input_walk(struct input *in, const char *path, const char *label, int depth)
-{
-	char **names = NULL;
-	size_t n = 0, cap = 0;
-	struct dirent *de;
-	int rc = 0;
-
-	if (depth > 64)
-		return die(EX_ERR, "%s: directories nested deeper than 64 levels", path);
-	DIR *d = opendir(path);
-	if (!d)
-		return die(EX_ERR, "%s: %s", path, strerror(errno));
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		if (n == cap) {
-			cap = cap ? 2 * cap : 32;
-			char **p = realloc(names, cap * sizeof(*p));
-			if (!p) {
-				rc = die(EX_ERR, "out of memory listing %s", path);
-				goto out_names;
-			}
-			names = p;
+	if (in->n_notes == in->cap_notes) {
+		size_t cap = in->cap_notes ? 2 * in->cap_notes : 16;
+		char **p = realloc(in->notes, cap * sizeof(*p));
+		if (!p) {
+			free(line);
+			in->notes_oom = true;
+			return;
 		}
-		if (!(names[n] = strdup(de->d_name))) {
-			rc = die(EX_ERR, "out of memory listing %s", path);
-			goto out_names;
-		}
-		n++;
+		in->notes = p;
+		in->cap_notes = cap;
 	}
-	if (n)
-		qsort(names, n, sizeof(*names), cmp_str);
-	for (size_t i = 0; i < n && !rc; i++) {
-		char *p = join(path, names[i]), *l = join(label, names[i]);
-		struct stat st;
+	if (!line) {
+		in->notes_oom = true;
+		return;
+	}
+	snprintf(line, n, "%s: %s", path, why);
+	in->notes[in->n_notes++] = line;
+}
 
-		if (!p || !l)
-			rc = die(EX_ERR, "out of memory listing %s", path);
-		else if (stat(p, &st))
-			rc = 0;   /* a dangling link, or it vanished: not part of the input */
-		else if (S_ISDIR(st.st_mode))
-			rc = input_walk(in, p, l, depth + 1);
-		else if (S_ISREG(st.st_mode) && !is_binary(p))
-			rc = input_add(in, p, l, (uint64_t)st.st_size);
-		free(p);
-		free(l);
-	}
-out_names:
-	for (size_t i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-	closedir(d);
-	return rc;
+static void print_notes(const struct input *in)
+{
+	for (size_t i = 0; i < in->n_notes; i++)
+		fprintf(stderr, "gf-run: skipping %s\n", in->notes[i]);
+	if (in->notes_oom)
+		fprintf(stderr, "gf-run: skipped more (out of memory for the list)\n");
 }
 
 static int input_list(struct input *in, char **args, int n_args)
 {
-	int rc;
+	char err[GFC_ERR_LEN];
+	size_t n_files = 0;
+	int n_stdin = 0;
 
 	memset(in, 0, sizeof(*in));
-	in->headers = n_args > 1;
+	in->lists = calloc((size_t)n_args, sizeof(*in->lists));
+	in->is_stdin = calloc((size_t)n_args, sizeof(*in->is_stdin));
+	if (!in->lists || !in->is_stdin)
+		return die(EX_ERR, "out of memory listing input files");
+	in->n = n_args;
 	for (int i = 0; i < n_args; i++) {
-		struct stat st;
-		char *a = args[i];
-
-		if (stat(a, &st))
-			return die(EX_ERR, "%s: %s", a, strerror(errno));
-		if (S_ISDIR(st.st_mode)) {
-			size_t len = strlen(a);
-			while (len > 1 && a[len - 1] == '/')
-				a[--len] = 0;
-			in->headers = true;
-			rc = input_walk(in, a, a, 0);
-		} else if (S_ISREG(st.st_mode)) {
-			rc = input_add(in, a, a, (uint64_t)st.st_size);
-		} else {
-			return die(EX_ERR, "%s: not a regular file or directory", a);
+		gfc_filelist_init(&in->lists[i]);
+		if (strcmp(args[i], "-") == 0) {
+			in->is_stdin[i] = true;
+			n_stdin++;
+			continue;
 		}
-		if (rc)
-			return rc;
+		if (gfc_walk(&in->lists[i], args[i], note_skip, in, err))
+			return die(EX_ERR, "%s", err);
+		for (size_t k = 0; k < in->lists[i].n; k++)
+			in->total += gfc_rendered_size(in->lists[i].files[k].rel,
+						       in->lists[i].files[k].size);
+		n_files += in->lists[i].n;
 	}
-	for (size_t i = 0; i < in->n; i++)
-		in->total += in->files[i].size + (in->headers ? strlen(in->files[i].label) + 12 : 0);
+	if (n_stdin > 1)
+		return die(EX_USAGE, "stdin (-) given more than once");
+	if (!n_files && !n_stdin)
+		return die(EX_ERR, "nothing to ingest: no text file in the given paths");
+	if (n_stdin)
+		in->total = 0;   /* unknown */
 	return 0;
 }
 
@@ -681,48 +610,63 @@ static int feed_bytes(struct feed *f, const char *p, size_t n)
 	return 0;
 }
 
-static int feed_file(struct feed *f, const struct in_file *file, bool headers, char *buf)
+/* Feeds what fd gives until its end: a file's bytes, or stdin's. */
+static int feed_fd(struct feed *f, int fd, const char *what, char *buf)
 {
-	char head[64];
-	int rc;
-
-	if (headers) {
-		snprintf(head, sizeof(head), "### File: ");
-		if ((rc = feed_bytes(f, head, strlen(head))) ||
-		    (rc = feed_bytes(f, file->label, strlen(file->label))) ||
-		    (rc = feed_bytes(f, "\n", 1)))
-			return rc;
-	}
-	int fd = open(file->path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(f->err, sizeof(f->err), "%s: %s", file->path, strerror(errno));
-		return -EIO;
-	}
 	for (;;) {
 		ssize_t n = read(fd, buf, READ_BYTES);
 		if (n < 0 && errno == EINTR) {
-			if (stop_signal) {
-				rc = -EINTR;
-				break;
-			}
+			if (stop_signal)
+				return -EINTR;
 			continue;
 		}
 		if (n < 0) {
-			snprintf(f->err, sizeof(f->err), "%s: read: %s", file->path, strerror(errno));
-			rc = -EIO;
-			break;
+			snprintf(f->err, sizeof(f->err), "%s: read: %s", what, strerror(errno));
+			return -EIO;
 		}
-		if (n == 0) {
-			rc = 0;
-			break;
-		}
-		if ((rc = feed_bytes(f, buf, (size_t)n)))
-			break;
+		if (n == 0)
+			return 0;
+		int rc = feed_bytes(f, buf, (size_t)n);
+		if (rc)
+			return rc;
 	}
-	close(fd);
-	if (!rc && headers)
-		rc = feed_bytes(f, "\n", 1);
-	return rc;
+}
+
+/* The stream goldfinchd renders from what `gf ingest` sends for the same arguments
+ * (protocol/README.md): a file opens with "### File: REL\n" and is closed by "\n" when
+ * the next file opens or the input ends; stdin's bytes go in as they are (inside the file
+ * before them, if any, as text after a FileStart does on the wire). */
+static int feed_input(struct feed *f, const struct input *in, char *buf)
+{
+	bool file_open = false;
+	int rc;
+
+	for (int i = 0; i < in->n; i++) {
+		if (in->is_stdin[i]) {
+			if ((rc = feed_fd(f, STDIN_FILENO, "stdin", buf)))
+				return rc;
+			continue;
+		}
+		for (size_t k = 0; k < in->lists[i].n; k++) {
+			const gfc_file *file = &in->lists[i].files[k];
+			if ((file_open && (rc = feed_bytes(f, "\n", 1))) ||
+			    (rc = feed_bytes(f, GFC_FILE_HEADER, strlen(GFC_FILE_HEADER))) ||
+			    (rc = feed_bytes(f, file->rel, strlen(file->rel))) ||
+			    (rc = feed_bytes(f, "\n", 1)))
+				return rc;
+			file_open = true;
+			int fd = open(file->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+			if (fd < 0) {
+				snprintf(f->err, sizeof(f->err), "%s: %s", file->path, strerror(errno));
+				return -EIO;
+			}
+			rc = feed_fd(f, fd, file->path, buf);
+			close(fd);
+			if (rc)
+				return rc;
+		}
+	}
+	return file_open ? feed_bytes(f, "\n", 1) : 0;
 }
 
 /* Finds the context --resume continues: the unsealed one named o->name, or the only
@@ -871,9 +815,8 @@ static int cmd_ingest(struct opts *o)
 	f.t0 = now_s();
 	f.progress = isatty(STDERR_FILENO);
 	const uint64_t resumed_bytes = f.skip;
-	rc = 0;
-	for (size_t i = 0; i < inp.n && !rc; i++)
-		rc = feed_file(&f, &inp.files[i], inp.headers, buf);
+	print_notes(&inp);
+	rc = feed_input(&f, &inp, buf);
 	if (rc == -EINTR) {
 		int sig = stop_signal;
 		if (f.progress)
