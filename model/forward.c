@@ -20,6 +20,7 @@
 
 struct gf_workspace {
 	int max_chunk;       /* M */
+	int max_rows;        /* rows of the row buffers: max(M, GF_KV_BLOCK) */
 	float *x;            /* [M][C] residual stream */
 	float *xln;          /* [M][C] normalised input of the current mix */
 	float *dx;           /* [M][C] shift(xln) - xln */
@@ -109,6 +110,7 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 			pow((double)c->rope_base * c->rope_rebase, -2.0 * i / c->head_size) /
 				c->rope_rescale : 0.0;
 	ws->max_chunk = max_chunk;
+	ws->max_rows = (int)M;
 	*out = ws;
 	return 0;
 }
@@ -620,6 +622,34 @@ static int attention(const gf_config *c, gf_workspace *ws, gf_kv_source *src, in
 		int rc = src->get(src, ws, g, kb, nb, &K, &V, &ld);
 		if (rc)
 			return rc;
+		if (nq == 1 && H * nb <= ws->max_rows * GF_KV_BLOCK) {
+			/* One query (decode): it sees the whole block. Read each key and value
+			 * row once for all heads, off OpenBLAS (whose threads would wake and
+			 * compete with the decode pool for the cores). */
+			const int t = n - 1;
+			float *S = ws->scores, *yt = y + (size_t)t * A;
+			gf_attn_scores(K, ld, nb, q + (size_t)t * A, H, N, scale, S);
+			for (int h = 0; h < H; h++) {
+				float *s = S + (size_t)h * nb;
+				float *mx_t = &ws->att_max[t * H + h], *sum_t = &ws->att_sum[t * H + h];
+				float mx = *mx_t;
+				for (int j = 0; j < nb; j++)
+					mx = s[j] > mx ? s[j] : mx;
+				const float rescale = expf(*mx_t - mx);
+				float sum = 0.0f;
+				for (int j = 0; j < nb; j++) {
+					s[j] = expf(s[j] - mx);
+					sum += s[j];
+				}
+				*sum_t = *sum_t * rescale + sum;
+				*mx_t = mx;
+				if (rescale != 1.0f)
+					for (int d = 0; d < N; d++)
+						yt[h * N + d] *= rescale;
+			}
+			gf_attn_accum(V, ld, nb, S, H, N, yt);
+			continue;
+		}
 		for (int h = 0; h < H; h++) {
 			const float *qh = q + (size_t)t_first * A + h * N;
 			const float *Kb = K + h * N, *Vb = V + h * N;

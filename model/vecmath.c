@@ -226,3 +226,44 @@ HOT void gf_vaxpy(float *restrict y, float a, const float *restrict x, int n)
 	for (int i = 0; i < n; i++)
 		y[i] += a * x[i];
 }
+
+/* One query over a block of keys, every head at once: S[h][j] = scale * K[j]_h . q_h. Each key
+ * row (all heads, A floats) is read once and in order; a per-head loop would stride over the
+ * rows H times, at a fraction of the read bandwidth. */
+HOT void gf_attn_scores(const float *restrict K, int ld, int nb, const float *restrict q, int H,
+			int N, float scale, float *restrict S)
+{
+	for (int j = 0; j < nb; j++) {
+		const float *kr = K + (size_t)j * ld;
+		for (int h = 0; h < H; h++) {
+			const float *kh = kr + (size_t)h * N, *qh = q + (size_t)h * N;
+			float acc[LANES] = { 0 };
+			int d = 0;
+			for (; d + LANES <= N; d += LANES)
+				for (int u = 0; u < LANES; u++)
+					acc[u] += kh[d + u] * qh[d + u];
+			float s = 0.0f;
+			for (; d < N; d++)
+				s += kh[d] * qh[d];
+			for (int u = 0; u < LANES; u++)
+				s += acc[u];
+			S[(size_t)h * nb + j] = scale * s;
+		}
+	}
+}
+
+/* y_h += sum over j of P[h][j] * V[j]_h, every head at once, each value row read once. */
+HOT void gf_attn_accum(const float *restrict V, int ld, int nb, const float *restrict P, int H,
+		       int N, float *restrict y)
+{
+	for (int j = 0; j < nb; j++) {
+		const float *vr = V + (size_t)j * ld;
+		for (int h = 0; h < H; h++) {
+			const float p = P[(size_t)h * nb + j];
+			const float *vh = vr + (size_t)h * N;
+			float *yh = y + (size_t)h * N;
+			for (int d = 0; d < N; d++)
+				yh[d] += p * vh[d];
+		}
+	}
+}

@@ -29,6 +29,11 @@ void gf_wkv_step(float *S, const float *r, const float *k, const float *v, const
 float gf_vdot(const float *a, const float *b, int n);
 /* y += a * x */
 void gf_vaxpy(float *y, float a, const float *x, int n);
+/* One query against nb key rows (row stride ld), every head: S [H][nb] = scale * K_h . q_h. */
+void gf_attn_scores(const float *K, int ld, int nb, const float *q, int H, int N, float scale,
+		    float *S);
+/* y [H*N] += P [H][nb] times the value rows (row stride ld), every head. */
+void gf_attn_accum(const float *V, int ld, int nb, const float *P, int H, int N, float *y);
 /* Up to this many input rows go through gf_gemv_rows rather than a GEMM. */
 #define GF_GEMV_MAX_ROWS 4
 /* y[t][o] = W[o] . x[t] (+ beta y[t][o]) for a row-major W [out][in] (an nn.Linear weight),
