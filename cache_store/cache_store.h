@@ -263,6 +263,10 @@ int cs_reader_page(cs_reader *r, uint64_t index, const cs_page **out, char *err)
 int cs_reader_read(cs_reader *r, uint64_t first, uint64_t n, void *rows, uint32_t *tok, char *err);
 /* The blob of the reader's snapshot (even if a commit replaced it since). *blob malloc'd. */
 int cs_reader_blob(cs_reader *r, void **blob, size_t *len, char *err);
+/* One-pass mode: pages this reader brings into the page cache leave it when released (a
+ * page another reader had cached stays), so a scan of a long context neither grows the
+ * cache nor evicts the pages other readers come back to. Read-ahead still applies. */
+void cs_reader_set_streaming(cs_reader *r, bool on);
 void cs_reader_close(cs_reader *r);   /* NULL-safe */
 
 void cs_page_release(const cs_page *p);  /* NULL-safe */

@@ -27,6 +27,7 @@ struct cs_cpage {
 	uint32_t refs;
 	bool linked;                /* in the hash table (else freed on its last release) */
 	bool in_lru;
+	bool drop;                  /* brought in by a streaming reader: uncached on release */
 	size_t bytes;
 	struct cs_cpage *hnext, *lprev, *lnext;
 	uint8_t *mem;               /* rows, then token ids */
@@ -212,7 +213,12 @@ void cs_page_release(const cs_page *p)
 	c = e->cache;
 	pthread_mutex_lock(&c->mu);
 	if (--e->refs == 0) {
-		if (e->linked) {
+		if (e->linked && e->drop) {
+			/* A one-pass scan read it: keep it from growing the cache and evicting
+			 * the pages other readers come back to. */
+			hash_unlink(c, e);
+			entry_free(e);
+		} else if (e->linked) {
 			lru_push(c, e);
 			trim_locked(c);
 		} else {
@@ -296,12 +302,18 @@ struct cs_reader {
 	size_t esz, row_bytes, rec_cap;
 	uint8_t *scratch;
 	uint64_t next_seq;          /* page after the last one asked for */
+	bool stream;                /* one pass: pages it brings in leave the cache on release */
 };
 
 static uint32_t page_tokens_of(const struct cs_ctx *c, uint64_t page)
 {
 	return page + 1 < c->n_pages ? c->page_tokens
 				     : (uint32_t)(c->n_tokens - page * c->page_tokens);
+}
+
+void cs_reader_set_streaming(cs_reader *r, bool on)
+{
+	r->stream = on;
 }
 
 int cs_reader_open(cs_store *s, uint64_t serial, cs_reader **out, char *err)
@@ -502,11 +514,14 @@ static int reap_one(cs_reader *r, uint64_t want, struct cs_cpage **got, char *er
 		sl->busy = false;
 		if (rc)
 			return rc;
+		e->drop = r->stream;
 		*got = pcache_insert(&r->s->cache, e, true);
 		return 0;
 	}
-	if (!decode_slot(r, sl, res, &e, NULL))
+	if (!decode_slot(r, sl, res, &e, NULL)) {
+		e->drop = r->stream;
 		pcache_insert(&r->s->cache, e, false);
+	}
 	sl->busy = false;
 	return 0;
 }

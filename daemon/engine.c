@@ -193,7 +193,7 @@ void gfe_config_defaults(gfe_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->chunk = 256;
-	cfg->page_tokens = 1024;
+	cfg->page_tokens = 4096; /* records are padded to 4 KiB: large pages make that negligible */
 	cfg->c_dtype = CS_DTYPE_F16;
 	cfg->checkpoint_tokens = 262144;
 }
@@ -781,6 +781,8 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 	const uint64_t serial = cs_writer_serial(in->w);
 	if ((rc = cs_reader_open(e->store, serial, &r, in->err)))
 		return ingest_check(in, rc, err);
+	/* The tail reads every page once: keep memory constant in the length. */
+	cs_reader_set_streaming(r, true);
 	logits = malloc(sizeof(float) * (size_t)c->vocab_size);
 	rc = logits ? paged_init(&ps, e, r, serial, (uint64_t)in->st.n_pos, false) : -ENOMEM;
 	if (!rc) {

@@ -40,7 +40,7 @@ typedef struct gfe_config {
 	const char *model_path;      /* GGUF */
 	const char *cache_dir;       /* the page store's directory */
 	int chunk;                   /* Finch-stage chunk, tokens; default 256 */
-	uint32_t page_tokens;        /* tokens per cache page; default 1024 */
+	uint32_t page_tokens;        /* tokens per cache page; default 4096 */
 	cs_dtype c_dtype;            /* storage type of c; default f16 */
 	uint64_t checkpoint_tokens;  /* commit every this many tokens (rounded up to a chunk
 					* multiple); 0 = only at the end; default 262144 */

@@ -34,3 +34,5 @@ add_test(NAME cache_store_tool
   COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/cache_store_tool.sh $<TARGET_FILE:gf-cache>
           ${CMAKE_CURRENT_SOURCE_DIR}/data/cache_store_v1.0 ${CMAKE_CURRENT_BINARY_DIR}/cs_tmp)
 set_tests_properties(cache_store_tool PROPERTIES TIMEOUT 60 LABELS cache_store)
+gf_cache_store_test(cache_store_stream cstest 60)
+target_include_directories(cache_store_stream PRIVATE ${CMAKE_SOURCE_DIR}/cache_store)

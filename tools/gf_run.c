@@ -82,7 +82,7 @@ static void usage(FILE *f)
 		"  --threads N            OpenBLAS threads (default: OpenBLAS's choice)\n"
 		"  --chunk N              Finch-stage chunk, tokens (default 256); use the same value\n"
 		"                         to resume an ingest bit-identically\n"
-		"  --page-tokens N        tokens per cache page (ingest; default 1024)\n"
+		"  --page-tokens N        tokens per cache page (ingest; default 4096)\n"
 		"  --c-dtype f16|bf16|f32 storage type of the cache rows (ingest; default f16). A\n"
 		"                         resumed ingest or a question uses the context's own type\n"
 		"  --checkpoint-tokens K  commit a resumable checkpoint every K tokens (ingest;\n"
@@ -219,7 +219,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 
 	memset(o, 0, sizeof(*o));
 	o->chunk = 256;
-	o->page_tokens = 1024;
+	o->page_tokens = 4096;
 	o->c_dtype = CS_DTYPE_F16;
 	o->checkpoint_tokens = 262144;
 	o->tier_mb = 512;
