@@ -1331,7 +1331,9 @@ static void drain_events(gfd_server *s)
 		switch (ev->kind) {
 		case GFD_EV_FRAME:
 			c = conn_find(s, ev->conn_id);
-			if (c && !c->dead && !c->draining) {
+			/* A connection closing after a fatal error (an oversized frame) gets
+			 * nothing after that error: the protocol says it is the last word. */
+			if (c && !c->dead && !c->draining && !c->closing) {
 				conn_queue(s, c, ev);
 				ev = NULL;
 			}
