@@ -77,6 +77,7 @@ int main(void)
 	      before, s->cache.n_entries);
 	cs_store_close(s);
 	cst_rmrf(dir);
+	free(dir);
 	printf("PASS\n");
 	return 0;
 }
