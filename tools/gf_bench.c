@@ -14,6 +14,7 @@
  *   threads, peak_rss_bytes
  * A benchmark, not a test: it asserts nothing.
  */
+#include "bench_util.h"
 #include "goldfinch.h"
 
 #include <cblas.h>
@@ -89,59 +90,6 @@ static double sgemm_rate(const gf_config *c, int chunk)
 	}
 	free(a), free(b), free(out);
 	return flops / best / 1e9;
-}
-
-struct read_job {
-	const float *p;
-	size_t n;
-	float sum;
-};
-
-/* The bandwidth reference must be the best this CPU can do, so it gets wide vectors too. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#endif
-static void *read_part(void *arg)
-{
-	struct read_job *j = arg;
-	float acc[16] = { 0 };
-	for (size_t i = 0; i + 16 <= j->n; i += 16)
-		for (int u = 0; u < 16; u++)
-			acc[u] += j->p[i + u];
-	for (int u = 0; u < 16; u++)
-		j->sum += acc[u];
-	return NULL;
-}
-
-/* Read bandwidth over a buffer far larger than the caches, with `threads` readers. */
-static double read_bandwidth(int threads)
-{
-	const size_t n = (size_t)256 << 20; /* floats: 1 GiB */
-	float *buf = malloc(n * sizeof(float));
-	if (!buf)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		buf[i] = (float)(i & 7);
-	double best = 1e30;
-	struct read_job jobs[64];
-	pthread_t tid[64];
-	if (threads > 64)
-		threads = 64;
-	for (int rep = 0; rep < 4; rep++) {
-		double t0 = now();
-		for (int i = 0; i < threads; i++) {
-			jobs[i] = (struct read_job){ buf + n / threads * i, n / threads, 0 };
-			pthread_create(&tid[i], NULL, read_part, &jobs[i]);
-		}
-		for (int i = 0; i < threads; i++)
-			pthread_join(tid[i], NULL);
-		double dt = now() - t0;
-		best = dt < best ? dt : best;
-	}
-	volatile float sink = jobs[0].sum;
-	(void)sink;
-	free(buf);
-	return (double)n * sizeof(float) / best / 1e9;
 }
 
 static void usage(FILE *f)
@@ -258,7 +206,7 @@ int main(int argc, char **argv)
 	}
 	const double decode_tps = per_round / best_dt;
 	const double decode_gbs = decode_tps * (double)gf_model_decode_bytes(m) / 1e9;
-	const double read_gbs = read_bandwidth(threads);
+	const double read_gbs = bench_read_bandwidth(threads) / 1e9;
 	printf("decode (context %d): %.2f tokens/s, %.1f GB/s of weights; read bandwidth %.1f GB/s (%.0f%%)\n",
 	       context, decode_tps, decode_gbs, read_gbs, 100.0 * decode_gbs / read_gbs);
 

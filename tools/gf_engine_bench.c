@@ -28,6 +28,7 @@
  * Ratios that matter are measured within one run, so that a busy shared machine slows both
  * sides of each ratio alike. A benchmark, not a test: it asserts nothing.
  */
+#include "bench_util.h"
 #include "engine.h"
 
 #include <cjson/cJSON.h>
@@ -210,60 +211,6 @@ static int drop_entry(const char *path, const struct stat *sb, int flag, struct 
 static void drop_kernel_cache(const char *dir)
 {
 	nftw(dir, drop_entry, 16, FTW_PHYS);
-}
-
-struct read_job {
-	const float *p;
-	size_t n;
-	float sum;
-};
-
-/* The reference must be the best this CPU can do, so it gets wide vectors where it can. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-	!defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#endif
-static void *read_job_run(void *arg)
-{
-	struct read_job *j = arg;
-	float acc[16] = { 0 };
-	for (size_t i = 0; i + 16 <= j->n; i += 16)
-		for (int u = 0; u < 16; u++)
-			acc[u] += j->p[i + u];
-	for (int u = 0; u < 16; u++)
-		j->sum += acc[u];
-	return NULL;
-}
-
-/* Read bandwidth (bytes/s) over 1 GiB with `threads` readers, best of four passes. */
-static double read_bandwidth(int threads)
-{
-	const size_t n = (size_t)256 << 20;
-	struct read_job jobs[16];
-	pthread_t tid[16];
-	double best = 1e30;
-	float *buf = malloc(n * sizeof(float));
-	if (!buf)
-		return 0;
-	if (threads > 16)
-		threads = 16;
-	for (size_t i = 0; i < n; i++)
-		buf[i] = (float)(i & 15);
-	for (int rep = 0; rep < 4; rep++) {
-		double t0 = now();
-		for (int i = 0; i < threads; i++) {
-			jobs[i] = (struct read_job){ buf + n / threads * i, n / threads, 0 };
-			pthread_create(&tid[i], NULL, read_job_run, &jobs[i]);
-		}
-		for (int i = 0; i < threads; i++)
-			pthread_join(tid[i], NULL);
-		double dt = now() - t0;
-		best = dt < best ? dt : best;
-	}
-	volatile float sink = jobs[0].sum;
-	(void)sink;
-	free(buf);
-	return (double)n * sizeof(float) / best;
 }
 
 static void print_json(cJSON *j)
@@ -1080,7 +1027,7 @@ static int cmd_decode(const struct opts *o)
 			       ing[i].ctx.disk_bytes / 1e6);
 		max_len = lens[i] > max_len ? lens[i] : max_len;
 	}
-	const double bw0 = read_bandwidth(o->decode_threads);
+	const double bw0 = bench_read_bandwidth(o->decode_threads);
 
 	/* Tier off: every step rebuilds every key and value from pages. */
 	run_close_engine(&r);
@@ -1117,7 +1064,7 @@ static int cmd_decode(const struct opts *o)
 		       looks ? 100.0 * on[i].tier.hits / looks : 0.0, on[i].tier.hits,
 		       on[i].tier.misses, on[i].tier.bytes / 1e9, on[i].disk_bytes / 1e6);
 	}
-	const double bw1 = read_bandwidth(o->decode_threads);
+	const double bw1 = bench_read_bandwidth(o->decode_threads);
 	const double bw = bw0 > bw1 ? bw0 : bw1; /* the higher one: the stricter bound */
 	printf("read bandwidth, %d thread(s): %.1f GB/s (%.1f before, %.1f after the decode runs)\n",
 	       o->decode_threads, bw / 1e9, bw0 / 1e9, bw1 / 1e9);
