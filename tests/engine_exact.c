@@ -12,6 +12,7 @@
  * Tolerance: max|diff| <= 2e-5 max|ref| (../shared/testdata/README.md). Exit 0 pass, 1 fail.
  */
 #include "engine.h"
+#include "test_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -21,26 +22,6 @@
 #define TOL 2e-5
 
 static int failures;
-
-static void *slurp(const char *dir, const char *name, size_t *len)
-{
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		fprintf(stderr, "cannot open %s\n", path);
-		exit(1);
-	}
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	void *buf = malloc((size_t)n + 1);
-	if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n)
-		exit(1);
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
 
 static void check(const char *what, const float *out, const float *ref, size_t n)
 {
@@ -63,11 +44,11 @@ int main(int argc, char **argv)
 	}
 	char err[GF_ERR_LEN], what[128];
 	size_t len;
-	int32_t *tok = slurp(argv[2], "tokens.i32", &len);
+	int32_t *tok = test_slurp(argv[2], "tokens.i32", &len);
 	const int T = (int)(len / 4);
-	float *ref = slurp(argv[2], "logits.f32", &len);
+	float *ref = test_slurp(argv[2], "logits.f32", &len);
 	const int V = (int)(len / 4 / (size_t)T);
-	float *ref_dec = slurp(argv[2], "decode_logits.f32", &len);
+	float *ref_dec = test_slurp(argv[2], "decode_logits.f32", &len);
 	const int P = T - (int)(len / 4 / (size_t)V);
 	float *row = malloc(sizeof(float) * V);
 	float *dec = malloc(sizeof(float) * (size_t)(T - P) * V);

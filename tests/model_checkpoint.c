@@ -20,41 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "goldfinch.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-	do {                                                                    \
-		if (!(cond)) {                                                  \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-			fprintf(stderr, __VA_ARGS__);                           \
-			fprintf(stderr, "\n");                                  \
-			failures++;                                             \
-		}                                                               \
-	} while (0)
-
-static char *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	long n;
-
-	if (!f)
-		return NULL;
-	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-		buf = malloc((size_t)n + 1);
-		if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-			free(buf);
-			buf = NULL;
-		}
-		if (buf) {
-			buf[n] = '\0';
-			*len = (size_t)n;
-		}
-	}
-	fclose(f);
-	return buf;
-}
+#include "test_util.h"
 
 static int write_all(const char *path, const void *p, size_t n)
 {
@@ -130,7 +96,7 @@ static void test_dtypes(void)
 		CHECK(fbits(f) == fbits(r), "f16 %04x -> %g, expected %g", h, f, r);
 		CHECK(gf_f32_to_f16(f) == h, "f16 %04x: round trip gives %04x", h,
 		      gf_f32_to_f16(f));
-		if (failures > 20)
+		if (test_failures > 20)
 			goto out;
 	}
 	/* f16 rounding: midpoints between neighbours go to even, anything off them to the
@@ -150,7 +116,7 @@ static void test_dtypes(void)
 			CHECK(gf_f32_to_f16(bitsf(fbits(mid) + 1)) == hi, "f16 above midpoint %04x",
 			      lo);
 		}
-		if (failures > 20)
+		if (test_failures > 20)
 			goto out;
 	}
 	CHECK(gf_f32_to_f16(65504.0f) == 0x7bff, "max half");
@@ -180,7 +146,7 @@ static void test_dtypes(void)
 			CHECK(gf_f32_to_bf16(bitsf(mid - 1)) == b, "bf16 below midpoint %04x", b);
 			CHECK(gf_f32_to_bf16(bitsf(mid + 1)) == b + 1, "bf16 above midpoint %04x", b);
 		}
-		if (failures > 20)
+		if (test_failures > 20)
 			goto out;
 	}
 	CHECK(gf_f32_to_bf16(bitsf(0x7f7f8000)) == 0x7f80, "bf16 max midpoint rounds to inf");
@@ -359,7 +325,7 @@ static void check_against_config(const gf_tensor_set *ts, const cJSON *cfg, cons
 		CHECK(((uintptr_t)t->data % gf_dtype_size(t->dtype)) == 0, "%s: misaligned", where);
 		if (cJSON_IsString(init))
 			check_init(t, init->valuestring, where);
-		if (failures > 30)
+		if (test_failures > 30)
 			return;
 	}
 }
@@ -399,7 +365,7 @@ static const uint8_t *local_entry(const uint8_t *f, size_t len, const char *name
 static void check_storages(const gf_tensor_set *ts, const char *path)
 {
 	size_t len;
-	uint8_t *f = (uint8_t *)read_all(path, &len);
+	uint8_t *f = (uint8_t *)test_read_file(path, &len);
 
 	CHECK(f != NULL, "cannot read %s", path);
 	for (int i = 0; f && i < ts->n_tensors; i++) {
@@ -415,7 +381,7 @@ static void check_storages(const gf_tensor_set *ts, const char *path)
 		CHECK((const uint8_t *)ts->tensors[i].data - (const uint8_t *)ts->map ==
 		      (d ? d - f : -1), "%s: tensor %s not mapped in place", path,
 		      ts->tensors[i].name);
-		if (failures > 30)
+		if (test_failures > 30)
 			break;
 	}
 	free(f);
@@ -434,7 +400,7 @@ static void test_real(const char *testdata)
 		int rc;
 
 		snprintf(path, sizeof(path), "%s/goldfinch/%s/config.json", testdata, cases[c]);
-		json = read_all(path, &len);
+		json = test_read_file(path, &len);
 		CHECK(json != NULL, "%s: cannot read", path);
 		if (!json)
 			continue;
@@ -922,7 +888,7 @@ static void robust_file(const char *src, const char *tmpdir, const char *tag, re
 {
 	char path[1024], what[1200];
 	size_t len;
-	uint8_t *orig = (uint8_t *)read_all(src, &len);
+	uint8_t *orig = (uint8_t *)test_read_file(src, &len);
 	int fd, n_fail = 0, n_ok = 0;
 	uint64_t rng = 0x9e3779b97f4a7c15ull;
 	struct timespec t0, t1;
@@ -962,7 +928,7 @@ static void robust_file(const char *src, const char *tmpdir, const char *tag, re
 			n_ok++;
 		if (pwrite(fd, orig + off, 1, (off_t)off) != 1)
 			break;
-		if (failures > 30)
+		if (test_failures > 30)
 			goto out;
 	}
 	/* Random bursts of garbage anywhere. */
@@ -999,7 +965,7 @@ static void robust_file(const char *src, const char *tmpdir, const char *tag, re
 		snprintf(what, sizeof(what), "%s truncated to %zu", tag, l);
 		CHECK(try_read(fn, path, what) < 0, "%s: read succeeded", what);
 		n_fail++;
-		if (failures > 30)
+		if (test_failures > 30)
 			goto out;
 	}
 	for (size_t l = 4096; truncations; l = l >= 13 ? l - 13 : 0) {
@@ -1089,8 +1055,8 @@ int main(int argc, char **argv)
 		if (system(cmd) != 0)
 			fprintf(stderr, "warning: could not remove %s\n", tmpdir);
 	}
-	if (failures) {
-		fprintf(stderr, "%d failures\n", failures);
+	if (test_failures) {
+		fprintf(stderr, "%d failures\n", test_failures);
 		return 1;
 	}
 	printf("ok\n");

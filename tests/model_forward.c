@@ -12,6 +12,7 @@
  * Exit 0 pass, 1 fail.
  */
 #include "goldfinch.h"
+#include "test_util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -22,28 +23,6 @@
 #define TOL 2e-5
 
 static int failures;
-
-static void *slurp(const char *dir, const char *name, size_t *len)
-{
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		fprintf(stderr, "cannot open %s\n", path);
-		exit(1);
-	}
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	void *buf = malloc((size_t)n + 1);
-	if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		fprintf(stderr, "cannot read %s\n", path);
-		exit(1);
-	}
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
 
 /* Relative error of out against ref, reported and counted as a failure above TOL. */
 static double check(const char *what, const float *out, const float *ref, size_t n)
@@ -88,15 +67,15 @@ int main(int argc, char **argv)
 	       cfg.head_size, cfg.dim_ffn, V);
 
 	size_t len;
-	int32_t *tok = slurp(dir, "tokens.i32", &len);
+	int32_t *tok = test_slurp(dir, "tokens.i32", &len);
 	const int T = (int)(len / 4);
-	float *ref_logits = slurp(dir, "logits.f32", &len);
-	float *ref_ckv = slurp(dir, "ckv.f32", &len);
-	float *ref_kc = slurp(dir, "kcache.f32", &len);
-	float *ref_finch = slurp(dir, "finch_out.f32", &len);
-	float *ref_dec = slurp(dir, "decode_logits.f32", &len);
+	float *ref_logits = test_slurp(dir, "logits.f32", &len);
+	float *ref_ckv = test_slurp(dir, "ckv.f32", &len);
+	float *ref_kc = test_slurp(dir, "kcache.f32", &len);
+	float *ref_finch = test_slurp(dir, "finch_out.f32", &len);
+	float *ref_dec = test_slurp(dir, "decode_logits.f32", &len);
 	const int P = T - (int)(len / sizeof(float) / (size_t)V);
-	float *ref_state = slurp(dir, "state_after_prompt.f32", &len);
+	float *ref_state = test_slurp(dir, "state_after_prompt.f32", &len);
 
 	/* Full forward. */
 	float *logits = malloc(sizeof(float) * (size_t)T * V);

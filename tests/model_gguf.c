@@ -16,39 +16,7 @@
 #include <unistd.h>
 
 #include "goldfinch.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                        \
-	do {                                                                    \
-		if (!(cond)) {                                                  \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-			fprintf(stderr, __VA_ARGS__);                           \
-			fprintf(stderr, "\n");                                  \
-			failures++;                                             \
-		}                                                               \
-	} while (0)
-
-static uint8_t *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf = NULL;
-	long n;
-
-	if (!f)
-		return NULL;
-	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-		buf = malloc((size_t)n + 1);
-		if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-			free(buf);
-			buf = NULL;
-		}
-		if (buf)
-			*len = (size_t)n;
-	}
-	fclose(f);
-	return buf;
-}
+#include "test_util.h"
 
 static int write_all(const char *path, const void *p, size_t n)
 {
@@ -98,7 +66,7 @@ static void compare_sets(const gf_tensor_set *a, const gf_tensor_set *b, const c
 		CHECK(!x->nbytes || !memcmp(x->data, y->data, x->nbytes), "%s: %s bytes", what,
 		      x->name);
 		CHECK((uintptr_t)y->data % 32 == 0, "%s: %s not 32-byte aligned", what, x->name);
-		if (failures > 30)
+		if (test_failures > 30)
 			return;
 	}
 }
@@ -202,7 +170,7 @@ static void put_str(struct buf *b, const char *s)
 static int patch_file(const char *src, const char *dst, const char *from, const char *to)
 {
 	size_t len, n = strlen(from);
-	uint8_t *d = read_all(src, &len);
+	uint8_t *d = test_read_file(src, &len);
 	int rc = -1;
 
 	if (!d)
@@ -270,7 +238,7 @@ static void test_gguf(const char *testdata, const char *tmpdir)
 		static const uint8_t align[] = "general.alignment\x04\0\0\0\x20\0\0\0";
 
 		snprintf(path, sizeof(path), "%s/a1.gguf", tmpdir);
-		d = read_all(path, &len);
+		d = test_read_file(path, &len);
 		CHECK(d && len > 24 && !memcmp(d, "GGUF\x03\0\0\0\xbc\0\0\0\0\0\0\0", 16),
 		      "a1.gguf: header (magic, version 3, 188 tensors)");
 		CHECK(d && memmem(d, len, emb, sizeof(emb) - 1), "a1.gguf: emb.weight info");
@@ -331,7 +299,7 @@ static void test_gguf(const char *testdata, const char *tmpdir)
 	snprintf(path, sizeof(path), "%s/a1.gguf", tmpdir);
 	{
 		size_t len;
-		uint8_t *d = read_all(path, &len);
+		uint8_t *d = test_read_file(path, &len);
 		struct buf k = { 0 }, out = { 0 };
 		uint64_t n_kv;
 		gf_gguf g;
@@ -419,7 +387,7 @@ static void test_gguf(const char *testdata, const char *tmpdir)
 	/* The architecture value follows its key: patch the value's text after the key. */
 	{
 		size_t len;
-		uint8_t *d = read_all(path, &len);
+		uint8_t *d = test_read_file(path, &len);
 		const char key[] = "general.architecture";
 
 		for (size_t i = 0; d && i + sizeof(key) < len; i++) {
@@ -475,7 +443,7 @@ static void test_robust(const char *testdata, const char *tmpdir)
 	snprintf(path, sizeof(path), "%s/r.gguf", tmpdir);
 	CHECK(gf_gguf_write(path, &cfg, &ts, &vocab, "robust", err) == 0, "%s", err);
 	gf_tensors_free(&ts);
-	orig = read_all(path, &len);
+	orig = test_read_file(path, &len);
 	if (!orig) {
 		CHECK(0, "cannot read %s", path);
 		return;
@@ -511,7 +479,7 @@ static void test_robust(const char *testdata, const char *tmpdir)
 		}
 		if (pwrite(fd, orig + off, 1, (off_t)off) != 1)
 			break;
-		if (failures > 30)
+		if (test_failures > 30)
 			goto out;
 	}
 	/* Random 8-byte values over counts and lengths: large numbers, not just bit flips. */
@@ -542,7 +510,7 @@ static void test_robust(const char *testdata, const char *tmpdir)
 		snprintf(what, sizeof(what), "gguf truncated to %zu", l);
 		CHECK(try_read(path, what) < 0, "%s: read succeeded", what);
 		n_fail++;
-		if (l == 0 || failures > 30)
+		if (l == 0 || test_failures > 30)
 			break;
 	}
 	fprintf(stderr, "gguf: %d damaged copies rejected, %d still valid\n", n_fail, n_ok);
@@ -573,8 +541,8 @@ int main(int argc, char **argv)
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "warning: could not remove %s\n", tmpdir);
-	if (failures) {
-		fprintf(stderr, "%d failures\n", failures);
+	if (test_failures) {
+		fprintf(stderr, "%d test_failures\n", test_failures);
 		return 1;
 	}
 	printf("ok\n");
