@@ -4,6 +4,7 @@
  * socket or TCP. This file is the command line; the server is server_*.c (server.h), the
  * engine behind it is reached through server_backend.h. daemon/README.md is the manual.
  */
+#include "partition.h"
 #include "server.h"
 
 #include <errno.h>
@@ -44,6 +45,8 @@ void gfd_usage(FILE *f)
 		"  --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics\n"
 		"  --log-file F             append the log here (default: stderr)\n"
 		"  --print-config           print the settings these flags give, and exit\n"
+		"  --print-plan [-n P]      print which blocks each of P MPI ranks (default 1)\n"
+		"                           would own for --model (partition/), and exit\n"
 		"  --help, --version\n"
 		"\n"
 		"BYTES take K, M, G, T suffixes (powers of 1024). SIGTERM or SIGINT stops the daemon\n"
@@ -64,6 +67,35 @@ void gfd_options_defaults(gfd_options *o)
 	o->tier_mb = ram_mb / 4 < 4096 ? ram_mb / 4 : 4096;
 	o->max_queue = 16;
 	o->c_dtype = CS_DTYPE_F16;
+	o->ranks = 1;
+}
+
+/* --print-plan: the model's shape from its GGUF header, then partition/'s plan. */
+static int print_plan(const gfd_options *o)
+{
+	char err[GF_ERR_LEN];
+	char perr[PART_ERR_LEN];
+	gf_gguf g;
+	if (gf_gguf_read(&g, o->model_path, err)) {
+		fprintf(stderr, "goldfinchd: %s\n", err);
+		return 1;
+	}
+	const gf_config *c = &g.config;
+	part_shape shape = { c->n_layer, c->first_gold, c->n_embd, c->dim_ffn, c->vocab_size,
+			     c->ckv_dim };
+	part_workload w;
+	part_workload_default(&w);
+	part_plan plan;
+	int rc = part_plan_make(&plan, &shape, &w, o->ranks, NULL, perr);
+	gf_gguf_free(&g);
+	if (rc) {
+		fprintf(stderr, "goldfinchd: %s: %s\n", o->model_path, perr);
+		return 1;
+	}
+	printf("model %s: workload %.0f tokens ingested, %.0f decoded over %.0f-token contexts\n",
+	       o->model_path, w.ingest_tokens, w.decode_tokens, w.context_tokens);
+	part_plan_print(&plan, &shape, stdout);
+	return 0;
 }
 
 static int bad(char *err, const char *flag, const char *val, const char *want)
@@ -90,6 +122,20 @@ int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err)
 		}
 		if (!strcmp(a, "--print-config")) {
 			o->print_config = true;
+			continue;
+		}
+		if (!strcmp(a, "--print-plan")) {
+			o->print_plan = true;
+			continue;
+		}
+		if (!strcmp(a, "-n") || !strcmp(a, "--ranks")) {
+			char *end;
+			long v = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
+			if (i + 1 >= argc || *end || v < 1 || v > PART_MAX_RANKS)
+				return bad(err, a, i + 1 < argc ? argv[i + 1] : NULL,
+					   "needs a number of ranks, 1..1024");
+			o->ranks = (int)v;
+			i++;
 			continue;
 		}
 		if (strncmp(a, "--", 2)) {
@@ -167,6 +213,8 @@ int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err)
 			return -EINVAL;
 		}
 	}
+	if (o->print_plan && o->model_path)
+		return 0; /* the plan needs the model only */
 	if (!o->model_path || !o->cache_dir) {
 		snprintf(err, GF_ERR_LEN, "--model and --cache-dir are required (see --help)");
 		return -EINVAL;
@@ -255,6 +303,8 @@ int main(int argc, char **argv)
 		gfd_options_print(&o, stdout);
 		return 0;
 	}
+	if (o.print_plan)
+		return print_plan(&o);
 	if (gfd_log_open(&log, o.log_file, err)) {
 		fprintf(stderr, "goldfinchd: %s\n", err);
 		return 1;

@@ -58,6 +58,8 @@ typedef struct gfd_options {
 	const char *metrics;          /* HOST:PORT or NULL */
 	const char *log_file;         /* NULL = stderr */
 	bool print_config;
+	bool print_plan;             /* --print-plan: show the MPI plan for -n ranks, exit */
+	int ranks;                   /* -n / --ranks, for --print-plan */
 } gfd_options;
 
 void gfd_options_defaults(gfd_options *o);
