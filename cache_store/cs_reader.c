@@ -591,27 +591,24 @@ int cs_reader_page(cs_reader *r, uint64_t index, const cs_page **out, char *err)
 	return 0;
 }
 
-int cs_reader_read(cs_reader *r, uint64_t first, uint64_t n, void *rows, uint32_t *tok, char *err)
-{
-	uint32_t pt = r->snap.page_tokens;
+/* Copies tokens [first, first+n) page by page out of whatever serves the pages (a reader or
+ * a branch): rows ([n][width], row_bytes each) and tok ([n]), either may be NULL. */
+typedef int (*page_fn)(void *src, uint64_t index, const cs_page **out, char *err);
 
-	if (first > r->snap.n_tokens || n > r->snap.n_tokens - first) {
-		cs_errf(err, "context %s: tokens [%" PRIu64 ", +%" PRIu64 ") out of range (%" PRIu64
-			" tokens)", r->label, first, n, r->snap.n_tokens);
-		return -EINVAL;
-	}
+static int copy_range(void *src, page_fn get, uint64_t pt, size_t row_bytes, uint64_t first,
+		      uint64_t n, void *rows, uint32_t *tok, char *err)
+{
 	while (n) {
 		const cs_page *p;
 		uint64_t at = first % pt, take;
-		int rc = cs_reader_page(r, first / pt, &p, err);
+		int rc = get(src, first / pt, &p, err);
 
 		if (rc)
 			return rc;
 		take = p->n_tokens - at < n ? p->n_tokens - at : n;
 		if (rows) {
-			memcpy(rows, (const uint8_t *)p->rows + at * r->row_bytes,
-			       take * r->row_bytes);
-			rows = (uint8_t *)rows + take * r->row_bytes;
+			memcpy(rows, (const uint8_t *)p->rows + at * row_bytes, take * row_bytes);
+			rows = (uint8_t *)rows + take * row_bytes;
 		}
 		if (tok) {
 			memcpy(tok, p->tokens + at, take * 4);
@@ -622,6 +619,23 @@ int cs_reader_read(cs_reader *r, uint64_t first, uint64_t n, void *rows, uint32_
 		n -= take;
 	}
 	return 0;
+}
+
+static int reader_page_fn(void *src, uint64_t index, const cs_page **out, char *err)
+{
+	return cs_reader_page(src, index, out, err);
+}
+
+int cs_reader_read(cs_reader *r, uint64_t first, uint64_t n, void *rows, uint32_t *tok, char *err)
+{
+	uint32_t pt = r->snap.page_tokens;
+
+	if (first > r->snap.n_tokens || n > r->snap.n_tokens - first) {
+		cs_errf(err, "context %s: tokens [%" PRIu64 ", +%" PRIu64 ") out of range (%" PRIu64
+			" tokens)", r->label, first, n, r->snap.n_tokens);
+		return -EINVAL;
+	}
+	return copy_range(r, reader_page_fn, pt, r->row_bytes, first, n, rows, tok, err);
 }
 
 int cs_reader_blob(cs_reader *r, void **blob, size_t *len, char *err)
@@ -754,6 +768,11 @@ int cs_branch_page(cs_branch *b, uint64_t index, const cs_page **out, char *err)
 	return -EINVAL;
 }
 
+static int branch_page_fn(void *src, uint64_t index, const cs_page **out, char *err)
+{
+	return cs_branch_page(src, index, out, err);
+}
+
 int cs_branch_read(cs_branch *b, uint64_t first, uint64_t n, void *rows, uint32_t *tok, char *err)
 {
 	if (first > b->n_tokens || n > b->n_tokens - first) {
@@ -761,28 +780,7 @@ int cs_branch_read(cs_branch *b, uint64_t first, uint64_t n, void *rows, uint32_
 			PRIu64 " tokens)", b->base->label, first, n, b->n_tokens);
 		return -EINVAL;
 	}
-	while (n) {
-		const cs_page *p;
-		uint64_t at = first % b->pt, take;
-		int rc = cs_branch_page(b, first / b->pt, &p, err);
-
-		if (rc)
-			return rc;
-		take = p->n_tokens - at < n ? p->n_tokens - at : n;
-		if (rows) {
-			memcpy(rows, (const uint8_t *)p->rows + at * b->row_bytes,
-			       take * b->row_bytes);
-			rows = (uint8_t *)rows + take * b->row_bytes;
-		}
-		if (tok) {
-			memcpy(tok, p->tokens + at, take * 4);
-			tok += take;
-		}
-		cs_page_release(p);
-		first += take;
-		n -= take;
-	}
-	return 0;
+	return copy_range(b, branch_page_fn, b->pt, b->row_bytes, first, n, rows, tok, err);
 }
 
 void cs_branch_free(cs_branch *b)

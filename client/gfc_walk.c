@@ -6,6 +6,7 @@
  * only when the tokens are identical): names are sorted bytewise (strcmp), never by locale
  * or by the file system's directory order.
  */
+#include "gfc_internal.h"
 #include "gfclient.h"
 
 #include <dirent.h>
@@ -21,17 +22,6 @@
 /* Folders of version-control systems: their content is history, not the codebase. */
 static const char *const vcs_dirs[] = { ".git", ".hg", ".svn", ".bzr", "_darcs", "CVS", ".jj" };
 
-static void seterr(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void seterr(char *err, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, GFC_ERR_LEN, fmt, ap);
-	va_end(ap);
-}
 
 void gfc_filelist_init(gfc_filelist *fl)
 {
@@ -266,7 +256,7 @@ static int walk_dir(gfc_filelist *fl, const char *dir, const char *rel, gfc_note
 	}
 free_names:
 	if (rc == -ENOMEM)
-		seterr(err, "walking %s: out of memory", dir);
+		gfc_seterr(err, "walking %s: out of memory", dir);
 	for (size_t i = 0; i < n; i++)
 		free(names[i]);
 	free(names);
@@ -280,18 +270,18 @@ int gfc_walk(gfc_filelist *fl, const char *path, gfc_note_fn note, void *user, c
 
 	if (stat(path, &st)) {
 		int e = errno;
-		seterr(err, "%s: %s", path, strerror(e));
+		gfc_seterr(err, "%s: %s", path, strerror(e));
 		return -e;
 	}
 	if (S_ISDIR(st.st_mode))
 		return walk_dir(fl, path, "", note, user, err);
 	if (!S_ISREG(st.st_mode)) {
-		seterr(err, "%s: not a regular file or a folder", path);
+		gfc_seterr(err, "%s: not a regular file or a folder", path);
 		return -EINVAL;
 	}
 	int t = sniff(path, (uint64_t)st.st_size);
 	if (t < 0) {
-		seterr(err, "%s: %s", path, strerror(-t));
+		gfc_seterr(err, "%s: %s", path, strerror(-t));
 		return t;
 	}
 	if (!t) {
@@ -311,6 +301,6 @@ int gfc_walk(gfc_filelist *fl, const char *path, gfc_note_fn note, void *user, c
 	int rc = add_file(fl, path, rel, (uint64_t)st.st_size);
 	free(rel);
 	if (rc)
-		seterr(err, "%s: out of memory", path);
+		gfc_seterr(err, "%s: out of memory", path);
 	return rc;
 }

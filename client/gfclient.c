@@ -7,6 +7,7 @@
  * message reaches the caller at once, and an Error ends the sending instead of being found
  * after megabytes more have been pushed at a server that no longer listens.
  */
+#include "gfc_internal.h"
 #include "gfclient.h"
 
 #include <errno.h>
@@ -66,8 +67,7 @@ struct gfc_conn {
 	char job_err[GFC_ERR_LEN];
 };
 
-static void seterr(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void seterr(char *err, const char *fmt, ...)
+void gfc_seterr(char *err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -150,7 +150,7 @@ static int parse_address(gfc_conn *c, char *err)
 	if (!strncmp(s, "unix:", 5) || s[0] == '/' || !strncmp(s, "./", 2)) {
 		const char *path = strncmp(s, "unix:", 5) ? s : s + 5;
 		if (!*path || strlen(path) >= sizeof(c->sun.sun_path)) {
-			seterr(err, "server address \"%s\": socket path empty or over %zu bytes", s,
+			gfc_seterr(err, "server address \"%s\": socket path empty or over %zu bytes", s,
 			       sizeof(c->sun.sun_path) - 1);
 			return -EINVAL;
 		}
@@ -182,7 +182,7 @@ static int parse_address(gfc_conn *c, char *err)
 		return -ENOMEM;
 	return 0;
 bad:
-	seterr(err, "server address \"%s\": expected unix:/path or host:port", s);
+	gfc_seterr(err, "server address \"%s\": expected unix:/path or host:port", s);
 	return -EINVAL;
 }
 
@@ -190,7 +190,7 @@ static int read_token(gfc_conn *c, const char *path, char *err)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		seterr(err, "auth token file %s: %s", path, strerror(errno));
+		gfc_seterr(err, "auth token file %s: %s", path, strerror(errno));
 		return -EACCES;
 	}
 	char *buf = malloc(TOKEN_FILE_MAX + 1);
@@ -205,7 +205,7 @@ static int read_token(gfc_conn *c, const char *path, char *err)
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
-			seterr(err, "auth token file %s: %s", path, strerror(errno));
+			gfc_seterr(err, "auth token file %s: %s", path, strerror(errno));
 			rc = -EACCES;
 			goto free_buf;
 		}
@@ -213,7 +213,7 @@ static int read_token(gfc_conn *c, const char *path, char *err)
 			break;
 		n += (size_t)r;
 		if (n > TOKEN_FILE_MAX) {
-			seterr(err, "auth token file %s: over %u bytes", path, TOKEN_FILE_MAX);
+			gfc_seterr(err, "auth token file %s: over %u bytes", path, TOKEN_FILE_MAX);
 			rc = -EACCES;
 			goto free_buf;
 		}
@@ -225,7 +225,7 @@ static int read_token(gfc_conn *c, const char *path, char *err)
 		n--;
 	buf[n] = 0;
 	if (!n || strlen(buf) != n) {
-		seterr(err, "auth token file %s: %s", path, n ? "contains a NUL byte" : "empty");
+		gfc_seterr(err, "auth token file %s: %s", path, n ? "contains a NUL byte" : "empty");
 		rc = -EACCES;
 		goto free_buf;
 	}
@@ -381,14 +381,14 @@ static int open_socket(gfc_conn *c, int connect_ms, char *err)
 		rc = connect_one(AF_UNIX, (const struct sockaddr *)&c->sun, sizeof(c->sun), deadline,
 				 &c->fd);
 		if (rc)
-			seterr(err, "connecting to %s: %s", c->server, strerror(-rc));
+			gfc_seterr(err, "connecting to %s: %s", c->server, strerror(-rc));
 		return rc;
 	}
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
 	struct addrinfo *res = NULL;
 	int g = getaddrinfo(c->host, c->port, &hints, &res);
 	if (g) {
-		seterr(err, "server %s: %s", c->server, gai_strerror(g));
+		gfc_seterr(err, "server %s: %s", c->server, gai_strerror(g));
 		return g == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
 	}
 	rc = -EHOSTUNREACH;
@@ -399,7 +399,7 @@ static int open_socket(gfc_conn *c, int connect_ms, char *err)
 	}
 	freeaddrinfo(res);
 	if (rc) {
-		seterr(err, "connecting to %s: %s", c->server, strerror(-rc));
+		gfc_seterr(err, "connecting to %s: %s", c->server, strerror(-rc));
 		return rc;
 	}
 	/* Tokens are small frames: each should leave at once. */
@@ -507,12 +507,12 @@ static int queue_request(gfc_conn *c, const proto_request *req, char *err)
 	int rc = proto_frame_request(req, &frame, &n);
 
 	if (rc) {
-		seterr(err, "request %llu: cannot serialize: %s", (unsigned long long)req->id,
+		gfc_seterr(err, "request %llu: cannot serialize: %s", (unsigned long long)req->id,
 		       strerror(-rc));
 		return rc;
 	}
 	if (c->max_body && n - PROTO_HEADER_BYTES > c->max_body) {
-		seterr(err, "request of %zu bytes exceeds the server's %llu-byte frame limit",
+		gfc_seterr(err, "request of %zu bytes exceeds the server's %llu-byte frame limit",
 		       n - PROTO_HEADER_BYTES, (unsigned long long)c->max_body);
 		free(frame);
 		return -E2BIG;
@@ -547,7 +547,7 @@ static int dispatch(gfc_conn *c, proto_response *r, char *err)
 		server_err(c->job_err, r->error);
 		c->job_done = true;
 		c->job_rc = gfc_code_errno(r->error->code);
-		seterr(err, "%s", c->job_err);
+		gfc_seterr(err, "%s", c->job_err);
 		bool fatal = r->id == 0;
 		proto_response_free(r);
 		return fatal ? c->job_rc : 0;
@@ -566,7 +566,7 @@ static int dispatch(gfc_conn *c, proto_response *r, char *err)
 		c->job_done = true;
 		c->job_rc = rc;
 		snprintf(c->job_err, sizeof(c->job_err), "stopped: %s", strerror(-rc));
-		seterr(err, "%s", c->job_err);
+		gfc_seterr(err, "%s", c->job_err);
 		proto_response_free(r);
 		return rc;
 	}
@@ -588,7 +588,7 @@ static int read_frames(gfc_conn *c, char *err)
 	while ((r = proto_reader_next(&c->rd, &body, &len)) == 1) {
 		proto_response *m = proto_response_parse(body, len);
 		if (!m) {
-			seterr(err, "server %s: response frame of %u bytes is not a valid Response",
+			gfc_seterr(err, "server %s: response frame of %u bytes is not a valid Response",
 			       c->server, len);
 			return -EPROTO;
 		}
@@ -597,7 +597,7 @@ static int read_frames(gfc_conn *c, char *err)
 			return rc;
 	}
 	if (r < 0) {
-		seterr(err, "server %s: response frame over the client's %u-byte limit", c->server,
+		gfc_seterr(err, "server %s: response frame over the client's %u-byte limit", c->server,
 		       GFC_MAX_RESPONSE);
 		return -EPROTO;
 	}
@@ -617,7 +617,7 @@ static int read_some(gfc_conn *c, char *err)
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return 0;
-		seterr(err, "reading from %s: %s", c->server, strerror(errno));
+		gfc_seterr(err, "reading from %s: %s", c->server, strerror(errno));
 		return -errno;
 	}
 	if (n == 0)
@@ -652,7 +652,7 @@ static int pump(gfc_conn *c, enum until u, char *err)
 
 	for (;;) {
 		if (c->job_done && c->job_rc) {
-			seterr(err, "%s", c->job_err);
+			gfc_seterr(err, "%s", c->job_err);
 			return c->job_rc;
 		}
 		if (reached(c, u))
@@ -666,11 +666,11 @@ static int pump(gfc_conn *c, enum until u, char *err)
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			seterr(err, "poll: %s", strerror(errno));
+			gfc_seterr(err, "poll: %s", strerror(errno));
 			return -errno;
 		}
 		if (r == 0) {
-			seterr(err, "server %s: no answer for %.1f s", c->server, c->wait_ms / 1000.0);
+			gfc_seterr(err, "server %s: no answer for %.1f s", c->server, c->wait_ms / 1000.0);
 			return -ETIMEDOUT;
 		}
 		if (np == 2 && p[1].revents) {
@@ -685,7 +685,7 @@ static int pump(gfc_conn *c, enum until u, char *err)
 				if (rc)
 					return rc;
 			} else {
-				seterr(err, "interrupted");
+				gfc_seterr(err, "interrupted");
 				return -ECANCELED;
 			}
 		}
@@ -695,12 +695,12 @@ static int pump(gfc_conn *c, enum until u, char *err)
 				return rc;
 			if (rc == 1) {
 				if (c->job_done && c->job_rc) {
-					seterr(err, "%s", c->job_err);
+					gfc_seterr(err, "%s", c->job_err);
 					return c->job_rc;
 				}
 				if (reached(c, u))
 					return 0;
-				seterr(err, "server %s closed the connection", c->server);
+				gfc_seterr(err, "server %s closed the connection", c->server);
 				return -ECONNRESET;
 			}
 		}
@@ -713,10 +713,10 @@ static int pump(gfc_conn *c, enum until u, char *err)
 				 * what is left, and report that rather than the broken pipe. */
 				drain(c);
 				if (c->job_done && c->job_rc) {
-					seterr(err, "%s", c->job_err);
+					gfc_seterr(err, "%s", c->job_err);
 					return c->job_rc;
 				}
-				seterr(err, "sending to %s: %s", c->server, strerror(e));
+				gfc_seterr(err, "sending to %s: %s", c->server, strerror(e));
 				return -e;
 			}
 			if (n > 0)
@@ -733,7 +733,7 @@ int gfc_connect(gfc_conn *c, char *err)
 	int rc;
 
 	if (c->fd >= 0) {
-		seterr(err, "already connected to %s", c->server);
+		gfc_seterr(err, "already connected to %s", c->server);
 		return -EISCONN;
 	}
 	c->server_code = 0;
@@ -757,13 +757,13 @@ int gfc_connect(gfc_conn *c, char *err)
 	if (rc)
 		goto close_fd;
 	if (c->final->body_case != GOLDFINCH__V1__RESPONSE__BODY_HELLO) {
-		seterr(err, "server %s: answered Hello with %s", c->server,
+		gfc_seterr(err, "server %s: answered Hello with %s", c->server,
 		       body_name(c->final->body_case));
 		rc = -EPROTO;
 		goto close_fd;
 	}
 	if (c->final->hello->major != PROTO_VERSION_MAJOR) {
-		seterr(err, "server %s speaks protocol %u.%u, this client %d.%d", c->server,
+		gfc_seterr(err, "server %s speaks protocol %u.%u, this client %d.%d", c->server,
 		       c->final->hello->major, c->final->hello->minor, PROTO_VERSION_MAJOR,
 		       PROTO_VERSION_MINOR);
 		rc = -EPROTONOSUPPORT;
@@ -787,11 +787,11 @@ close_fd:
 static int ready_for_request(gfc_conn *c, char *err)
 {
 	if (c->fd < 0) {
-		seterr(err, "not connected");
+		gfc_seterr(err, "not connected");
 		return -ENOTCONN;
 	}
 	if (c->job) {
-		seterr(err, "request %llu still in progress on this connection",
+		gfc_seterr(err, "request %llu still in progress on this connection",
 		       (unsigned long long)c->job);
 		return -EBUSY;
 	}
@@ -803,7 +803,7 @@ static int check_kind(gfc_conn *c, proto_response *r, int want, char *err)
 {
 	if (r->body_case == (Goldfinch__V1__Response__BodyCase)want)
 		return 0;
-	seterr(err, "server %s: expected %s, got %s", c->server, body_name(want),
+	gfc_seterr(err, "server %s: expected %s, got %s", c->server, body_name(want),
 	       body_name(r->body_case));
 	proto_response_free(r);
 	return -EPROTO;
@@ -913,7 +913,7 @@ int gfc_generate(gfc_conn *c, const Goldfinch__V1__Generate *g, gfc_response_fn 
 int gfc_cancel_job(gfc_conn *c, char *err)
 {
 	if (!c->job || !c->cancellable || c->job_done) {
-		seterr(err, "no job in progress");
+		gfc_seterr(err, "no job in progress");
 		return -ENOENT;
 	}
 	if (c->cancel_sent)
@@ -945,7 +945,7 @@ int gfc_cancel(gfc_conn *c, uint64_t target, int wait_ms, char *err)
 			if (err)
 				err[0] = 0;
 		} else if (!rc) {
-			seterr(err, "server %s: answered Cancel with %s", c->server,
+			gfc_seterr(err, "server %s: answered Cancel with %s", c->server,
 			       body_name(c->final->body_case));
 			rc = -EPROTO;
 		}
@@ -962,7 +962,7 @@ int gfc_cancel_number(gfc_conn *c, uint64_t job, char *err)
 	proto_response *r;
 
 	if (h && h->major == 1 && h->minor < 1) {
-		seterr(err, "server %s speaks protocol %u.%u: it has no server-wide job numbers (1.1)",
+		gfc_seterr(err, "server %s speaks protocol %u.%u: it has no server-wide job numbers (1.1)",
 		       c->server, h->major, h->minor);
 		return -EPROTONOSUPPORT;
 	}
@@ -1013,7 +1013,7 @@ int gfc_ingest_start(gfc_conn *c, const Goldfinch__V1__IngestStart *s, gfc_respo
 		return 0;
 	}
 	if (!rc && c->job_done) {
-		seterr(err, "server %s: ingest ended before its input was sent", c->server);
+		gfc_seterr(err, "server %s: ingest ended before its input was sent", c->server);
 		rc = -EPROTO;
 	}
 	if (rc)
@@ -1028,7 +1028,7 @@ static int ingest_cancelled(gfc_conn *c, char *err)
 {
 	int rc = pump(c, UNTIL_DONE, err);
 	if (!rc) {
-		seterr(err, "cancelled, but the server finished the ingest first");
+		gfc_seterr(err, "cancelled, but the server finished the ingest first");
 		rc = -ECANCELED;
 	}
 	return ingest_fail(c, rc);
@@ -1039,11 +1039,11 @@ static int ingest_piece(gfc_conn *c, Goldfinch__V1__IngestData *d, char *err)
 	Goldfinch__V1__Request req = GOLDFINCH__V1__REQUEST__INIT;
 
 	if (!c->ingest || !c->job) {
-		seterr(err, "no ingest in progress");
+		gfc_seterr(err, "no ingest in progress");
 		return -EINVAL;
 	}
 	if (c->job_done) {
-		seterr(err, "the ingest is complete already");
+		gfc_seterr(err, "the ingest is complete already");
 		return -EALREADY;
 	}
 	if (c->cancel_sent)
@@ -1055,7 +1055,7 @@ static int ingest_piece(gfc_conn *c, Goldfinch__V1__IngestData *d, char *err)
 	if (!rc)
 		rc = pump(c, UNTIL_SENT, err);
 	if (!rc && c->job_done) {
-		seterr(err, "server %s: ingest ended before its input was sent", c->server);
+		gfc_seterr(err, "server %s: ingest ended before its input was sent", c->server);
 		rc = -EPROTO;
 	}
 	if (rc)
@@ -1111,7 +1111,7 @@ int gfc_ingest_end(gfc_conn *c, proto_response **ready, char *err)
 	if (ready)
 		*ready = NULL;
 	if (!c->ingest || !c->job) {
-		seterr(err, "no ingest in progress");
+		gfc_seterr(err, "no ingest in progress");
 		return -EINVAL;
 	}
 	if (c->job_done) {
