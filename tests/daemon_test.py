@@ -392,7 +392,9 @@ def case_cancel():
         log("cancelled at %d tokens, resumed to %d" % (ctx.tokens, ready.context.tokens))
     else:
         log("ingest cancelled before its first chunk: nothing to resume")
-    c.expect("dropped", c.drop("cancel-big"))
+    # A seal that found the same book stored by another test reused it: nothing to drop.
+    if ctx is None or not ready.reused:
+        c.expect("dropped", c.drop("cancel-big"))
     check(s.jobs_running <= 2, "status")
     c.close()
 
@@ -467,7 +469,10 @@ def case_cancel_job():
     check(not isinstance(ready, pb.Response), "resume failed: %s" % ready)
     check(ready.context.key == refs["big"]["key"], "resumed key %s, uninterrupted %s"
           % (ready.context.key, refs["big"]["key"]))
-    owner.expect("dropped", owner.drop("xjob-big"))
+    # When another test stored the same book first, the seal reuses that context and this
+    # one is gone: only a context of its own is dropped.
+    if not ready.reused:
+        owner.expect("dropped", owner.drop("xjob-big"))
     log("ingest job %d cancelled from another connection at %d tokens, resumed" % (number, ctx.tokens))
     # A generation: the first Token names the job, later ones do not.
     gid = owner.generate("book", PROMPT, max_tokens=100000, temperature=0.0)
