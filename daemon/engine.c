@@ -3,6 +3,7 @@
  * sessions.
  */
 #include "engine.h"
+#include "engine_internal.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -17,26 +18,7 @@
  * change, so every session shares them; a session's own full blocks (past its base) go in
  * under the session's id and leave with it. Entries in use are pinned.
  */
-struct tier_entry {
-	uint64_t owner;              /* context serial, or session id | TIER_SESSION */
-	int g;
-	uint64_t block;
-	float *k, *v;                /* [GF_KV_BLOCK][A] each */
-	int pins;
-	struct tier_entry *hnext;    /* hash chain */
-	struct tier_entry *prev, *next; /* LRU list, most recent first */
-};
 
-#define TIER_BUCKETS 4096
-#define TIER_SESSION (1ull << 63)
-
-struct tier {
-	pthread_mutex_t mu;
-	uint64_t budget, bytes, entry_bytes;
-	struct tier_entry *buckets[TIER_BUCKETS];
-	struct tier_entry *head, *tail;
-	uint64_t hits, misses, blocks;
-};
 
 static size_t tier_hash(uint64_t owner, int g, uint64_t block)
 {
@@ -155,7 +137,7 @@ static void tier_publish(struct tier *t, struct tier_entry *e, uint64_t owner, i
 	pthread_mutex_unlock(&t->mu);
 }
 
-static void tier_unpin(struct tier *t, struct tier_entry *e)
+void gfe_tier_unpin(struct tier *t, struct tier_entry *e)
 {
 	if (!e)
 		return;
@@ -165,7 +147,7 @@ static void tier_unpin(struct tier *t, struct tier_entry *e)
 }
 
 /* Drops every unpinned entry of an owner (a session that ends, a context removed). */
-static void tier_forget(struct tier *t, uint64_t owner)
+void gfe_tier_forget(struct tier *t, uint64_t owner)
 {
 	pthread_mutex_lock(&t->mu);
 	for (struct tier_entry *e = t->head, *next; e; e = next) {
@@ -178,16 +160,6 @@ static void tier_forget(struct tier *t, uint64_t owner)
 
 /* ---- the engine ---------------------------------------------------------------------------- */
 
-struct gfe_engine {
-	gfe_config cfg;
-	gf_model *model;
-	gf_tokenizer tokenizer;
-	bool has_tokenizer;
-	cs_store *store;
-	struct tier tier;
-	pthread_mutex_t mu;
-	uint64_t next_session;
-};
 
 void gfe_config_defaults(gfe_config *cfg)
 {
@@ -209,9 +181,11 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_mutex_init(&e->tier.mu, NULL);
 	gf_blas_set_threads(cfg->threads);
-	if ((rc = gf_model_load(&e->model, cfg->model_path, err)))
+	if ((rc = gf_model_load_blocks(&e->model, cfg->model_path, cfg->block_first,
+				       cfg->block_end > 0 ? cfg->block_end : -1, err)))
 		goto fail_engine;
 	const gf_config *mc = &e->model->cfg;
+	e->slice = gfe_slice_code(mc, e->model->block_first, e->model->block_end);
 	if (e->cfg.chunk < gf_config_tail_window(mc))
 		e->cfg.chunk = gf_config_tail_window(mc);
 	if (cs_dtype_size(cfg->c_dtype) == 0 || cfg->page_tokens < 1) {
@@ -295,17 +269,18 @@ struct snapshot_header {
 	uint64_t model_id;
 	uint64_t n_pos;
 	uint64_t input_bytes;
-	uint32_t n_layer, n_embd, first_gold, n_head, head_size, window, n_tail, reserved;
+	uint32_t n_layer, n_embd, first_gold, n_head, head_size, window, n_tail;
+	uint32_t slice;  /* 0: every block; else gfe_slice_code() of the rank's blocks */
 };
 
-static size_t snapshot_size(const gf_config *c, int n_tail)
+size_t gfe_snapshot_size(const gf_config *c, int n_tail)
 {
 	return sizeof(struct snapshot_header) +
 	       (gf_state_floats(c) + (size_t)n_tail * c->n_embd) * sizeof(float);
 }
 
-static void snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_bytes,
-			   void *buf)
+void gfe_snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_bytes,
+			uint32_t slice, void *buf)
 {
 	struct snapshot_header h = {
 		.magic = GFE_SNAPSHOT_MAGIC, .major = GFE_SNAPSHOT_MAJOR,
@@ -314,6 +289,7 @@ static void snapshot_write(const gf_config *c, const gf_state *st, uint64_t inpu
 		.n_embd = (uint32_t)c->n_embd, .first_gold = (uint32_t)c->first_gold,
 		.n_head = (uint32_t)c->n_head, .head_size = (uint32_t)c->head_size,
 		.window = (uint32_t)gf_config_tail_window(c), .n_tail = (uint32_t)st->n_tail,
+		.slice = slice,
 	};
 	char *p = buf;
 	memcpy(p, &h, sizeof(h));
@@ -323,8 +299,8 @@ static void snapshot_write(const gf_config *c, const gf_state *st, uint64_t inpu
 	memcpy(p, st->tail, (size_t)st->n_tail * c->n_embd * sizeof(float));
 }
 
-static int snapshot_read(const gf_config *c, const void *buf, size_t len, gf_state *st,
-			 uint64_t *input_bytes, char *err)
+int gfe_snapshot_read(const gf_config *c, const void *buf, size_t len, uint32_t slice,
+		      gf_state *st, uint64_t *input_bytes, char *err)
 {
 	struct snapshot_header h;
 	if (len < sizeof(h))
@@ -340,8 +316,14 @@ static int snapshot_read(const gf_config *c, const void *buf, size_t len, gf_sta
 	    h.n_head != (uint32_t)c->n_head || h.head_size != (uint32_t)c->head_size)
 		return gf_error(err, -EINVAL, "snapshot was made by another model (id %016llx, this one %016llx)",
 			    (unsigned long long)h.model_id, (unsigned long long)c->model_id);
+	if (h.slice != slice) {
+		const uint32_t L = (uint32_t)c->n_layer;
+		return gf_error(err, -EINVAL, "snapshot holds the state of blocks %u..%u, this process runs blocks %u..%u: it was made with another split of the model over ranks",
+			    h.slice ? h.slice >> 16 : 0, (h.slice ? h.slice & 0xffff : L) - 1,
+			    slice ? slice >> 16 : 0, (slice ? slice & 0xffff : L) - 1);
+	}
 	if (h.n_tail > h.window || h.window != (uint32_t)gf_config_tail_window(c) ||
-	    len != snapshot_size(c, (int)h.n_tail))
+	    len != gfe_snapshot_size(c, (int)h.n_tail))
 		return gf_error(err, -EBADMSG, "snapshot: %zu bytes do not match its header", len);
 	const char *p = (const char *)buf + sizeof(h);
 	memcpy(st->shift, p, gf_state_floats(c) * sizeof(float));
@@ -354,7 +336,7 @@ static int snapshot_read(const gf_config *c, const void *buf, size_t len, gf_sta
 }
 
 /* c rows from float32 to the store's element type. */
-static void c_to_storage(cs_dtype t, const float *src, void *dst, size_t n)
+void gfe_c_to_storage(cs_dtype t, const float *src, void *dst, size_t n)
 {
 	switch (t) {
 	case CS_DTYPE_F32:
@@ -377,24 +359,6 @@ static void c_to_storage(cs_dtype t, const float *src, void *dst, size_t n)
  * the newest positions grows during a session: it is kept per layer and extended by the new
  * rows only.
  */
-struct paged_src {
-	gf_kv_source src;
-	gfe_engine *e;
-	cs_reader *reader;        /* the stored context */
-	cs_branch *branch;        /* NULL: read the reader */
-	uint64_t serial;          /* tier owner of blocks below base_full */
-	uint64_t session_owner;   /* tier owner of the session's own full blocks; 0 = none */
-	uint64_t base_full;       /* positions below this are in full blocks of the base */
-	void *raw;                /* [GF_KV_BLOCK + 1][Ck] in the store's type */
-	uint32_t *raw_tok;        /* [GF_KV_BLOCK + 1] */
-	float *c;                 /* [GF_KV_BLOCK + 1][Ck] */
-	int32_t *tok;             /* [GF_KV_BLOCK + 1] */
-	float *open_k, *open_v;   /* [n_gold][GF_KV_BLOCK][A]: the growing block */
-	int64_t *open_first;      /* [n_gold]: its first position, -1 = none */
-	int *open_rows;           /* [n_gold]: rows valid */
-	struct tier_entry *pinned;
-	char err[GF_ERR_LEN];
-};
 
 static int paged_rows(struct paged_src *ps, int64_t first, int n)
 {
@@ -434,7 +398,7 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 	const uint64_t block = (uint64_t)first / GF_KV_BLOCK;
 	int rc;
 	*ld = c->dim_att;
-	tier_unpin(t, ps->pinned);
+	gfe_tier_unpin(t, ps->pinned);
 	ps->pinned = NULL;
 
 	if (ps->open_k && first + n == src->n_pos && (uint64_t)first + n > ps->base_full) {
@@ -486,7 +450,7 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 	return 0;
 }
 
-static int paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint64_t serial,
+int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint64_t serial,
 		      uint64_t base_tokens, bool growing)
 {
 	const gf_config *c = &e->model->cfg;
@@ -516,10 +480,10 @@ static int paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, ui
 	return 0;
 }
 
-static void paged_free(struct paged_src *ps)
+void gfe_paged_free(struct paged_src *ps)
 {
 	if (ps->e)
-		tier_unpin(&ps->e->tier, ps->pinned);
+		gfe_tier_unpin(&ps->e->tier, ps->pinned);
 	free(ps->raw);
 	free(ps->raw_tok);
 	free(ps->c);
@@ -569,7 +533,7 @@ static int ingest_alloc(gfe_engine *e, gfe_ingest **out, char *err)
 	in->c = malloc(ch * c->ckv_dim * sizeof(float));
 	in->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
 	in->tok_u32 = malloc(ch * sizeof(uint32_t));
-	in->snap = malloc(snapshot_size(c, gf_config_tail_window(c)));
+	in->snap = malloc(gfe_snapshot_size(c, gf_config_tail_window(c)));
 	if (rc || !in->pending || !in->x || !in->c || !in->crow || !in->tok_u32 || !in->snap) {
 		gfe_ingest_free(in);
 		return gf_error(err, -ENOMEM, "out of memory for an ingest");
@@ -629,7 +593,7 @@ int gfe_ingest_resume(gfe_engine *e, uint64_t serial, gfe_ingest **out, char *er
 			  (unsigned long long)serial);
 		goto fail_ingest;
 	}
-	if ((rc = snapshot_read(c, blob, len, &in->st, &in->input_bytes, err)))
+	if ((rc = gfe_snapshot_read(c, blob, len, e->slice, &in->st, &in->input_bytes, err)))
 		goto fail_ingest;
 	if ((uint64_t)in->st.n_pos != cs_writer_committed(in->w)) {
 		rc = gf_error(err, -EBADMSG, "context #%llu: snapshot at token %lld but %llu committed",
@@ -652,8 +616,8 @@ fail_ingest:
 static int ingest_commit(gfe_ingest *in, uint32_t flags, char *err)
 {
 	const gf_config *c = &in->e->model->cfg;
-	snapshot_write(c, &in->st, in->input_bytes, in->snap);
-	int rc = cs_writer_commit(in->w, in->snap, snapshot_size(c, in->st.n_tail), flags, err);
+	gfe_snapshot_write(c, &in->st, in->input_bytes, in->e->slice, in->snap);
+	int rc = cs_writer_commit(in->w, in->snap, gfe_snapshot_size(c, in->st.n_tail), flags, err);
 	if (!rc)
 		in->committed_bytes = in->input_bytes;
 	return rc;
@@ -670,7 +634,7 @@ static int ingest_run_chunk(gfe_ingest *in, char *err)
 	if (rc)
 		return gf_error(err, rc, "token outside the vocabulary (0..%d) near position %lld",
 			    c->vocab_size - 1, (long long)in->st.n_pos);
-	c_to_storage(e->cfg.c_dtype, in->c, in->crow, (size_t)n * c->ckv_dim);
+	gfe_c_to_storage(e->cfg.c_dtype, in->c, in->crow, (size_t)n * c->ckv_dim);
 	for (int i = 0; i < n; i++)
 		in->tok_u32[i] = (uint32_t)in->pending[i];
 	if ((rc = cs_writer_append(in->w, in->crow, in->tok_u32, (size_t)n, err)))
@@ -784,14 +748,14 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 	/* The tail reads every page once: keep memory constant in the length. */
 	cs_reader_set_streaming(r, true);
 	logits = malloc(sizeof(float) * (size_t)c->vocab_size);
-	rc = logits ? paged_init(&ps, e, r, serial, (uint64_t)in->st.n_pos, false) : -ENOMEM;
+	rc = logits ? gfe_paged_init(&ps, e, r, serial, (uint64_t)in->st.n_pos, false) : -ENOMEM;
 	if (!rc) {
 		ps.src.n_pos = in->st.n_pos;
 		rc = gf_gold_tail(e->model, in->ws, &in->st, &ps.src, logits);
 		if (rc && !in->err[0])
 			snprintf(in->err, GF_ERR_LEN, "GOLD tail: %.200s", ps.err[0] ? ps.err : "failed");
 	}
-	paged_free(&ps);
+	gfe_paged_free(&ps);
 	cs_reader_close(r);
 	if (rc) {
 		free(logits);
@@ -920,7 +884,7 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 		goto fail_oom;
 	if ((rc = cs_reader_blob(s->reader, &blob, &len, err)))
 		goto fail_session;
-	if ((rc = snapshot_read(c, blob, len, &s->st, &input_bytes, err)))
+	if ((rc = gfe_snapshot_read(c, blob, len, e->slice, &s->st, &input_bytes, err)))
 		goto fail_session;
 	if ((uint64_t)s->st.n_pos != info.n_tokens) {
 		rc = gf_error(err, -EBADMSG, "context #%llu: snapshot at token %lld, pages hold %llu",
@@ -934,7 +898,7 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	s->id = ++e->next_session | TIER_SESSION;
 	pthread_mutex_unlock(&e->mu);
 	s->base_tokens = info.n_tokens;
-	if ((rc = paged_init(&s->ps, e, s->reader, serial, info.n_tokens, true)))
+	if ((rc = gfe_paged_init(&s->ps, e, s->reader, serial, info.n_tokens, true)))
 		goto fail_oom;
 	s->ps.branch = s->branch;
 	s->ps.session_owner = s->id;
@@ -963,7 +927,7 @@ static int session_finch(gfe_session *s, const int32_t *tok, int n, char *err)
 	int rc = gf_finch_chunk(e->model, s->ws, &s->st, tok, n, NULL, s->x, s->c);
 	if (rc)
 		return gf_error(err, rc, "token outside the vocabulary (0..%d)", c->vocab_size - 1);
-	c_to_storage(e->cfg.c_dtype, s->c, s->crow, (size_t)n * c->ckv_dim);
+	gfe_c_to_storage(e->cfg.c_dtype, s->c, s->crow, (size_t)n * c->ckv_dim);
 	for (int i = 0; i < n; i++)
 		s->tok_u32[i] = (uint32_t)tok[i];
 	if ((rc = cs_branch_append(s->branch, s->crow, s->tok_u32, (size_t)n, err)))
@@ -1019,9 +983,9 @@ void gfe_session_free(gfe_session *s)
 {
 	if (!s)
 		return;
-	paged_free(&s->ps);
+	gfe_paged_free(&s->ps);
 	if (s->id)
-		tier_forget(&s->e->tier, s->id);
+		gfe_tier_forget(&s->e->tier, s->id);
 	cs_branch_free(s->branch);
 	cs_reader_close(s->reader);
 	gf_workspace_free(s->ws);

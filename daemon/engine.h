@@ -48,6 +48,8 @@ typedef struct gfe_config {
 	uint64_t disk_budget;        /* bytes; 0 = unlimited */
 	int threads;                 /* OpenBLAS / decode threads; 0 = OpenBLAS's default */
 	uint64_t ram_cache_bytes;    /* the store's RAM page cache (cs_config); 0 = its default */
+	int block_first, block_end;  /* load only blocks [first, end): an MPI rank's slice, used
+				      * through engine_internal.h; end 0 = every block */
 } gfe_config;
 
 void gfe_config_defaults(gfe_config *cfg);

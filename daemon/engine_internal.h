@@ -1,0 +1,88 @@
+/*
+ * engine_internal.h — the engine's parts that the multi-rank daemon (server_backend_mpi.c,
+ * rank_part.c) composes differently: the engine struct, the expanded tier, snapshots, the
+ * paged key/value source. Not a public interface: daemon/ only.
+ */
+#ifndef GF_ENGINE_INTERNAL_H
+#define GF_ENGINE_INTERNAL_H
+
+#include "engine.h"
+
+#include <pthread.h>
+
+struct tier_entry {
+	uint64_t owner;              /* context serial, or session id | TIER_SESSION */
+	int g;
+	uint64_t block;
+	float *k, *v;                /* [GF_KV_BLOCK][A] each */
+	int pins;
+	struct tier_entry *hnext;    /* hash chain */
+	struct tier_entry *prev, *next; /* LRU list, most recent first */
+};
+
+#define TIER_BUCKETS 4096
+#define TIER_SESSION (1ull << 63)
+
+struct tier {
+	pthread_mutex_t mu;
+	uint64_t budget, bytes, entry_bytes;
+	struct tier_entry *buckets[TIER_BUCKETS];
+	struct tier_entry *head, *tail;
+	uint64_t hits, misses, blocks;
+};
+
+struct gfe_engine {
+	gfe_config cfg;
+	gf_model *model;
+	gf_tokenizer tokenizer;
+	bool has_tokenizer;
+	cs_store *store;
+	struct tier tier;
+	pthread_mutex_t mu;
+	uint64_t next_session;
+	uint32_t slice;       /* gfe_slice_code of the blocks loaded; 0 = every block */
+};
+
+struct paged_src {
+	gf_kv_source src;
+	gfe_engine *e;
+	cs_reader *reader;        /* the stored context */
+	cs_branch *branch;        /* NULL: read the reader */
+	uint64_t serial;          /* tier owner of blocks below base_full */
+	uint64_t session_owner;   /* tier owner of the session's own full blocks; 0 = none */
+	uint64_t base_full;       /* positions below this are in full blocks of the base */
+	void *raw;                /* [GF_KV_BLOCK + 1][Ck] in the store's type */
+	uint32_t *raw_tok;        /* [GF_KV_BLOCK + 1] */
+	float *c;                 /* [GF_KV_BLOCK + 1][Ck] */
+	int32_t *tok;             /* [GF_KV_BLOCK + 1] */
+	float *open_k, *open_v;   /* [n_gold][GF_KV_BLOCK][A]: the growing block */
+	int64_t *open_first;      /* [n_gold]: its first position, -1 = none */
+	int *open_rows;           /* [n_gold]: rows valid */
+	struct tier_entry *pinned;
+	char err[GF_ERR_LEN];
+};
+
+/* A rank's blocks [b0, b1) as stored in its snapshots: 0 for every block of the model. */
+static inline uint32_t gfe_slice_code(const gf_config *c, int b0, int b1)
+{
+	return b0 == 0 && b1 == c->n_layer ? 0 : (uint32_t)b0 << 16 | (uint32_t)b1;
+}
+
+size_t gfe_snapshot_size(const gf_config *c, int n_tail);
+void gfe_snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_bytes,
+			uint32_t slice, void *buf);
+int gfe_snapshot_read(const gf_config *c, const void *buf, size_t len, uint32_t slice,
+		      gf_state *st, uint64_t *input_bytes, char *err);
+/* c rows from float32 to the store's element type. */
+void gfe_c_to_storage(cs_dtype t, const float *src, void *dst, size_t n);
+
+void gfe_tier_unpin(struct tier *t, struct tier_entry *e);
+void gfe_tier_forget(struct tier *t, uint64_t owner);
+
+/* A key/value source over a stored context (reader) or a session's branch over it (set
+ * ps->branch after init); growing: the newest block is extended row by row (sessions). */
+int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint64_t serial,
+		   uint64_t base_tokens, bool growing);
+void gfe_paged_free(struct paged_src *ps);
+
+#endif /* GF_ENGINE_INTERNAL_H */
