@@ -1,0 +1,495 @@
+/*
+ * mpi_link.c — see mpi_link.h. The link thread: post sends from the outbox, complete them,
+ * receive whatever has arrived into mailboxes, watch the local peers; sleep briefly (growing
+ * up to IDLE_MAX_US) when there is nothing to do, so idle ranks do not spin on a core.
+ */
+#include "mpi_link.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GFM_TAG 7
+#define BOX_BUCKETS 256
+#define IDLE_MAX_US 200
+#define WATCH_EVERY_NS 100000000ll /* peers' liveness, every 100 ms */
+
+struct gfm_box {
+	struct gfm_link *link;
+	uint32_t stream;
+	gfm_msg *head, *tail;
+	pthread_cond_t cond;
+	struct gfm_box *next;   /* hash chain */
+};
+
+struct out_msg {
+	int dest;
+	size_t len;
+	MPI_Request req;
+	struct out_msg *next;
+	unsigned char buf[];    /* header then payload */
+};
+
+struct peer {
+	int pid;
+	char host[64];
+};
+
+struct gfm_link {
+	MPI_Comm comm;
+	int rank, size;
+	struct peer *peers;
+	pthread_t thread;
+	pthread_mutex_t mu;           /* boxes, outbox, control, failure */
+	pthread_cond_t outbox_cond;
+	struct out_msg *outbox, *outbox_tail;
+	struct gfm_box *boxes[BOX_BUCKETS];
+	gfm_box control;
+	uint32_t next_stream;
+	bool stop;
+	char failure[256];
+};
+
+void gfm_msg_free(gfm_msg *m)
+{
+	free(m);
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+/* Caller holds l->mu. */
+static void fail_locked(gfm_link *l, const char *why)
+{
+	if (l->failure[0])
+		return;
+	snprintf(l->failure, sizeof(l->failure), "%s", why);
+	pthread_cond_broadcast(&l->control.cond);
+	for (int i = 0; i < BOX_BUCKETS; i++)
+		for (gfm_box *b = l->boxes[i]; b; b = b->next)
+			pthread_cond_broadcast(&b->cond);
+}
+
+void gfm_link_fail(gfm_link *l, const char *why)
+{
+	pthread_mutex_lock(&l->mu);
+	fail_locked(l, why);
+	pthread_mutex_unlock(&l->mu);
+}
+
+const char *gfm_link_failure(gfm_link *l)
+{
+	/* Written once under the lock, never changed after: a racy read sees "" or the line. */
+	return l->failure;
+}
+
+static gfm_box *box_find(gfm_link *l, uint32_t stream)
+{
+	for (gfm_box *b = l->boxes[stream % BOX_BUCKETS]; b; b = b->next)
+		if (b->stream == stream)
+			return b;
+	return NULL;
+}
+
+static gfm_box *box_create_locked(gfm_link *l, uint32_t stream)
+{
+	gfm_box *b = box_find(l, stream);
+	if (b)
+		return b;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return NULL;
+	b->link = l;
+	b->stream = stream;
+	pthread_cond_init(&b->cond, NULL);
+	b->next = l->boxes[stream % BOX_BUCKETS];
+	l->boxes[stream % BOX_BUCKETS] = b;
+	return b;
+}
+
+static void box_push_locked(gfm_box *b, gfm_msg *m)
+{
+	m->next = NULL;
+	if (b->tail)
+		b->tail->next = m;
+	else
+		b->head = m;
+	b->tail = m;
+	pthread_cond_signal(&b->cond);
+}
+
+gfm_box *gfm_box_open(gfm_link *l, uint32_t stream)
+{
+	pthread_mutex_lock(&l->mu);
+	gfm_box *b = box_create_locked(l, stream);
+	pthread_mutex_unlock(&l->mu);
+	return b;
+}
+
+void gfm_box_close(gfm_link *l, gfm_box *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_lock(&l->mu);
+	gfm_box **pp = &l->boxes[b->stream % BOX_BUCKETS];
+	while (*pp && *pp != b)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = b->next;
+	pthread_mutex_unlock(&l->mu);
+	for (gfm_msg *m = b->head, *next; m; m = next) {
+		next = m->next;
+		gfm_msg_free(m);
+	}
+	pthread_cond_destroy(&b->cond);
+	free(b);
+}
+
+static int pop_locked(gfm_link *l, gfm_box *b, int timeout_ms, gfm_msg **out)
+{
+	struct timespec until;
+	if (timeout_ms >= 0) {
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += timeout_ms / 1000;
+		until.tv_nsec += (long)(timeout_ms % 1000) * 1000000l;
+		if (until.tv_nsec >= 1000000000l) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000l;
+		}
+	}
+	while (!b->head) {
+		if (l->failure[0])
+			return -EPIPE;
+		if (timeout_ms < 0)
+			pthread_cond_wait(&b->cond, &l->mu);
+		else if (pthread_cond_timedwait(&b->cond, &l->mu, &until) == ETIMEDOUT && !b->head)
+			return l->failure[0] ? -EPIPE : -ETIMEDOUT;
+	}
+	*out = b->head;
+	b->head = b->head->next;
+	if (!b->head)
+		b->tail = NULL;
+	return 0;
+}
+
+int gfm_box_pop(gfm_box *b, int timeout_ms, gfm_msg **out)
+{
+	gfm_link *l = b->link;
+	pthread_mutex_lock(&l->mu);
+	int rc = pop_locked(l, b, timeout_ms, out);
+	pthread_mutex_unlock(&l->mu);
+	return rc;
+}
+
+int gfm_control_pop(gfm_link *l, int timeout_ms, gfm_msg **out)
+{
+	pthread_mutex_lock(&l->mu);
+	int rc = pop_locked(l, &l->control, timeout_ms, out);
+	pthread_mutex_unlock(&l->mu);
+	return rc;
+}
+
+uint32_t gfm_new_stream(gfm_link *l)
+{
+	pthread_mutex_lock(&l->mu);
+	uint32_t s = ++l->next_stream;
+	pthread_mutex_unlock(&l->mu);
+	return s;
+}
+
+int gfm_link_rank(const gfm_link *l)
+{
+	return l->rank;
+}
+
+int gfm_link_size(const gfm_link *l)
+{
+	return l->size;
+}
+
+int gfm_send2(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t alen,
+	      const void *b, size_t blen)
+{
+	struct out_msg *o = malloc(sizeof(*o) + sizeof(*h) + alen + blen);
+	if (!o)
+		return -ENOMEM;
+	o->dest = dest;
+	o->len = sizeof(*h) + alen + blen;
+	o->next = NULL;
+	memcpy(o->buf, h, sizeof(*h));
+	if (alen)
+		memcpy(o->buf + sizeof(*h), a, alen);
+	if (blen)
+		memcpy(o->buf + sizeof(*h) + alen, b, blen);
+	pthread_mutex_lock(&l->mu);
+	if (l->failure[0]) {
+		pthread_mutex_unlock(&l->mu);
+		free(o);
+		return -EPIPE;
+	}
+	if (l->outbox_tail)
+		l->outbox_tail->next = o;
+	else
+		l->outbox = o;
+	l->outbox_tail = o;
+	pthread_cond_signal(&l->outbox_cond);
+	pthread_mutex_unlock(&l->mu);
+	return 0;
+}
+
+int gfm_send(gfm_link *l, int dest, const gfm_hdr *h, const void *payload, size_t len)
+{
+	return gfm_send2(l, dest, h, payload, len, NULL, 0);
+}
+
+/* Routes a received message: to its stream's box, to the control queue (stream 0), or, for
+ * the first message of a stream this rank has not opened, to a new box with a copy of its
+ * header in the control queue so the serve loop starts a thread for it. */
+static void route(gfm_link *l, gfm_msg *m)
+{
+	pthread_mutex_lock(&l->mu);
+	if (m->h.stream == 0) {
+		box_push_locked(&l->control, m);
+		pthread_mutex_unlock(&l->mu);
+		return;
+	}
+	gfm_box *b = box_find(l, m->h.stream);
+	const bool opener = m->h.type == GFM_BEGIN || m->h.type == GFM_RESUME ||
+			    m->h.type == GFM_OPEN;
+	if (!b && opener && l->rank != 0) {
+		gfm_msg *note = calloc(1, sizeof(*note));
+		b = box_create_locked(l, m->h.stream);
+		if (!note || !b) {
+			free(note);
+			fail_locked(l, "out of memory for a new stream's mailbox");
+			pthread_mutex_unlock(&l->mu);
+			gfm_msg_free(m);
+			return;
+		}
+		note->h = m->h;
+		note->source = m->source;
+		box_push_locked(&l->control, note);
+	}
+	if (b)
+		box_push_locked(b, m);
+	else
+		gfm_msg_free(m); /* a stream that has ended: late credits and the like */
+	pthread_mutex_unlock(&l->mu);
+}
+
+static bool peer_alive(int pid)
+{
+	char path[64], buf[256];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return false;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	/* pid (comm) S ...: the state follows the last ')'. A zombie is dead to us. */
+	char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+static void watch_peers(gfm_link *l)
+{
+	const char *me = l->peers[l->rank].host;
+	for (int r = 0; r < l->size; r++) {
+		if (r == l->rank || strcmp(l->peers[r].host, me))
+			continue;
+		if (!peer_alive(l->peers[r].pid)) {
+			char why[256];
+			snprintf(why, sizeof(why), "rank %d (pid %d on %s) has died", r,
+				 l->peers[r].pid, l->peers[r].host);
+			gfm_link_fail(l, why);
+			return;
+		}
+	}
+}
+
+static void *link_thread(void *arg)
+{
+	gfm_link *l = arg;
+	struct out_msg *pending = NULL;
+	int idle_us = 0;
+	int64_t next_watch = now_ns() + WATCH_EVERY_NS;
+	for (;;) {
+		bool progress = false;
+		pthread_mutex_lock(&l->mu);
+		struct out_msg *batch = l->outbox;
+		l->outbox = l->outbox_tail = NULL;
+		const bool stop = l->stop;
+		const bool failed = l->failure[0] != 0;
+		pthread_mutex_unlock(&l->mu);
+		for (struct out_msg *o = batch, *next; o; o = next) {
+			next = o->next;
+			if (failed) {
+				free(o);
+				continue;
+			}
+			int rc = MPI_Isend(o->buf, (int)o->len, MPI_BYTE, o->dest, GFM_TAG, l->comm,
+					   &o->req);
+			if (rc != MPI_SUCCESS) {
+				char why[256];
+				snprintf(why, sizeof(why), "sending to rank %d failed (MPI error %d)",
+					 o->dest, rc);
+				gfm_link_fail(l, why);
+				free(o);
+				continue;
+			}
+			o->next = pending;
+			pending = o;
+			progress = true;
+		}
+		for (struct out_msg **pp = &pending; *pp;) {
+			int done = 0;
+			struct out_msg *o = *pp;
+			if (MPI_Test(&o->req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+				char why[256];
+				snprintf(why, sizeof(why), "a message to rank %d was lost (MPI error)",
+					 o->dest);
+				gfm_link_fail(l, why);
+				done = 1;
+			}
+			if (done) {
+				*pp = o->next;
+				free(o);
+				progress = true;
+			} else {
+				pp = &o->next;
+			}
+		}
+		if (stop && !pending)
+			break;
+		int flag = 0;
+		MPI_Status st;
+		if (!failed && MPI_Iprobe(MPI_ANY_SOURCE, GFM_TAG, l->comm, &flag, &st) == MPI_SUCCESS &&
+		    flag) {
+			int count = 0;
+			MPI_Get_count(&st, MPI_BYTE, &count);
+			gfm_msg *m = malloc(sizeof(*m) + (size_t)count);
+			if (!m) {
+				gfm_link_fail(l, "out of memory receiving a message");
+				continue;
+			}
+			unsigned char *raw = (unsigned char *)(m + 1);
+			if (MPI_Recv(raw, count, MPI_BYTE, st.MPI_SOURCE, GFM_TAG, l->comm,
+				     MPI_STATUS_IGNORE) != MPI_SUCCESS || (size_t)count < sizeof(gfm_hdr)) {
+				char why[256];
+				snprintf(why, sizeof(why), "a message from rank %d was lost", st.MPI_SOURCE);
+				gfm_link_fail(l, why);
+				free(m);
+				continue;
+			}
+			memcpy(&m->h, raw, sizeof(gfm_hdr));
+			m->source = st.MPI_SOURCE;
+			m->len = (size_t)count - sizeof(gfm_hdr);
+			m->payload = raw + sizeof(gfm_hdr);
+			m->next = NULL;
+			route(l, m);
+			progress = true;
+		}
+		const int64_t now = now_ns();
+		if (now >= next_watch) {
+			watch_peers(l);
+			next_watch = now + WATCH_EVERY_NS;
+		}
+		if (progress) {
+			idle_us = 0;
+			continue;
+		}
+		/* Nothing moved: wait for an outgoing message, briefly (incoming ones and send
+		 * completions are only seen by polling MPI). */
+		idle_us = idle_us ? (idle_us * 2 > IDLE_MAX_US ? IDLE_MAX_US : idle_us * 2) : 5;
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += (long)idle_us * 1000l;
+		if (until.tv_nsec >= 1000000000l) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000l;
+		}
+		pthread_mutex_lock(&l->mu);
+		if (!l->outbox && !l->stop)
+			pthread_cond_timedwait(&l->outbox_cond, &l->mu, &until);
+		pthread_mutex_unlock(&l->mu);
+	}
+	/* Sends that could not complete (a failed link) are abandoned with their buffers. */
+	for (struct out_msg *o = pending, *next; o; o = next) {
+		next = o->next;
+		free(o);
+	}
+	return NULL;
+}
+
+int gfm_link_start(gfm_link **out, MPI_Comm comm, char *err)
+{
+	gfm_link *l = calloc(1, sizeof(*l));
+	if (!l) {
+		if (err)
+			snprintf(err, 256, "out of memory");
+		return -ENOMEM;
+	}
+	l->comm = comm;
+	MPI_Comm_rank(comm, &l->rank);
+	MPI_Comm_size(comm, &l->size);
+	MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->outbox_cond, NULL);
+	pthread_cond_init(&l->control.cond, NULL);
+	l->control.link = l;
+	l->peers = calloc((size_t)l->size, sizeof(struct peer));
+	struct peer me = { .pid = (int)getpid() };
+	gethostname(me.host, sizeof(me.host) - 1);
+	if (!l->peers ||
+	    MPI_Allgather(&me, (int)sizeof(me), MPI_BYTE, l->peers, (int)sizeof(me), MPI_BYTE,
+			  comm) != MPI_SUCCESS) {
+		if (err)
+			snprintf(err, 256, "cannot exchange the ranks' addresses");
+		free(l->peers);
+		free(l);
+		return -EIO;
+	}
+	if (pthread_create(&l->thread, NULL, link_thread, l)) {
+		if (err)
+			snprintf(err, 256, "cannot start the MPI link thread");
+		free(l->peers);
+		free(l);
+		return -EAGAIN;
+	}
+	*out = l;
+	return 0;
+}
+
+void gfm_link_stop(gfm_link *l)
+{
+	if (!l)
+		return;
+	pthread_mutex_lock(&l->mu);
+	l->stop = true;
+	pthread_cond_signal(&l->outbox_cond);
+	pthread_mutex_unlock(&l->mu);
+	pthread_join(l->thread, NULL);
+	for (int i = 0; i < BOX_BUCKETS; i++)
+		while (l->boxes[i])
+			gfm_box_close(l, l->boxes[i]);
+	for (gfm_msg *m = l->control.head, *next; m; m = next) {
+		next = m->next;
+		gfm_msg_free(m);
+	}
+	pthread_cond_destroy(&l->control.cond);
+	pthread_cond_destroy(&l->outbox_cond);
+	pthread_mutex_destroy(&l->mu);
+	free(l->peers);
+	free(l);
+}

@@ -1,0 +1,767 @@
+/*
+ * rank_part.c — see rank_part.h.
+ */
+#include "rank_part.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct gfr_part {
+	gfr_ctx *x;
+	uint32_t stream;
+	gfm_box *box;
+	bool session;
+	uint64_t serial;             /* local */
+	cs_writer *w;                /* ingest: this rank's replica of the pages */
+	cs_reader *reader;           /* session: the stored context */
+	cs_branch *branch;           /* session: the question's and answer's rows */
+	struct paged_src ps;         /* session, GOLD ranks */
+	bool ps_ready;
+	uint64_t base_tokens, session_id;
+	uint64_t input_bytes;        /* as read from the snapshot */
+	gf_workspace *ws;
+	gf_state st;
+	uint64_t rows;               /* positions whose cache rows this rank holds */
+	uint64_t committed;          /* rows as of the last commit */
+	int credits;                 /* chunks this rank may still send to its successor */
+	float *c;                    /* [chunk][Ck] */
+	void *crow;                  /* [chunk][Ck] in the store's type */
+	uint32_t *tok_u32;           /* [chunk] */
+	float *tail_x;               /* [chunk][C] */
+	void *snap;
+	gfm_msg *held, *held_tail;   /* work that arrived while waiting */
+	gfm_msg *tailx;              /* a GOLD tail's window waiting for this rank's commit */
+	bool closing, drop;          /* CLOSE or DROP seen */
+	gfr_wait wait;
+	char err[GF_ERR_LEN];
+};
+
+void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *plan)
+{
+	memset(x, 0, sizeof(*x));
+	x->e = e;
+	x->link = link;
+	x->plan = *plan;
+	x->rank = gfm_link_rank(link);
+	x->size = gfm_link_size(link);
+	part_rank_blocks(plan, x->rank, &x->b0, &x->b1);
+	x->L = plan->n_layer;
+	x->G = plan->first_gold;
+	x->emitter = part_emitter(plan);
+	x->has_gold = x->b1 > x->G;
+	x->has_finch = x->b0 < x->G;
+}
+
+void gfr_part_name(char *buf, size_t cap, uint64_t serial0)
+{
+	snprintf(buf, cap, "r0-%" PRIu64, serial0);
+}
+
+static const gf_config *cfg_of(const gfr_part *p)
+{
+	return &p->x->e->model->cfg;
+}
+
+static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, gfr_part **out,
+		      char *err)
+{
+	gfe_engine *e = x->e;
+	const gf_config *c = &e->model->cfg;
+	const size_t ch = (size_t)e->cfg.chunk;
+	gfr_part *p = calloc(1, sizeof(*p));
+	if (!p)
+		return gf_error(err, -ENOMEM, "out of memory");
+	p->x = x;
+	p->stream = stream;
+	p->box = box;
+	p->session = session;
+	p->credits = GFR_CREDITS;
+	int rc = gf_workspace_init(&p->ws, e->model, e->cfg.chunk);
+	if (!rc)
+		rc = gf_state_init(&p->st, c);
+	p->c = malloc(ch * c->ckv_dim * sizeof(float));
+	p->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
+	p->tok_u32 = malloc(ch * sizeof(uint32_t));
+	p->tail_x = malloc(ch * c->n_embd * sizeof(float));
+	p->snap = malloc(gfe_snapshot_size(c, gf_config_tail_window(c)));
+	p->wait.logits = malloc((size_t)c->vocab_size * sizeof(float));
+	if (rc || !p->c || !p->crow || !p->tok_u32 || !p->tail_x || !p->snap || !p->wait.logits) {
+		gfr_part_free(p);
+		return gf_error(err, -ENOMEM, "out of memory for a stream");
+	}
+	*out = p;
+	return 0;
+}
+
+void gfr_part_free(gfr_part *p)
+{
+	if (!p)
+		return;
+	if (p->ps_ready) {
+		gfe_paged_free(&p->ps);
+		if (p->session_id)
+			gfe_tier_forget(&p->x->e->tier, p->session_id);
+	}
+	cs_branch_free(p->branch);
+	cs_reader_close(p->reader);
+	cs_writer_free(p->w);
+	gf_workspace_free(p->ws);
+	gf_state_free(&p->st);
+	for (gfm_msg *m = p->held, *next; m; m = next) {
+		next = m->next;
+		gfm_msg_free(m);
+	}
+	gfm_msg_free(p->tailx);
+	free(p->c);
+	free(p->crow);
+	free(p->tok_u32);
+	free(p->tail_x);
+	free(p->snap);
+	free(p->wait.logits);
+	free(p);
+}
+
+uint64_t gfr_part_serial(const gfr_part *p)
+{
+	return p->serial;
+}
+
+uint64_t gfr_part_pos(const gfr_part *p)
+{
+	return (uint64_t)p->st.n_pos;
+}
+
+uint64_t gfr_part_committed(const gfr_part *p)
+{
+	return p->committed;
+}
+
+uint64_t gfr_part_input_bytes(const gfr_part *p)
+{
+	return p->input_bytes;
+}
+
+uint64_t gfr_part_base_tokens(const gfr_part *p)
+{
+	return p->base_tokens;
+}
+
+cs_writer *gfr_part_writer(gfr_part *p)
+{
+	return p->w;
+}
+
+gfr_wait *gfr_part_wait_state(gfr_part *p)
+{
+	return &p->wait;
+}
+
+int gfr_part_begin(gfr_ctx *x, uint32_t stream, gfm_box *box, const char *name,
+		   gfr_part **out, char *err)
+{
+	const gf_config *c = &x->e->model->cfg;
+	gfr_part *p;
+	int rc = part_alloc(x, stream, box, false, &p, err);
+	if (rc)
+		return rc;
+	cs_ctx_params cp = {
+		.model_id = c->model_id, .dtype = x->e->cfg.c_dtype, .width = (uint32_t)c->ckv_dim,
+		.page_tokens = x->e->cfg.page_tokens, .name = name,
+	};
+	if ((rc = cs_writer_begin(x->e->store, &cp, &p->w, err))) {
+		gfr_part_free(p);
+		return rc;
+	}
+	p->serial = cs_writer_serial(p->w);
+	*out = p;
+	return 0;
+}
+
+int gfr_part_resume(gfr_ctx *x, uint32_t stream, gfm_box *box, uint64_t serial,
+		    gfr_part **out, char *err)
+{
+	gfe_engine *e = x->e;
+	const gf_config *c = &e->model->cfg;
+	void *blob = NULL;
+	size_t len = 0;
+	uint64_t input_bytes;
+	cs_ctx_info info;
+	gfr_part *p;
+	int rc = part_alloc(x, stream, box, false, &p, err);
+	if (rc)
+		return rc;
+	if ((rc = cs_writer_resume(e->store, serial, &p->w, err)) ||
+	    (rc = cs_store_info(e->store, serial, &info, err)))
+		goto fail_part;
+	if (info.dtype != e->cfg.c_dtype) {
+		rc = gf_error(err, -EINVAL, "context #%" PRIu64 " stores c as %s, this server as %s",
+			      serial, cs_dtype_name(info.dtype), cs_dtype_name(e->cfg.c_dtype));
+		goto fail_part;
+	}
+	if ((rc = cs_store_read_blob(e->store, serial, &blob, &len, err)))
+		goto fail_part;
+	if (len == 0) {
+		rc = gf_error(err, -EINVAL, "context #%" PRIu64 " has no snapshot to resume from",
+			      serial);
+		goto fail_part;
+	}
+	if ((rc = gfe_snapshot_read(c, blob, len, e->slice, &p->st, &input_bytes, err)))
+		goto fail_part;
+	p->input_bytes = input_bytes;
+	p->serial = serial;
+	p->rows = p->committed = cs_writer_committed(p->w);
+	if ((uint64_t)p->st.n_pos != p->rows) {
+		rc = gf_error(err, -EBADMSG, "context #%" PRIu64 ": snapshot at token %" PRId64 " but %" PRIu64 " committed",
+			      serial, p->st.n_pos, p->rows);
+		goto fail_part;
+	}
+	free(blob);
+	*out = p;
+	return 0;
+fail_part:
+	free(blob);
+	gfr_part_free(p);
+	return rc;
+}
+
+int gfr_part_session(gfr_ctx *x, uint32_t stream, gfm_box *box, uint64_t serial,
+		     gfr_part **out, char *err)
+{
+	gfe_engine *e = x->e;
+	const gf_config *c = &e->model->cfg;
+	void *blob = NULL;
+	size_t len = 0;
+	uint64_t input_bytes;
+	cs_ctx_info info;
+	gfr_part *p;
+	int rc = part_alloc(x, stream, box, true, &p, err);
+	if (rc)
+		return rc;
+	p->serial = serial;
+	if ((rc = cs_reader_open(e->store, serial, &p->reader, err)))
+		goto fail_part;
+	cs_reader_info(p->reader, &info);
+	if (!info.sealed) {
+		rc = gf_error(err, -EINVAL, "context #%" PRIu64 " is still being ingested", serial);
+		goto fail_part;
+	}
+	if (info.model_id != c->model_id || info.width != (uint32_t)c->ckv_dim ||
+	    info.dtype != e->cfg.c_dtype) {
+		rc = gf_error(err, -EINVAL, "context #%" PRIu64 " was made by another model or c type",
+			      serial);
+		goto fail_part;
+	}
+	if ((rc = cs_reader_blob(p->reader, &blob, &len, err)) ||
+	    (rc = gfe_snapshot_read(c, blob, len, e->slice, &p->st, &input_bytes, err)))
+		goto fail_part;
+	if ((uint64_t)p->st.n_pos != info.n_tokens) {
+		rc = gf_error(err, -EBADMSG, "context #%" PRIu64 ": snapshot at token %" PRId64 ", pages hold %" PRIu64,
+			      serial, p->st.n_pos, info.n_tokens);
+		goto fail_part;
+	}
+	p->rows = p->committed = p->base_tokens = info.n_tokens;
+	if (x->has_gold) {
+		if ((rc = cs_branch_init(&p->branch, p->reader, err)))
+			goto fail_part;
+		pthread_mutex_lock(&e->mu);
+		p->session_id = ++e->next_session | (1ull << 63);
+		pthread_mutex_unlock(&e->mu);
+		if ((rc = gfe_paged_init(&p->ps, e, p->reader, serial, info.n_tokens, true))) {
+			p->ps_ready = true;
+			rc = gf_error(err, rc, "out of memory for a session");
+			goto fail_part;
+		}
+		p->ps_ready = true;
+		p->ps.branch = p->branch;
+		p->ps.session_owner = p->session_id;
+		p->ps.src.n_pos = (int64_t)info.n_tokens;
+	}
+	free(blob);
+	*out = p;
+	return 0;
+fail_part:
+	free(blob);
+	gfr_part_free(p);
+	return rc;
+}
+
+/* ---- messages -------------------------------------------------------------------------- */
+
+void gfr_ack(gfr_ctx *x, uint32_t stream, uint32_t acked, uint64_t pos, int status,
+	     const char *err)
+{
+	gfm_hdr h = { .type = GFM_ACK, .stream = stream, .status = status, .pos = pos,
+		      .aux = acked };
+	size_t len = status < 0 && err ? strlen(err) + 1 : 0;
+	gfm_send(x->link, 0, &h, err, len);
+}
+
+static void hold(gfr_part *p, gfm_msg *m)
+{
+	m->next = NULL;
+	if (p->held_tail)
+		p->held_tail->next = m;
+	else
+		p->held = m;
+	p->held_tail = m;
+}
+
+static int append_rows(gfr_part *p, uint64_t pos, const int32_t *tok, const float *c, int n,
+		       char *err)
+{
+	const gf_config *cf = cfg_of(p);
+	if (pos != p->rows)
+		return gf_error(err, -EPROTO, "rank %d: rows for position %" PRIu64 " arrived, expected %" PRIu64,
+				p->x->rank, pos, p->rows);
+	gfe_c_to_storage(p->x->e->cfg.c_dtype, c, p->crow, (size_t)n * cf->ckv_dim);
+	for (int i = 0; i < n; i++)
+		p->tok_u32[i] = (uint32_t)tok[i];
+	int rc = p->session ? cs_branch_append(p->branch, p->crow, p->tok_u32, (size_t)n, err)
+			    : cs_writer_append(p->w, p->crow, p->tok_u32, (size_t)n, err);
+	if (rc)
+		return rc;
+	p->rows += (uint64_t)n;
+	if (p->ps_ready)
+		p->ps.src.n_pos = (int64_t)p->rows;
+	return 0;
+}
+
+/* Takes one message off the stream: the immediate kinds are handled, work is held. */
+static int pump(gfr_part *p, char *err)
+{
+	gfm_msg *m;
+	int rc = gfm_box_pop(p->box, -1, &m);
+	if (rc)
+		return gf_error(err, -EPIPE, "%s", gfm_link_failure(p->x->link));
+	const gf_config *cf = cfg_of(p);
+	switch (m->h.type) {
+	case GFM_ROWS: {
+		const int n = (int)m->h.n;
+		if (m->len != (size_t)n * (sizeof(int32_t) + sizeof(float) * cf->ckv_dim) ||
+		    n > p->x->e->cfg.chunk)
+			rc = gf_error(err, -EPROTO, "rank %d: malformed rows", p->x->rank);
+		else
+			rc = append_rows(p, m->h.pos, m->payload,
+					 (const float *)((const int32_t *)m->payload + n), n, err);
+		break;
+	}
+	case GFM_CREDIT:
+		p->credits += (int)m->h.n;
+		break;
+	case GFM_ACK: {
+		gfr_wait *w = &p->wait;
+		w->acks++;
+		if (m->h.pos > w->ack_pos)
+			w->ack_pos = m->h.pos;
+		if (m->h.status < 0 && !w->ack_status) {
+			w->ack_status = m->h.status;
+			w->ack_rank = m->source;
+			snprintf(w->ack_err, sizeof(w->ack_err), "%.*s", (int)m->len,
+				 m->len ? (const char *)m->payload : "failed");
+		}
+		break;
+	}
+	case GFM_LOGITS:
+		if (m->len != sizeof(float) * (size_t)cf->vocab_size) {
+			rc = gf_error(err, -EPROTO, "malformed logits from rank %d", m->source);
+			break;
+		}
+		memcpy(p->wait.logits, m->payload, m->len);
+		p->wait.have_logits = true;
+		break;
+	case GFM_ERROR:
+		rc = gf_error(err, m->h.status < 0 ? m->h.status : -EIO, "rank %d: %.*s", m->source,
+			      (int)m->len, (const char *)m->payload);
+		break;
+	case GFM_CLOSE:
+	case GFM_DROP:
+		p->closing = true;
+		p->drop = m->h.type == GFM_DROP;
+		rc = gf_error(err, -ECANCELED, "stream closed");
+		break;
+	default:
+		hold(p, m);
+		return 0;
+	}
+	gfm_msg_free(m);
+	return rc;
+}
+
+int gfr_part_wait_rows(gfr_part *p, uint64_t pos, char *err)
+{
+	while (p->rows < pos) {
+		int rc = pump(p, err);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static int ack_error(gfr_part *p, char *err)
+{
+	gfr_wait *w = &p->wait;
+	return gf_error(err, w->ack_status, "rank %d: %s", w->ack_rank, w->ack_err);
+}
+
+int gfr_part_wait_acks(gfr_part *p, int count, char *err)
+{
+	while (p->wait.acks < count) {
+		int rc = pump(p, err);
+		if (rc)
+			return rc;
+	}
+	return p->wait.ack_status ? ack_error(p, err) : 0;
+}
+
+int gfr_part_wait_logits(gfr_part *p, char *err)
+{
+	while (!p->wait.have_logits) {
+		int rc = pump(p, err);
+		if (rc)
+			return rc;
+	}
+	p->wait.have_logits = false;
+	return 0;
+}
+
+/* A chunk to the next rank, once it has room for one. */
+static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float *x, int n,
+		      int mode, char *err)
+{
+	while (p->credits <= 0) {
+		int rc = pump(p, err);
+		if (rc)
+			return rc;
+	}
+	gfm_hdr h = { .type = GFM_CHUNK, .stream = p->stream, .n = (uint32_t)n, .pos = pos,
+		      .aux = (uint64_t)mode };
+	p->credits--;
+	int rc = gfm_send2(p->x->link, p->x->rank + 1, &h, tok, sizeof(int32_t) * (size_t)n, x,
+			   sizeof(float) * (size_t)n * cfg_of(p)->n_embd);
+	return rc ? gf_error(err, rc, "%s", gfm_link_failure(p->x->link)) : 0;
+}
+
+static int send_logits(gfr_part *p, const float *x_last, char *err)
+{
+	const gf_model *m = p->x->e->model;
+	gf_head(m, p->ws, x_last, 1, p->wait.logits);
+	gfm_hdr h = { .type = GFM_LOGITS, .stream = p->stream };
+	int rc = gfm_send(p->x->link, 0, &h, p->wait.logits,
+			  sizeof(float) * (size_t)m->cfg.vocab_size);
+	return rc ? gf_error(err, rc, "%s", gfm_link_failure(p->x->link)) : 0;
+}
+
+int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int n, int mode,
+		   char *err)
+{
+	gfr_ctx *cx = p->x;
+	const gf_model *m = cx->e->model;
+	const gf_config *cf = &m->cfg;
+	int rc;
+	if (n < 1 || n > cx->e->cfg.chunk)
+		return gf_error(err, -EPROTO, "rank %d: chunk of %d rows", cx->rank, n);
+	if (cx->b0 == 0 && gf_embed(m, tok, n, x))
+		return gf_error(err, -EINVAL, "token outside the vocabulary (0..%d) near position %" PRIu64,
+				cf->vocab_size - 1, pos);
+	if (cx->has_finch &&
+	    (rc = gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0,
+			    cx->b1 < cx->G ? cx->b1 : cx->G)))
+		return gf_error(err, rc, "rank %d: Finch blocks failed", cx->rank);
+	if (cx->rank == cx->emitter) {
+		gf_cache_rows(m, p->ws, x, n, p->c);
+		gfm_hdr h = { .type = GFM_ROWS, .stream = p->stream, .n = (uint32_t)n, .pos = pos };
+		for (int r = 0; r < cx->size; r++) {
+			if (r == cx->rank || (p->session && !part_has_gold(&cx->plan, r)))
+				continue;
+			if ((rc = gfm_send2(cx->link, r, &h, tok, sizeof(int32_t) * (size_t)n, p->c,
+					    sizeof(float) * (size_t)n * cf->ckv_dim)))
+				return gf_error(err, rc, "%s", gfm_link_failure(cx->link));
+		}
+		if ((!p->session || cx->has_gold) && (rc = append_rows(p, pos, tok, p->c, n, err)))
+			return rc;
+		gf_state_push_tail(cf, &p->st, x, n);
+	}
+	if (mode == GFM_MODE_STEP && cx->has_gold) {
+		if ((rc = gfr_part_wait_rows(p, pos + (uint64_t)n, err)))
+			return rc;
+		p->ps.err[0] = 0;
+		rc = gf_blocks(m, p->ws, &p->st, &p->ps.src, x, (int64_t)pos, n,
+			       cx->b0 > cx->G ? cx->b0 : cx->G, cx->b1);
+		if (rc)
+			return gf_error(err, rc, "rank %d: attention over the cache: %.200s", cx->rank,
+					p->ps.err[0] ? p->ps.err : "failed");
+	}
+	p->st.n_pos = (int64_t)(pos + (uint64_t)n);
+	if (mode == GFM_MODE_STEP) {
+		if (cx->rank == cx->size - 1)
+			return send_logits(p, x + (size_t)(n - 1) * cf->n_embd, err);
+		return send_chunk(p, pos, tok, x, n, mode, err);
+	}
+	if (cx->rank < cx->emitter)
+		return send_chunk(p, pos, tok, x, n, mode, err);
+	return 0;
+}
+
+int gfr_part_commit(gfr_part *p, uint64_t input_bytes, bool seal, char *err)
+{
+	const gf_config *cf = cfg_of(p);
+	p->st.n_pos = (int64_t)p->rows;
+	gfe_snapshot_write(cf, &p->st, input_bytes, p->x->e->slice, p->snap);
+	int rc = cs_writer_commit(p->w, p->snap, gfe_snapshot_size(cf, p->st.n_tail),
+				  seal ? CS_COMMIT_SEAL : 0, err);
+	if (!rc)
+		p->committed = p->rows;
+	return rc;
+}
+
+/* The GOLD tail on this rank: its GOLD blocks over the window x [n][C] of positions pos0..,
+ * from zero shift state (DESIGN.md fact 3), then on to the next rank or the logits. */
+static int tail_step(gfr_part *p, uint64_t pos0, float *x, int n, char *err)
+{
+	gfr_ctx *cx = p->x;
+	gfe_engine *e = cx->e;
+	const gf_model *m = e->model;
+	const gf_config *cf = &m->cfg;
+	int rc = 0;
+	if (cx->has_gold) {
+		const int g0 = cx->b0 > cx->G ? cx->b0 : cx->G;
+		for (int b = g0; b < cx->b1; b++)
+			memset(p->st.shift + (size_t)b * 2 * cf->n_embd, 0,
+			       sizeof(float) * 2 * (size_t)cf->n_embd);
+		if (p->session) {
+			if ((rc = gfr_part_wait_rows(p, pos0 + (uint64_t)n, err)))
+				return rc;
+			p->ps.err[0] = 0;
+			rc = gf_blocks(m, p->ws, &p->st, &p->ps.src, x, (int64_t)pos0, n, g0, cx->b1);
+			if (rc)
+				return gf_error(err, rc, "rank %d: attention over the cache: %.200s",
+						cx->rank, p->ps.err[0] ? p->ps.err : "failed");
+		} else {
+			/* The ingest's tail reads this rank's committed pages once, streaming. */
+			cs_reader *r = NULL;
+			struct paged_src ps;
+			if ((rc = cs_reader_open(e->store, p->serial, &r, err)))
+				return rc;
+			cs_reader_set_streaming(r, true);
+			rc = gfe_paged_init(&ps, e, r, p->serial, p->rows, false);
+			if (!rc) {
+				ps.src.n_pos = (int64_t)p->rows;
+				rc = gf_blocks(m, p->ws, &p->st, &ps.src, x, (int64_t)pos0, n, g0, cx->b1);
+				if (rc)
+					gf_error(err, rc, "rank %d: GOLD tail: %.200s", cx->rank,
+						 ps.err[0] ? ps.err : "failed");
+			} else {
+				gf_error(err, rc, "out of memory for the GOLD tail");
+			}
+			gfe_paged_free(&ps);
+			cs_reader_close(r);
+			if (rc)
+				return rc;
+		}
+	}
+	if (cx->rank == cx->size - 1)
+		return send_logits(p, x + (size_t)(n - 1) * cf->n_embd, err);
+	gfm_hdr h = { .type = GFM_TAILX, .stream = p->stream, .n = (uint32_t)n, .pos = pos0 };
+	rc = gfm_send(cx->link, cx->rank + 1, &h, x, sizeof(float) * (size_t)n * cf->n_embd);
+	return rc ? gf_error(err, rc, "%s", gfm_link_failure(cx->link)) : 0;
+}
+
+int gfr_part_tail_start(gfr_part *p, char *err)
+{
+	const gf_config *cf = cfg_of(p);
+	const int n = p->st.n_tail;
+	if (n < 1)
+		return gf_error(err, -EPROTO, "rank %d: no window for the GOLD tail", p->x->rank);
+	memcpy(p->tail_x, p->st.tail, sizeof(float) * (size_t)n * cf->n_embd);
+	return tail_step(p, (uint64_t)p->st.n_pos - (uint64_t)n, p->tail_x, n, err);
+}
+
+int gfr_part_mark(gfr_part *p, int kind, uint64_t pos, char *err)
+{
+	gfr_ctx *cx = p->x;
+	int rc;
+	gfm_hdr h = { .type = GFM_MARK, .stream = p->stream, .pos = pos, .aux = (uint64_t)kind };
+	/* Down the chain to the emitter; the emitter passes commits on to the ranks after it
+	 * (after its rows, so they have them all). */
+	rc = 0;
+	if (cx->rank < cx->emitter)
+		rc = gfm_send(cx->link, cx->rank + 1, &h, NULL, 0);
+	else if (cx->rank == cx->emitter && kind != GFM_MARK_QTAIL)
+		for (int r = cx->rank + 1; r < cx->size && !rc; r++)
+			rc = gfm_send(cx->link, r, &h, NULL, 0);
+	if (rc)
+		return gf_error(err, rc, "%s", gfm_link_failure(cx->link));
+	if (cx->rank == 0) {
+		/* Rank 0 commits in its own order (server_backend_mpi.c); it may start the tail. */
+		if (kind == GFM_MARK_QTAIL && cx->emitter == 0)
+			return gfr_part_tail_start(p, err);
+		return 0;
+	}
+	if (kind == GFM_MARK_QTAIL)
+		return cx->rank == cx->emitter ? gfr_part_tail_start(p, err) : 0;
+	if ((rc = gfr_part_wait_rows(p, pos, err)))
+		return rc;
+	if (p->rows != pos)
+		return gf_error(err, -EPROTO, "rank %d: commit at %" PRIu64 " but %" PRIu64 " rows",
+				cx->rank, pos, p->rows);
+	rc = gfr_part_commit(p, 0, false, err);
+	gfr_ack(cx, p->stream, GFM_MARK, pos, rc, err);
+	if (rc)
+		return rc;
+	if (kind == GFM_MARK_FINISH && cx->rank == cx->emitter)
+		return gfr_part_tail_start(p, err);
+	return 0;
+}
+
+/* ---- ranks >= 1: one thread per stream ------------------------------------------------- */
+
+static void report(gfr_part *p, uint32_t stream, int rc, const char *err)
+{
+	gfm_hdr h = { .type = GFM_ERROR, .stream = stream, .status = rc };
+	gfm_send(p->x->link, 0, &h, err, strlen(err) + 1);
+}
+
+/* One work message. */
+static int handle(gfr_part *p, gfm_msg *m, char *err)
+{
+	gfr_ctx *cx = p->x;
+	const gf_config *cf = cfg_of(p);
+	const int n = (int)m->h.n;
+	int rc;
+	switch (m->h.type) {
+	case GFM_CHUNK: {
+		if (n < 1 || n > cx->e->cfg.chunk ||
+		    m->len != (size_t)n * (sizeof(int32_t) + sizeof(float) * cf->n_embd))
+			return gf_error(err, -EPROTO, "rank %d: malformed chunk", cx->rank);
+		rc = gfr_part_chunk(p, m->h.pos, m->payload,
+				    (float *)((int32_t *)m->payload + n), n, (int)m->h.aux, err);
+		/* Consumed: the sender may send another. */
+		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1 };
+		gfm_send(cx->link, m->source, &h, NULL, 0);
+		return rc;
+	}
+	case GFM_MARK:
+		rc = gfr_part_mark(p, (int)m->h.aux, m->h.pos, err);
+		if (!rc && p->tailx && p->committed >= p->tailx->h.pos + p->tailx->h.n) {
+			gfm_msg *t = p->tailx;
+			p->tailx = NULL;
+			rc = tail_step(p, t->h.pos, t->payload, (int)t->h.n, err);
+			gfm_msg_free(t);
+		}
+		return rc;
+	case GFM_TAILX:
+		if (n < 1 || n > cx->e->cfg.chunk || m->len != sizeof(float) * (size_t)n * cf->n_embd)
+			return gf_error(err, -EPROTO, "rank %d: malformed tail window", cx->rank);
+		if (!p->session && p->committed < m->h.pos + (uint64_t)n) {
+			/* The ingest's tail reads committed pages: wait for this rank's commit. */
+			p->tailx = m;
+			return 1;
+		}
+		return tail_step(p, m->h.pos, m->payload, n, err);
+	case GFM_SEAL:
+		rc = gfr_part_commit(p, 0, true, err);
+		gfr_ack(cx, p->stream, GFM_SEAL, p->rows, rc, err);
+		return rc;
+	default:
+		return gf_error(err, -EPROTO, "rank %d: unexpected message %u", cx->rank, m->h.type);
+	}
+}
+
+void gfr_serve_stream(gfr_ctx *x, gfm_box *box, uint32_t stream)
+{
+	char err[GF_ERR_LEN] = "";
+	char name[64];
+	cs_ctx_info info;
+	gfr_part *p = NULL;
+	gfm_msg *m;
+	if (gfm_box_pop(box, -1, &m))
+		goto out_box;
+	/* The opening message: find this rank's copy of rank 0's context. */
+	const uint32_t kind = m->h.type;
+	int rc;
+	gfr_part_name(name, sizeof(name), m->h.aux);
+	if (kind == GFM_BEGIN) {
+		rc = gfr_part_begin(x, stream, box, name, &p, err);
+	} else if ((rc = cs_store_lookup_name(x->e->store, name, &info))) {
+		rc = gf_error(err, rc == -ENOENT ? -ENOENT : rc,
+			      "rank %d has no copy of context #%" PRIu64 " (its cache directory lost it?)",
+			      x->rank, m->h.aux);
+	} else if (kind == GFM_RESUME) {
+		rc = gfr_part_resume(x, stream, box, info.serial, &p, err);
+		if (!rc && gfr_part_committed(p) != m->h.pos) {
+			rc = gf_error(err, -ESTALE, "rank %d committed context #%" PRIu64 " at token %" PRIu64 ", rank 0 at %" PRIu64 ": the ingest cannot resume (start it again)",
+				      x->rank, m->h.aux, gfr_part_committed(p), m->h.pos);
+		}
+	} else {
+		rc = gfr_part_session(x, stream, box, info.serial, &p, err);
+	}
+	gfr_ack(x, stream, kind, p ? gfr_part_committed(p) : 0, rc, err);
+	gfm_msg_free(m);
+	if (rc) {
+		gfr_part_free(p);
+		p = NULL;
+		/* Wait for rank 0 to end the stream, so that its messages are not taken for a
+		 * new stream's. */
+		while (!gfm_box_pop(box, -1, &m)) {
+			const bool end = m->h.type == GFM_CLOSE || m->h.type == GFM_DROP;
+			gfm_msg_free(m);
+			if (end)
+				break;
+		}
+		goto out_box;
+	}
+	bool failed = false;
+	while (!p->closing) {
+		if (p->held) {
+			m = p->held;
+			p->held = m->next;
+			if (!p->held)
+				p->held_tail = NULL;
+		} else {
+			/* Immediate kinds are handled by pump; it holds work. */
+			err[0] = 0;
+			rc = pump(p, err);
+			if (rc == -EPIPE)
+				break;
+			if (rc && rc != -ECANCELED && !failed) {
+				failed = true;
+				report(p, stream, rc, err);
+			}
+			continue;
+		}
+		if (failed) {
+			/* Keep the pipeline moving for rank 0 to end the stream: credits only. */
+			if (m->h.type == GFM_CHUNK) {
+				gfm_hdr h = { .type = GFM_CREDIT, .stream = stream, .n = 1 };
+				gfm_send(x->link, m->source, &h, NULL, 0);
+			}
+			gfm_msg_free(m);
+			continue;
+		}
+		err[0] = 0;
+		rc = handle(p, m, err);
+		if (rc == 1)
+			continue; /* kept (a tail window waiting for the commit) */
+		gfm_msg_free(m);
+		if (rc == -EPIPE)
+			break;
+		if (rc && rc != -ECANCELED) {
+			failed = true;
+			report(p, stream, rc, err);
+		}
+	}
+	if (p->drop) {
+		uint64_t serial = gfr_part_serial(p);
+		cs_writer_free(p->w);
+		p->w = NULL;
+		gfr_part_free(p);
+		cs_store_remove(x->e->store, serial, NULL);
+	} else {
+		gfr_part_free(p);
+	}
+out_box:
+	gfm_box_close(x->link, box);
+}
