@@ -416,6 +416,13 @@ int gfr_part_wait_acks(gfr_part *p, int count, char *err)
 	return p->wait.ack_status ? ack_error(p, err) : 0;
 }
 
+void gfr_part_drain_acks(gfr_part *p, int count)
+{
+	char err[GF_ERR_LEN];
+	while (p->wait.acks < count && pump(p, err) != -EPIPE)
+		;
+}
+
 int gfr_part_wait_logits(gfr_part *p, char *err)
 {
 	while (!p->wait.have_logits) {
@@ -711,6 +718,8 @@ void gfr_serve_stream(gfr_ctx *x, gfm_box *box, uint32_t stream)
 			if (end)
 				break;
 		}
+		if (kind != GFM_OPEN)
+			gfr_ack(x, stream, GFM_CLOSE, 0, 0, NULL);
 		goto out_box;
 	}
 	bool failed = false;
@@ -753,6 +762,7 @@ void gfr_serve_stream(gfr_ctx *x, gfm_box *box, uint32_t stream)
 			report(p, stream, rc, err);
 		}
 	}
+	const bool ingest = !p->session;
 	if (p->drop) {
 		uint64_t serial = gfr_part_serial(p);
 		cs_writer_free(p->w);
@@ -762,6 +772,9 @@ void gfr_serve_stream(gfr_ctx *x, gfm_box *box, uint32_t stream)
 	} else {
 		gfr_part_free(p);
 	}
+	/* An ingest's writer is released now: rank 0 may resume the context at once. */
+	if (ingest)
+		gfr_ack(x, stream, GFM_CLOSE, 0, 0, NULL);
 out_box:
 	gfm_box_close(x->link, box);
 }

@@ -95,6 +95,8 @@ gfr_wait *gfr_part_wait_state(gfr_part *p);
 int gfr_part_wait_rows(gfr_part *p, uint64_t pos, char *err);
 int gfr_part_wait_acks(gfr_part *p, int count, char *err);
 int gfr_part_wait_logits(gfr_part *p, char *err);
+/* Takes `count` acks whatever they say (errors too); stops only if the link fails. */
+void gfr_part_drain_acks(gfr_part *p, int count);
 
 /* Ranks >= 1: serves one stream until it closes (the thread body). The first message is in
  * the box. */

@@ -102,6 +102,8 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, char *err)
 	ec.tier_bytes = lc->tier_bytes;
 	ec.disk_budget = lc->disk_budget;
 	ec.threads = lc->threads;
+	if (lc->chunk)
+		ec.chunk = lc->chunk;
 	part_rank_blocks(&r->plan, r->rank, &ec.block_first, &ec.block_end);
 	char why[GF_ERR_LEN];
 	rc = gfe_open(&r->e, &ec, why);

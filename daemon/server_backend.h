@@ -63,6 +63,8 @@ typedef struct gfd_backend_ops {
 	int (*ingest_begin)(void *self, const char *name, gfd_ingest **out, char *err);
 	int (*ingest_resume)(void *self, uint64_t serial, gfd_ingest **out, char *err);
 	int (*ingest_text)(gfd_ingest *in, const void *bytes, size_t n, char *err);
+	/* Token ids instead of text (models without a vocabulary; tests). */
+	int (*ingest_tokens)(gfd_ingest *in, const int32_t *tok, size_t n, char *err);
 	int (*ingest_checkpoint)(gfd_ingest *in, char *err);
 	/* Seals; *out describes the context (maybe an identical one stored before: reused). */
 	int (*ingest_finish)(gfd_ingest *in, cs_ctx_info *out, bool *reused, char *err);
@@ -92,6 +94,7 @@ typedef struct gfd_local_config {
 	uint64_t tier_bytes;
 	uint64_t disk_budget;
 	int threads;
+	int chunk;                   /* Finch-stage chunk in tokens; 0 = the engine's default */
 } gfd_local_config;
 
 /* One process, one gfe_engine over the model and the store in cache_dir. */

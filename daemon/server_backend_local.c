@@ -99,6 +99,11 @@ static int local_ingest_text(gfd_ingest *in, const void *bytes, size_t n, char *
 	return gfe_ingest_text(in->in, bytes, n, err);
 }
 
+static int local_ingest_tokens(gfd_ingest *in, const int32_t *tok, size_t n, char *err)
+{
+	return gfe_ingest_tokens(in->in, tok, n, err);
+}
+
 static int local_ingest_checkpoint(gfd_ingest *in, char *err)
 {
 	return gfe_ingest_checkpoint(in->in, err);
@@ -184,6 +189,7 @@ static const gfd_backend_ops local_ops = {
 	.ingest_begin = local_ingest_begin,
 	.ingest_resume = local_ingest_resume,
 	.ingest_text = local_ingest_text,
+	.ingest_tokens = local_ingest_tokens,
 	.ingest_checkpoint = local_ingest_checkpoint,
 	.ingest_finish = local_ingest_finish,
 	.ingest_state = local_ingest_state,
@@ -213,6 +219,8 @@ int gfd_backend_local_open(gfd_backend *out, const gfd_local_config *cfg, char *
 	ec.tier_bytes = cfg->tier_bytes;
 	ec.disk_budget = cfg->disk_budget;
 	ec.threads = cfg->threads;
+	if (cfg->chunk)
+		ec.chunk = cfg->chunk;
 	int rc = gfe_open(&l->e, &ec, err);
 	if (rc) {
 		free(l);

@@ -135,8 +135,14 @@ static void ingest_release(gfd_ingest *in)
 {
 	if (!in)
 		return;
-	if (in->p && !in->ended)
+	if (in->p && !in->ended) {
+		/* Wait until every rank has let go of its writer: a resume may follow at once. */
+		gfr_wait *w = gfr_part_wait_state(in->p);
+		w->acks = 0;
+		w->ack_status = 0;
 		end_stream(in->b, in->stream, false);
+		gfr_part_drain_acks(in->p, in->b->cx.size - 1);
+	}
 	gfr_part_free(in->p);
 	gfm_box_close(in->b->cx.link, in->box);
 	free(in->pending);
@@ -264,9 +270,11 @@ static int push_tokens(gfd_ingest *in, const int32_t *tok, size_t n, char *err)
 			return gf_error(err, -EINVAL, "token %d at position %" PRIu64 " is outside the vocabulary (0..%d)",
 					tok[i], gfr_part_pos(in->p) + (uint64_t)in->n_pending, V - 1);
 		in->pending[in->n_pending++] = tok[i];
-		size_t len;
-		gf_tokenizer_token(&e->tokenizer, tok[i], &len);
-		in->pending_bytes += len;
+		if (e->has_tokenizer) {
+			size_t len;
+			gf_tokenizer_token(&e->tokenizer, tok[i], &len);
+			in->pending_bytes += len;
+		}
 		if (in->n_pending == e->cfg.chunk) {
 			int rc = run_chunk(in, err);
 			if (rc)
@@ -300,6 +308,14 @@ static int be_ingest_text(gfd_ingest *in, const void *bytes, size_t n, char *err
 		return gf_error(err, -EINVAL, "the model has no vocabulary: send token ids");
 	in->err[0] = 0;
 	return sticky(in, gf_encoder_feed(&in->enc, bytes, n, sink, in), err);
+}
+
+static int be_ingest_tokens(gfd_ingest *in, const int32_t *tok, size_t n, char *err)
+{
+	if (in->failed)
+		return gf_error(err, in->failed, "this ingest failed earlier: %.200s", in->err);
+	in->err[0] = 0;
+	return sticky(in, push_tokens(in, tok, n, in->err), err);
 }
 
 static int be_ingest_checkpoint(gfd_ingest *in, char *err)
@@ -544,6 +560,7 @@ static const gfd_backend_ops mpi_ops = {
 	.ingest_begin = be_ingest_begin,
 	.ingest_resume = be_ingest_resume,
 	.ingest_text = be_ingest_text,
+	.ingest_tokens = be_ingest_tokens,
 	.ingest_checkpoint = be_ingest_checkpoint,
 	.ingest_finish = be_ingest_finish,
 	.ingest_state = be_ingest_state,

@@ -1,0 +1,14 @@
+# The multi-rank daemon (issue 6): the same answers from 1, 2, 3 and 4 MPI ranks.
+add_executable(ranks_exact ${CMAKE_CURRENT_LIST_DIR}/ranks_exact.c)
+target_link_libraries(ranks_exact PRIVATE gfdaemon)
+foreach(case a1 a2)
+  add_test(NAME ranks_exact_${case}
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/ranks_exact.sh $<TARGET_FILE:ranks_exact>
+                   $<TARGET_FILE:gf-convert> ${CMAKE_BINARY_DIR}/tests/ranks_${case}
+                   --ref ${GF_TESTDATA}/goldfinch/${case})
+  set_tests_properties(ranks_exact_${case} PROPERTIES TIMEOUT 300 PROCESSORS 2)
+endforeach()
+add_test(NAME ranks_exact_random
+         COMMAND ${CMAKE_CURRENT_LIST_DIR}/ranks_exact.sh $<TARGET_FILE:ranks_exact>
+                 $<TARGET_FILE:gf-convert> ${CMAKE_BINARY_DIR}/tests/ranks_random --random)
+set_tests_properties(ranks_exact_random PROPERTIES TIMEOUT 300 PROCESSORS 2)
