@@ -5,12 +5,19 @@
  * engine behind it is reached through server_backend.h. daemon/README.md is the manual.
  */
 #include "partition.h"
+#include "ranks.h"
 #include "server.h"
+#include "server_backend_mpi.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void gfd_usage(FILE *f)
@@ -44,6 +51,10 @@ void gfd_usage(FILE *f)
 		"                           every token rebuilds the keys of the whole context)\n"
 		"  --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics\n"
 		"  --log-file F             append the log here (default: stderr)\n"
+		"  --server-file F          once listening, write the addresses clients can use\n"
+		"                           (tcp:HOST:PORT with this node's name, unix:PATH) and\n"
+		"                           the token file's path to F, for gf --server-file;\n"
+		"                           removed at a clean stop (cluster/README.md)\n"
 		"  --print-config           print the settings these flags give, and exit\n"
 		"  --print-plan [-n P]      print which blocks each of P MPI ranks (default 1)\n"
 		"                           would own for --model (partition/), and exit\n"
@@ -277,6 +288,219 @@ static void block_signals_everywhere(char **argv)
 		strerror(errno));
 }
 
+/* ---- --server-file: where clients find this daemon (client/gfclient.h has the format) ---- */
+
+/* The file this daemon wrote, so that it removes only its own (a later daemon may have
+ * replaced it). */
+#define GFD_SF_SOCKETS 64
+struct server_file {
+	const char *path;
+	dev_t dev;
+	ino_t ino;
+	bool written;
+	ino_t before[GFD_SF_SOCKETS];  /* listening sockets open before ours */
+	int n_before;
+};
+
+/* Takes --server-file FILE (or =FILE) out of argv: the shared options (server.h) do not
+ * carry it. 0, or -EINVAL when the value is missing. */
+static int take_server_file(int *argc, char **argv, struct server_file *sf, char *err)
+{
+	int out = 1;
+	for (int i = 1; i < *argc; i++) {
+		if (!strncmp(argv[i], "--server-file=", 14)) {
+			sf->path = argv[i] + 14;
+		} else if (!strcmp(argv[i], "--server-file")) {
+			if (i + 1 >= *argc)
+				return bad(err, argv[i], NULL, "needs a file name");
+			sf->path = argv[++i];
+		} else {
+			argv[out++] = argv[i];
+			continue;
+		}
+		if (!sf->path[0])
+			return bad(err, "--server-file", "\"\"", "needs a file name");
+	}
+	argv[out] = NULL;
+	*argc = out;
+	return 0;
+}
+
+/* The TCP port of a listen or metrics address, 0 when it is 0 or not a number. */
+static unsigned addr_port(const char *addr)
+{
+	const char *colon = strrchr(addr, ':');
+	char *end;
+	unsigned long v = colon ? strtoul(colon + 1, &end, 10) : 0;
+	return colon && colon[1] && !*end && v < 65536 ? (unsigned)v : 0;
+}
+
+/* This process's listening TCP sockets, in descriptor order: their inode and port. */
+static int listening_sockets(ino_t *ino, unsigned *port, int cap)
+{
+	int fds[256], n_fds = 0, n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return 0;
+	for (struct dirent *e; (e = readdir(d)) && n_fds < 256;) {
+		char *end;
+		long fd = strtol(e->d_name, &end, 10);
+		if (!*end && e->d_name[0] && fd != dirfd(d))
+			fds[n_fds++] = (int)fd;
+	}
+	closedir(d);
+	for (int i = 1; i < n_fds; i++) /* insertion sort: a few dozen descriptors */
+		for (int j = i; j > 0 && fds[j - 1] > fds[j]; j--) {
+			int t = fds[j];
+			fds[j] = fds[j - 1];
+			fds[j - 1] = t;
+		}
+	for (int i = 0; i < n_fds && n < cap; i++) {
+		int acc = 0;
+		socklen_t len = sizeof(acc);
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		struct stat st;
+		if (getsockopt(fds[i], SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) || !acc ||
+		    getsockname(fds[i], (struct sockaddr *)&ss, &sl) || fstat(fds[i], &st))
+			continue;
+		if (ss.ss_family == AF_INET)
+			port[n] = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		else if (ss.ss_family == AF_INET6)
+			port[n] = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+		else
+			continue;
+		ino[n++] = st.st_ino;
+	}
+	return n;
+}
+
+/* Before the listeners open: the listening sockets that are not ours (MPI's, say). */
+static void server_file_before(struct server_file *sf)
+{
+	unsigned port[GFD_SF_SOCKETS];
+	sf->n_before = listening_sockets(sf->before, port, GFD_SF_SOCKETS);
+}
+
+/* The ports the kernel picked for the --listen addresses that asked for port 0: the
+ * sockets opened since server_file_before, in descriptor order (the listeners are opened
+ * in order, --metrics after them), less those on ports asked for by number. */
+static int picked_ports(const struct server_file *sf, const gfd_options *o, unsigned *out, int cap)
+{
+	ino_t ino[GFD_SF_SOCKETS];
+	unsigned port[GFD_SF_SOCKETS];
+	int n = 0, m = listening_sockets(ino, port, GFD_SF_SOCKETS);
+	for (int i = 0; i < m && n < cap; i++) {
+		bool skip = o->metrics && addr_port(o->metrics) == port[i];
+		for (int k = 0; k < sf->n_before; k++)
+			skip |= sf->before[k] == ino[i];
+		for (int k = 0; k < o->n_listen; k++)
+			skip |= strncmp(o->listen[k], "unix:", 5) && addr_port(o->listen[k]) == port[i];
+		if (!skip)
+			out[n++] = port[i];
+	}
+	return n;
+}
+
+/* Writes the addresses clients can use: a wildcard host becomes this node's name, port 0
+ * the port the kernel picked, relative paths absolute. Atomic: a temporary file, fsync,
+ * rename. */
+static int server_file_write(struct server_file *sf, const gfd_options *o, char *err)
+{
+	char host[256], cwd[4096], tmp[4200];
+	unsigned picked[GFD_MAX_LISTEN];
+	int n_picked, next_pick = 0, rc;
+
+	if (gethostname(host, sizeof(host)))
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = 0;
+	if (!getcwd(cwd, sizeof(cwd)))
+		snprintf(cwd, sizeof(cwd), "/");
+	n_picked = picked_ports(sf, o, picked, GFD_MAX_LISTEN);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", sf->path, (int)getpid());
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+	if (!f) {
+		rc = -errno;
+		snprintf(err, GF_ERR_LEN, "--server-file %.200s: %s", tmp, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return rc;
+	}
+	fprintf(f, "# goldfinchd server file: where this daemon listens (gf --server-file reads it).\n"
+		   "# Written once it listens, removed when it stops cleanly.\nformat 1.0\n");
+	rc = 0;
+	for (int i = 0; i < o->n_listen && !rc; i++) {
+		const char *a = o->listen[i];
+		if (!strncmp(a, "unix:", 5)) {
+			fprintf(f, "address unix:%s%s%s\n", a[5] == '/' ? "" : cwd,
+				a[5] == '/' ? "" : "/", a + 5);
+			continue;
+		}
+		/* HOST:PORT or [V6]:PORT; an empty or wildcard host is every address of this node. */
+		const char *colon = strrchr(a, ':');
+		int hlen = (int)(colon - a);
+		const char *h = a;
+		if (a[0] == '[') {
+			h++;
+			hlen -= 2;
+		}
+		bool wild = !hlen || (hlen == 7 && !strncmp(h, "0.0.0.0", 7)) ||
+			    (hlen == 2 && !strncmp(h, "::", 2));
+		unsigned port = addr_port(a);
+		if (!port) {
+			if (next_pick >= n_picked) {
+				snprintf(err, GF_ERR_LEN, "--server-file: cannot tell which port --listen %.100s got",
+					 a);
+				rc = -ENOENT;
+				break;
+			}
+			port = picked[next_pick++];
+		}
+		if (wild)
+			fprintf(f, "address tcp:%s:%u\n", host, port);
+		else
+			fprintf(f, "address tcp:%.*s:%u\n", (int)(colon - a), a, port);
+	}
+	if (o->auth_token_file)
+		fprintf(f, "auth-token-file %s%s%s\n", o->auth_token_file[0] == '/' ? "" : cwd,
+			o->auth_token_file[0] == '/' ? "" : "/", o->auth_token_file);
+	fprintf(f, "host %s\npid %d\n", host, (int)getpid());
+	const char *job = getenv("SLURM_JOB_ID");
+	if (job && *job)
+		fprintf(f, "slurm-job %.40s\n", job);
+	if (!rc && (fflush(f) || fsync(fileno(f)))) {
+		rc = -errno;
+		snprintf(err, GF_ERR_LEN, "--server-file %.200s: %s", tmp, strerror(errno));
+	}
+	if (fclose(f) && !rc) {
+		rc = -errno;
+		snprintf(err, GF_ERR_LEN, "--server-file %.200s: %s", tmp, strerror(errno));
+	}
+	struct stat st;
+	if (!rc && (rename(tmp, sf->path) || stat(sf->path, &st))) {
+		rc = -errno;
+		snprintf(err, GF_ERR_LEN, "--server-file %.200s: %s", sf->path, strerror(errno));
+	}
+	if (rc) {
+		unlink(tmp);
+		return rc;
+	}
+	sf->dev = st.st_dev;
+	sf->ino = st.st_ino;
+	sf->written = true;
+	return 0;
+}
+
+/* Removes the server file if it is still the one this daemon wrote. */
+static void server_file_remove(struct server_file *sf)
+{
+	struct stat st;
+	if (sf->written && !stat(sf->path, &st) && st.st_dev == sf->dev && st.st_ino == sf->ino)
+		unlink(sf->path);
+	sf->written = false;
+}
+
 int main(int argc, char **argv)
 {
 	char err[GF_ERR_LEN] = "";
@@ -284,6 +508,8 @@ int main(int argc, char **argv)
 	gfd_log log;
 	gfd_backend be = { 0 };
 	gfd_server *srv = NULL;
+	struct server_file sf = { 0 };
+	gfd_ranks ranks = { 0 };
 	int rc;
 
 	gf_blas_prefer_avx512(argv);
@@ -292,7 +518,9 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	gfd_options_defaults(&o);
-	rc = gfd_options_parse(&o, argc, argv, err);
+	rc = take_server_file(&argc, argv, &sf, err);
+	if (!rc)
+		rc = gfd_options_parse(&o, argc, argv, err);
 	if (rc == 1)
 		return 0;
 	if (rc) {
@@ -301,6 +529,7 @@ int main(int argc, char **argv)
 	}
 	if (o.print_config) {
 		gfd_options_print(&o, stdout);
+		printf("server-file = %s\n", sf.path ? sf.path : "(none)");
 		return 0;
 	}
 	if (o.print_plan)
@@ -321,12 +550,42 @@ int main(int argc, char **argv)
 		.disk_budget = o.disk_budget,
 		.threads = o.threads,
 	};
-	if ((rc = gfd_backend_local_open(&be, &lc, err)))
+	/* Under mpirun or srun --mpi=pmix: this rank's slice; ranks >= 1 serve rank 0. */
+	if ((rc = gfd_ranks_start(&ranks, &lc, err)))
 		goto fail;
+	if (ranks.size > 1) {
+		char what[GF_ERR_LEN + 128];
+		gfd_ranks_describe(&ranks, what, sizeof(what));
+		gfd_logf(&log, "%s", what);
+	}
+	if (ranks.size > 1 && ranks.rank > 0) {
+		rc = gfd_ranks_serve(&ranks, err);
+		if (rc)
+			gfd_logf(&log, "rank %d: %s", ranks.rank, err);
+		gfd_ranks_end(&ranks);
+		gfd_log_close(&log);
+		return rc ? 1 : 0;
+	}
+	rc = ranks.size > 1 ? gfd_backend_mpi_open(&be, ranks.e, ranks.link, &ranks.plan, &lc, err)
+			    : gfd_backend_local_open(&be, &lc, err);
+	if (rc)
+		goto fail;
+	if (sf.path)
+		server_file_before(&sf);
 	if ((rc = gfd_server_create(&srv, &o, &be, &log, err)))
 		goto fail;
+	if (sf.path) {
+		if ((rc = server_file_write(&sf, &o, err)))
+			goto fail;
+		gfd_logf(&log, "server file %s written", sf.path);
+	}
 	rc = gfd_server_run(srv);
+	server_file_remove(&sf);
 	gfd_server_free(srv);
+	/* A rank that failed: exit non-zero for the resource manager to restart the job. */
+	if (gfd_ranks_failed(&ranks))
+		rc = 1;
+	gfd_ranks_end(&ranks);
 	gfd_logf(&log, "exit %d", rc ? 1 : 0);
 	gfd_log_close(&log);
 	return rc ? 1 : 0;
@@ -336,6 +595,9 @@ fail:
 		fprintf(stderr, "goldfinchd: %s\n", err);
 	gfd_server_free(srv);
 	gfd_backend_close(&be);
+	if (ranks.mpi && ranks.size > 1 && !ranks.link)
+		MPI_Abort(MPI_COMM_WORLD, 1); /* the other ranks wait in start-up collectives */
+	gfd_ranks_end(&ranks);
 	gfd_log_close(&log);
 	return 1;
 }
