@@ -58,6 +58,9 @@ void gfd_usage(FILE *f)
 		"  --print-config           print the settings these flags give, and exit\n"
 		"  --print-plan [-n P]      print which blocks each of P MPI ranks (default 1)\n"
 		"                           would own for --model (partition/), and exit\n"
+		"  --plan-workload I:D:C    what the split of blocks over MPI ranks balances: I\n"
+		"                           tokens ingested, D decoded over contexts of C tokens\n"
+		"                           (default 1M:1000:1M; an ingest-heavy service: 1:0:1)\n"
 		"  --help, --version\n"
 		"\n"
 		"BYTES take K, M, G, T suffixes (powers of 1024). SIGTERM or SIGINT stops the daemon\n"
@@ -82,6 +85,16 @@ void gfd_options_defaults(gfd_options *o)
 }
 
 /* --print-plan: the model's shape from its GGUF header, then partition/'s plan. */
+static void gfd_plan_workload(const gfd_options *o, part_workload *w)
+{
+	part_workload_default(w);
+	if (o->plan_workload[0] + o->plan_workload[1] > 0) {
+		w->ingest_tokens = o->plan_workload[0];
+		w->decode_tokens = o->plan_workload[1];
+		w->context_tokens = o->plan_workload[2];
+	}
+}
+
 static int print_plan(const gfd_options *o)
 {
 	char err[GF_ERR_LEN];
@@ -95,7 +108,7 @@ static int print_plan(const gfd_options *o)
 	part_shape shape = { c->n_layer, c->first_gold, c->n_embd, c->dim_ffn, c->vocab_size,
 			     c->ckv_dim };
 	part_workload w;
-	part_workload_default(&w);
+	gfd_plan_workload(o, &w);
 	part_plan plan;
 	int rc = part_plan_make(&plan, &shape, &w, o->ranks, NULL, perr);
 	gf_gguf_free(&g);
@@ -166,6 +179,12 @@ int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err)
 			return bad(err, flag, NULL, "needs a value");
 		if (!strcmp(flag, "--model")) {
 			o->model_path = val;
+		} else if (!strcmp(flag, "--plan-workload")) {
+			double *w = o->plan_workload;
+			char tail;
+			if (sscanf(val, "%lf:%lf:%lf%c", &w[0], &w[1], &w[2], &tail) != 3 || w[0] < 0 ||
+			    w[1] < 0 || w[2] < 0 || w[0] + w[1] == 0)
+				return bad(err, flag, val, "expected INGESTED:DECODED:CONTEXT token counts");
 		} else if (!strcmp(flag, "--cache-dir")) {
 			o->cache_dir = val;
 		} else if (!strcmp(flag, "--listen")) {
@@ -551,7 +570,9 @@ int main(int argc, char **argv)
 		.threads = o.threads,
 	};
 	/* Under mpirun or srun --mpi=pmix: this rank's slice; ranks >= 1 serve rank 0. */
-	if ((rc = gfd_ranks_start(&ranks, &lc, err)))
+	part_workload workload;
+	gfd_plan_workload(&o, &workload);
+	if ((rc = gfd_ranks_start(&ranks, &lc, &workload, err)))
 		goto fail;
 	if (ranks.size > 1) {
 		char what[GF_ERR_LEN + 128];

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct gfr_part {
 	gfr_ctx *x;
@@ -35,9 +36,23 @@ struct gfr_part {
 	gfm_msg *held, *held_tail;   /* work that arrived while waiting */
 	gfm_msg *tailx;              /* a GOLD tail's window waiting for this rank's commit */
 	bool closing, drop;          /* CLOSE or DROP seen */
+	uint64_t compute_ns;         /* time in this rank's math and page writes */
+	uint64_t idle_ns, credit_ns; /* waiting for work; waiting for the successor's room */
 	gfr_wait wait;
 	char err[GF_ERR_LEN];
 };
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t gfr_part_compute_ns(const gfr_part *p)
+{
+	return p->compute_ns;
+}
 
 void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *plan)
 {
@@ -53,6 +68,10 @@ void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *pl
 	x->emitter = part_emitter(plan);
 	x->has_gold = x->b1 > x->G;
 	x->has_finch = x->b0 < x->G;
+	/* Chunks in flight per hop: enough to ride out a stage that is briefly slower. Only the
+	 * sender reads it, so ranks may differ. */
+	const char *env = getenv("GOLDFINCH_PIPELINE_CHUNKS");
+	x->credits = env && atoi(env) >= 1 && atoi(env) <= 64 ? atoi(env) : GFR_CREDITS;
 }
 
 void gfr_part_name(char *buf, size_t cap, uint64_t serial0)
@@ -78,7 +97,7 @@ static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, g
 	p->stream = stream;
 	p->box = box;
 	p->session = session;
-	p->credits = GFR_CREDITS;
+	p->credits = x->credits;
 	int rc = gf_workspace_init(&p->ws, e->model, e->cfg.chunk);
 	if (!rc)
 		rc = gf_state_init(&p->st, c);
@@ -100,6 +119,9 @@ void gfr_part_free(gfr_part *p)
 {
 	if (!p)
 		return;
+	if (getenv("GOLDFINCH_RANK_STATS"))
+		fprintf(stderr, "rank %d stream %u: computing %.3f s, waiting for work %.3f s, for room downstream %.3f s\n",
+			p->x->rank, p->stream, p->compute_ns * 1e-9, p->idle_ns * 1e-9, p->credit_ns * 1e-9);
 	if (p->ps_ready) {
 		gfe_paged_free(&p->ps);
 		if (p->session_id)
@@ -154,9 +176,9 @@ cs_writer *gfr_part_writer(gfr_part *p)
 	return p->w;
 }
 
-gfr_wait *gfr_part_wait_state(gfr_part *p)
+gfr_wait *gfr_part_wait_state(const gfr_part *p)
 {
-	return &p->wait;
+	return (gfr_wait *)&p->wait; /* the part's own record; const only for readers */
 }
 
 int gfr_part_begin(gfr_ctx *x, uint32_t stream, gfm_box *box, const char *name,
@@ -354,6 +376,8 @@ static int pump(gfr_part *p, char *err)
 	case GFM_ACK: {
 		gfr_wait *w = &p->wait;
 		w->acks++;
+		if (m->h.aux == GFM_SEAL && m->source < PART_MAX_RANKS)
+			w->rank_ms[m->source] = m->h.n;
 		if (m->h.pos > w->ack_pos)
 			w->ack_pos = m->h.pos;
 		if (m->h.status < 0 && !w->ack_status) {
@@ -438,11 +462,14 @@ int gfr_part_wait_logits(gfr_part *p, char *err)
 static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float *x, int n,
 		      int mode, char *err)
 {
+	const uint64_t t0 = p->credits <= 0 ? mono_ns() : 0;
 	while (p->credits <= 0) {
 		int rc = pump(p, err);
 		if (rc)
 			return rc;
 	}
+	if (t0)
+		p->credit_ns += mono_ns() - t0;
 	gfm_hdr h = { .type = GFM_CHUNK, .stream = p->stream, .n = (uint32_t)n, .pos = pos,
 		      .aux = (uint64_t)mode };
 	p->credits--;
@@ -470,6 +497,7 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 	int rc;
 	if (n < 1 || n > cx->e->cfg.chunk)
 		return gf_error(err, -EPROTO, "rank %d: chunk of %d rows", cx->rank, n);
+	uint64_t t0 = mono_ns();
 	if (cx->b0 == 0 && gf_embed(m, tok, n, x))
 		return gf_error(err, -EINVAL, "token outside the vocabulary (0..%d) near position %" PRIu64,
 				cf->vocab_size - 1, pos);
@@ -492,8 +520,10 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 		gf_state_push_tail(cf, &p->st, x, n);
 	}
 	if (mode == GFM_MODE_STEP && cx->has_gold) {
+		p->compute_ns += mono_ns() - t0;
 		if ((rc = gfr_part_wait_rows(p, pos + (uint64_t)n, err)))
 			return rc;
+		t0 = mono_ns();
 		p->ps.err[0] = 0;
 		rc = gf_blocks(m, p->ws, &p->st, &p->ps.src, x, (int64_t)pos, n,
 			       cx->b0 > cx->G ? cx->b0 : cx->G, cx->b1);
@@ -502,6 +532,7 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 					p->ps.err[0] ? p->ps.err : "failed");
 	}
 	p->st.n_pos = (int64_t)(pos + (uint64_t)n);
+	p->compute_ns += mono_ns() - t0;
 	if (mode == GFM_MODE_STEP) {
 		if (cx->rank == cx->size - 1)
 			return send_logits(p, x + (size_t)(n - 1) * cf->n_embd, err);
@@ -668,10 +699,14 @@ static int handle(gfr_part *p, gfm_msg *m, char *err)
 			return 1;
 		}
 		return tail_step(p, m->h.pos, m->payload, n, err);
-	case GFM_SEAL:
+	case GFM_SEAL: {
 		rc = gfr_part_commit(p, 0, true, err);
-		gfr_ack(cx, p->stream, GFM_SEAL, p->rows, rc, err);
+		/* The acknowledgement carries this rank's compute time, in ms (benchmarks). */
+		gfm_hdr h = { .type = GFM_ACK, .stream = p->stream, .status = rc, .pos = p->rows,
+			      .aux = GFM_SEAL, .n = (uint32_t)(p->compute_ns / 1000000) };
+		gfm_send(cx->link, 0, &h, rc ? err : NULL, rc ? strlen(err) + 1 : 0);
 		return rc;
+	}
 	default:
 		return gf_error(err, -EPROTO, "rank %d: unexpected message %u", cx->rank, m->h.type);
 	}
@@ -732,7 +767,9 @@ void gfr_serve_stream(gfr_ctx *x, gfm_box *box, uint32_t stream)
 		} else {
 			/* Immediate kinds are handled by pump; it holds work. */
 			err[0] = 0;
+			const uint64_t t0 = mono_ns();
 			rc = pump(p, err);
+			p->idle_ns += mono_ns() - t0;
 			if (rc == -EPIPE)
 				break;
 			if (rc && rc != -ECANCELED && !failed) {

@@ -28,7 +28,7 @@
 #include "mpi_link.h"
 #include "partition.h"
 
-#define GFR_CREDITS 4
+#define GFR_CREDITS 8   /* default; GOLDFINCH_PIPELINE_CHUNKS overrides (1..64) */
 
 /* What every part of this process shares. */
 typedef struct gfr_ctx {
@@ -41,6 +41,7 @@ typedef struct gfr_ctx {
 	int emitter;            /* the rank that owns block G-1 */
 	bool has_gold;          /* b1 > G */
 	bool has_finch;         /* b0 < G */
+	int credits;            /* chunks in flight between two ranks */
 } gfr_ctx;
 
 void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *plan);
@@ -62,6 +63,9 @@ uint64_t gfr_part_committed(const gfr_part *p);
 uint64_t gfr_part_base_tokens(const gfr_part *p); /* a session's stored context */
 uint64_t gfr_part_input_bytes(const gfr_part *p); /* a resumed ingest's, from its snapshot */
 cs_writer *gfr_part_writer(gfr_part *p);
+
+/* Time this rank spent computing (math and page writes) for the stream. */
+uint64_t gfr_part_compute_ns(const gfr_part *p);
 
 /* The local name of rank 0's context serial. */
 void gfr_part_name(char *buf, size_t cap, uint64_t serial0);
@@ -87,8 +91,9 @@ typedef struct gfr_wait {
 	char ack_err[GF_ERR_LEN];
 	bool have_logits;
 	float *logits;          /* [V], owned by the part */
+	uint32_t rank_ms[PART_MAX_RANKS]; /* compute time of each rank, from its seal ack */
 } gfr_wait;
-gfr_wait *gfr_part_wait_state(gfr_part *p);
+gfr_wait *gfr_part_wait_state(const gfr_part *p);
 
 /* Waits until the condition: rows received up to pos / `count` acks / logits. -EPIPE with
  * the link's failure, or the first error a rank sent, in err. */

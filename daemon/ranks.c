@@ -50,7 +50,8 @@ static void make_parents(const char *path)
 	}
 }
 
-int gfd_ranks_plan(part_plan *plan, const char *model_path, int n_ranks, char *err)
+int gfd_ranks_plan(part_plan *plan, const char *model_path, int n_ranks,
+		   const part_workload *workload, char *err)
 {
 	gf_gguf g;
 	char perr[PART_ERR_LEN];
@@ -62,6 +63,8 @@ int gfd_ranks_plan(part_plan *plan, const char *model_path, int n_ranks, char *e
 			     c->ckv_dim };
 	part_workload w;
 	part_workload_default(&w);
+	if (workload)
+		w = *workload;
 	rc = part_plan_make(plan, &shape, &w, n_ranks, NULL, perr);
 	gf_gguf_free(&g);
 	if (rc)
@@ -69,7 +72,8 @@ int gfd_ranks_plan(part_plan *plan, const char *model_path, int n_ranks, char *e
 	return 0;
 }
 
-int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, char *err)
+int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workload *workload,
+		    char *err)
 {
 	memset(r, 0, sizeof(*r));
 	r->size = 1;
@@ -86,7 +90,7 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, char *err)
 	if (provided < MPI_THREAD_SERIALIZED)
 		return gf_error(err, -ENOTSUP, "this MPI gives thread level %d; goldfinchd needs MPI_THREAD_SERIALIZED",
 				provided);
-	int rc = gfd_ranks_plan(&r->plan, lc->model_path, r->size, err);
+	int rc = gfd_ranks_plan(&r->plan, lc->model_path, r->size, workload, err);
 	if (rc)
 		return rc;
 	if ((rc = rank_dir(r->cache_dir, sizeof(r->cache_dir), lc->cache_dir, r->rank, r->size)))

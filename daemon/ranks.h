@@ -26,9 +26,11 @@ typedef struct gfd_ranks {
 
 bool gfd_ranks_launched(void);
 /* The plan goldfinchd uses for n ranks of the model. */
-int gfd_ranks_plan(part_plan *plan, const char *model_path, int n_ranks, char *err);
+int gfd_ranks_plan(part_plan *plan, const char *model_path, int n_ranks,
+		   const part_workload *workload /* NULL: part_workload_default */, char *err);
 /* Initialises MPI when launched; with size > 1 opens this rank's engine and the link. */
-int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, char *err);
+int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workload *workload,
+		    char *err);
 /* Ranks >= 1: serve until rank 0 shuts down. */
 int gfd_ranks_serve(gfd_ranks *r, char *err);
 bool gfd_ranks_failed(const gfd_ranks *r);

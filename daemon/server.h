@@ -60,6 +60,7 @@ typedef struct gfd_options {
 	bool print_config;
 	bool print_plan;             /* --print-plan: show the MPI plan for -n ranks, exit */
 	int ranks;                   /* -n / --ranks, for --print-plan */
+	double plan_workload[3];     /* --plan-workload: tokens ingested, decoded, context; 0s: default */
 } gfd_options;
 
 void gfd_options_defaults(gfd_options *o);

@@ -409,6 +409,16 @@ static void be_ingest_state(const gfd_ingest *in, gfd_ingest_state *out)
 	out->input_bytes = in->committed_bytes;
 }
 
+int gfd_ingest_compute_seconds(const gfd_ingest *in, double *seconds, int n)
+{
+	if (!in->p)
+		return -ENOENT;
+	const gfr_wait *w = gfr_part_wait_state(in->p);
+	for (int r = 0; r < n && r < in->b->cx.size; r++)
+		seconds[r] = r == 0 ? (double)gfr_part_compute_ns(in->p) * 1e-9 : w->rank_ms[r] * 1e-3;
+	return in->b->cx.size;
+}
+
 static void be_ingest_free(gfd_ingest *in)
 {
 	ingest_release(in);

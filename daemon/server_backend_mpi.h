@@ -19,6 +19,10 @@
 int gfd_backend_mpi_open(gfd_backend *out, gfe_engine *e, gfm_link *link, const part_plan *plan,
 			 const gfd_local_config *cfg, char *err);
 
+/* After ingest_finish of an MPI backend's ingest: each rank's time computing (math and page
+ * writes), seconds[0..n). Returns the number of ranks. */
+int gfd_ingest_compute_seconds(const gfd_ingest *in, double *seconds, int n);
+
 /* Ranks >= 1: serves streams until rank 0 sends shutdown (0) or the link fails (-EPIPE). */
 int gfd_rank_serve(gfe_engine *e, gfm_link *link, const part_plan *plan, char *err);
 

@@ -82,7 +82,7 @@ int main(int argc, char **argv)
 		.checkpoint_tokens = 32, .threads = 1, .chunk = 16,
 	};
 	gfd_ranks ranks;
-	int rc = gfd_ranks_start(&ranks, &lc, err);
+	int rc = gfd_ranks_start(&ranks, &lc, NULL, err);
 	if (rc) {
 		fprintf(stderr, "ranks_exact: %s\n", err);
 		return 1;

@@ -1,0 +1,125 @@
+/*
+ * gf-ranks-bench — ingest speed of goldfinchd's backend as one process or as P MPI ranks
+ * (issue 6): random tokens through the whole ingest (pipeline, pages on every rank's store,
+ * checkpoints, the GOLD tail, the seal). Prints one JSON line from rank 0: tokens/s, and
+ * per rank the time spent computing over the wall time (the pipeline's efficiency).
+ *
+ * usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T]
+ *        [--chunk C] [--plan-workload I:D:C] [--seed S]
+ * CACHE_DIR takes %r for the rank (or gets /rank<r> under MPI); it is emptied first by the
+ * caller (tools/bench-ranks.sh).
+ */
+#include "ranks.h"
+#include "server_backend_mpi.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+	char err[GF_ERR_LEN] = "";
+	if (argc < 3 || argv[1][0] == '-') {
+		fprintf(stderr, "usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T] [--chunk C] [--plan-workload I:D:C] [--seed S]\n");
+		return 2;
+	}
+	gfd_local_config lc = { .model_path = argv[1], .cache_dir = argv[2],
+				.c_dtype = CS_DTYPE_F16, .threads = 1 };
+	uint64_t n_tokens = 65536, seed = 1;
+	part_workload w;
+	part_workload_default(&w);
+	for (int i = 3; i + 1 < argc; i += 2) {
+		const char *f = argv[i], *v = argv[i + 1];
+		if (!strcmp(f, "--tokens"))
+			n_tokens = strtoull(v, NULL, 10);
+		else if (!strcmp(f, "--threads"))
+			lc.threads = atoi(v);
+		else if (!strcmp(f, "--chunk"))
+			lc.chunk = atoi(v);
+		else if (!strcmp(f, "--seed"))
+			seed = strtoull(v, NULL, 10);
+		else if (!strcmp(f, "--plan-workload") &&
+			 sscanf(v, "%lf:%lf:%lf", &w.ingest_tokens, &w.decode_tokens, &w.context_tokens) == 3)
+			;
+		else {
+			fprintf(stderr, "gf-ranks-bench: bad option %s %s\n", f, v);
+			return 2;
+		}
+	}
+	gfd_ranks ranks;
+	if (gfd_ranks_start(&ranks, &lc, &w, err)) {
+		fprintf(stderr, "gf-ranks-bench: %s\n", err);
+		return 1;
+	}
+	if (ranks.size > 1 && ranks.rank > 0) {
+		int rc = gfd_ranks_serve(&ranks, err);
+		if (rc)
+			fprintf(stderr, "gf-ranks-bench: rank %d: %s\n", ranks.rank, err);
+		gfd_ranks_end(&ranks);
+		return rc ? 1 : 0;
+	}
+	gfd_backend be;
+	int rc = ranks.size > 1 ? gfd_backend_mpi_open(&be, ranks.e, ranks.link, &ranks.plan, &lc, err)
+				: gfd_backend_local_open(&be, &lc, err);
+	if (rc) {
+		fprintf(stderr, "gf-ranks-bench: %s\n", err);
+		gfd_ranks_end(&ranks);
+		return 1;
+	}
+	gfd_backend_info info;
+	be.ops->info(be.self, &info);
+	const size_t piece = 4096;
+	int32_t *tok = malloc(piece * sizeof(int32_t));
+	gfd_ingest *in = NULL;
+	cs_ctx_info ctx;
+	bool reused;
+	double t0 = now_s(), secs[PART_MAX_RANKS];
+	rc = tok ? be.ops->ingest_begin(be.self, NULL, &in, err) : -ENOMEM;
+	for (uint64_t done = 0; !rc && done < n_tokens; done += piece) {
+		const size_t n = n_tokens - done < piece ? (size_t)(n_tokens - done) : piece;
+		for (size_t i = 0; i < n; i++) {
+			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+			tok[i] = (int32_t)((seed >> 33) % (uint64_t)info.cfg.vocab_size);
+		}
+		rc = be.ops->ingest_tokens(in, tok, n, err);
+	}
+	if (!rc)
+		rc = be.ops->ingest_finish(in, &ctx, &reused, err);
+	const double wall = now_s() - t0;
+	int n_ranks = 1;
+	secs[0] = wall;
+	if (!rc && ranks.size > 1)
+		n_ranks = gfd_ingest_compute_seconds(in, secs, PART_MAX_RANKS);
+	be.ops->ingest_free(in);
+	if (rc) {
+		fprintf(stderr, "gf-ranks-bench: %s\n", err);
+	} else {
+		printf("{\"ranks\":%d,\"threads\":%d,\"tokens\":%llu,\"seconds\":%.3f,"
+		       "\"tokens_per_s\":%.1f,\"efficiency\":[",
+		       ranks.size, lc.threads, (unsigned long long)n_tokens, wall,
+		       (double)n_tokens / wall);
+		for (int r = 0; r < n_ranks; r++)
+			printf("%s%.3f", r ? "," : "", secs[r] / wall);
+		printf("],\"blocks\":[");
+		for (int r = 0; r < ranks.size; r++) {
+			int b0 = 0, b1 = info.cfg.n_layer;
+			if (ranks.size > 1)
+				part_rank_blocks(&ranks.plan, r, &b0, &b1);
+			printf("%s\"%d..%d\"", r ? "," : "", b0, b1 - 1);
+		}
+		printf("],\"model\":\"%s\"}\n", info.model_name);
+	}
+	free(tok);
+	gfd_backend_close(&be);
+	gfd_ranks_end(&ranks);
+	return rc ? 1 : 0;
+}
