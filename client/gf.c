@@ -89,9 +89,14 @@ static void usage(FILE *f)
 "\n"
 "Global flags (before or after the command):\n"
 "  --server ADDR            unix:/path/to/socket, /path, host:port or [v6addr]:port;\n"
-"                           default $GOLDFINCH_SERVER, else " GFC_DEFAULT_SERVER "\n"
+"                           default $GOLDFINCH_SERVER, else $GOLDFINCH_SERVER_FILE,\n"
+"                           else " GFC_DEFAULT_SERVER "\n"
+"  --server-file FILE       read the address (and the token file, unless one is given)\n"
+"                           from FILE, which goldfinchd --server-file writes while it\n"
+"                           listens (a SLURM job's: cluster/README.md)\n"
 "  --auth-token-file F      the server's shared secret (trailing newline ignored);\n"
-"                           default $GOLDFINCH_TOKEN_FILE, else none\n"
+"                           default: the server file's, else $GOLDFINCH_TOKEN_FILE,\n"
+"                           else none\n"
 "  --timeout S              give up when the server is silent for S seconds (default:\n"
 "                           wait; connecting is bounded by %d s either way)\n"
 "  --json                   ingest, contexts, drop, status: one JSON document on stdout\n"
@@ -106,7 +111,7 @@ static void usage(FILE *f)
 "  2  usage: bad flag or argument, unreadable input PATH\n"
 "  3  not found: unknown context or job\n"
 "  4  connection or protocol failure: no server, timeout, broken connection,\n"
-"     incompatible protocol version\n"
+"     incompatible protocol version; a server file missing, unreadable or invalid\n"
 "  5  cancelled (Ctrl-C, SIGTERM, or cancelled by the server)\n"
 "  6  authentication failure, or the token file cannot be read\n"
 "  7  server limits: busy (queue full), too large, out of disk budget, shutting down\n",
@@ -115,7 +120,7 @@ static void usage(FILE *f)
 
 struct args {
 	enum cmd cmd;
-	const char *server, *token_file;
+	const char *server, *server_file, *token_file;
 	double timeout_s;
 	bool json, verbose;
 	/* ingest */
@@ -168,11 +173,12 @@ static int parse_float(const char *s, float *v)
 enum {
 	OPT_SERVER = 256, OPT_TOKEN, OPT_TIMEOUT, OPT_JSON, OPT_VERSION, OPT_NAME, OPT_CDTYPE,
 	OPT_RESUME, OPT_MAXTOK, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_PRES, OPT_FREQ,
-	OPT_STOP, OPT_SEED,
+	OPT_STOP, OPT_SEED, OPT_SERVER_FILE,
 };
 
 static const struct option long_opts[] = {
 	{ "server", required_argument, NULL, OPT_SERVER },
+	{ "server-file", required_argument, NULL, OPT_SERVER_FILE },
 	{ "auth-token-file", required_argument, NULL, OPT_TOKEN },
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 	{ "json", no_argument, NULL, OPT_JSON },
@@ -224,7 +230,7 @@ static int parse_args(struct args *a, int argc, char **argv)
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, ":vh", long_opts, NULL)) != -1) {
 		const char *v = optarg;
-		if (opt >= OPT_SERVER && opt <= OPT_SEED)
+		if (opt >= OPT_SERVER && opt <= OPT_SERVER_FILE)
 			seen |= 1u << (opt - OPT_SERVER);
 		switch (opt) {
 		case 'h': usage(stdout); exit(0);
@@ -234,6 +240,7 @@ static int parse_args(struct args *a, int argc, char **argv)
 			exit(0);
 		case 'v': a->verbose = true; break;
 		case OPT_SERVER: a->server = v; break;
+		case OPT_SERVER_FILE: a->server_file = v; break;
 		case OPT_TOKEN: a->token_file = v; break;
 		case OPT_JSON: a->json = true; break;
 		case OPT_TIMEOUT: {
@@ -333,7 +340,9 @@ static int parse_args(struct args *a, int argc, char **argv)
 			a->cmd = cmds[i].cmd;
 	if (!a->cmd)
 		return bad_usage("unknown command \"%s\"%s", c, "");
-	for (int o = OPT_SERVER; o <= OPT_SEED; o++)
+	if (a->server && a->server_file)
+		return bad_usage("--server and --server-file: give one of them%s%s", "", "");
+	for (int o = OPT_SERVER; o <= OPT_SERVER_FILE; o++)
 		if ((seen & 1u << (o - OPT_SERVER)) && !(opt_cmds(o) & a->cmd))
 			return bad_usage("--%s does not apply to gf %s", opt_name(o), c);
 	a->pos = argv + optind + 1;
@@ -1099,6 +1108,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	gfc_options_default(&o);
 	o.server = a.server;
+	o.server_file = a.server_file;
 	o.auth_token_file = a.token_file;
 	o.timeout_s = a.timeout_s;
 	o.cancel_fd = signalfd(-1, &sigs, SFD_CLOEXEC);
@@ -1106,7 +1116,10 @@ int main(int argc, char **argv)
 	rc = gfc_init(&c, &o, err);
 	if (rc) {
 		fprintf(stderr, "gf: %s\n", err);
-		rc = rc == -EACCES ? GFC_EXIT_AUTH : GFC_EXIT_USAGE;
+		/* A server file that is missing, unreadable or not one: no server to talk to. */
+		rc = rc == -EACCES ? GFC_EXIT_AUTH :
+		     rc == -ENOENT || rc == -EIO || rc == -EBADMSG ? GFC_EXIT_CONNECTION :
+		     GFC_EXIT_USAGE;
 		goto close_sfd;
 	}
 	rc = gfc_connect(c, err);

@@ -40,7 +40,12 @@ struct gfc_conn {
 	int cancel_fd;
 	int timeout_ms;         /* -1: no limit */
 	int wait_ms;            /* the limit of the wait under way */
-	char *server;           /* as given or found in the environment */
+	char *server;           /* as given, found in the environment, or the server file's
+				 * address being tried */
+	char *server_file;      /* where the addresses came from; NULL: none */
+	char *server_who;       /* the server file's "pid P on HOST, SLURM job J", or NULL */
+	char **addrs;           /* the server file's addresses, in order [n_addrs] */
+	size_t n_addrs;
 	bool is_unix;
 	struct sockaddr_un sun;
 	char *host, *port;      /* TCP */
@@ -147,6 +152,9 @@ static int parse_address(gfc_conn *c, char *err)
 {
 	const char *s = c->server;
 
+	/* A server file writes "tcp:" to say what kind of address follows. */
+	if (!strncmp(s, "tcp:", 4))
+		s += 4;
 	if (!strncmp(s, "unix:", 5) || s[0] == '/' || !strncmp(s, "./", 2)) {
 		const char *path = strncmp(s, "unix:", 5) ? s : s + 5;
 		if (!*path || strlen(path) >= sizeof(c->sun.sun_path)) {
@@ -239,6 +247,170 @@ close_fd:
 	return rc;
 }
 
+/* Makes addr the address that open_socket uses. */
+static int use_address(gfc_conn *c, const char *addr, char *err)
+{
+	char *dup = strdup(addr);
+	if (!dup)
+		return -ENOMEM;
+	free(c->server);
+	free(c->host);
+	free(c->port);
+	c->server = dup;
+	c->host = c->port = NULL;
+	c->is_unix = false;
+	memset(&c->sun, 0, sizeof(c->sun));
+	return parse_address(c, err);
+}
+
+/* Sets *field to a copy of val: a key given twice keeps its last value. */
+static int set_field(char **field, const char *val)
+{
+	free(*field);
+	*field = strdup(val);
+	return *field ? 0 : -ENOMEM;
+}
+
+/* Reads the server file (gfclient.h): its addresses into c->addrs (each checked), its
+ * token file into *token_file (malloc'd, or NULL), who wrote it into c->server_who. */
+static int read_server_file(gfc_conn *c, const char *path, char **token_file, char *err)
+{
+	char *buf, *host = NULL, *pid = NULL, *job = NULL;
+	bool have_format = false;
+	size_t n = 0;
+	int lineno = 0, rc = 0;
+
+	*token_file = NULL;
+	if (!(c->server_file = strdup(path)))
+		return -ENOMEM;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = errno == ENOENT ? -ENOENT : -EIO;
+		gfc_seterr(err, "server file %s: %s%s", path, strerror(errno),
+			   errno == ENOENT ? " (goldfinchd writes it once it listens)" : "");
+		return rc;
+	}
+	if (!(buf = malloc(GFC_SERVER_FILE_MAX + 1))) {
+		rc = -ENOMEM;
+		goto close_fd;
+	}
+	for (;;) {
+		ssize_t r = read(fd, buf + n, GFC_SERVER_FILE_MAX + 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			gfc_seterr(err, "server file %s: %s", path, strerror(errno));
+			rc = -EIO;
+			goto free_buf;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n > GFC_SERVER_FILE_MAX) {
+			gfc_seterr(err, "server file %s: over %u bytes", path, GFC_SERVER_FILE_MAX);
+			rc = -EBADMSG;
+			goto free_buf;
+		}
+	}
+	buf[n] = 0;
+	if (strlen(buf) != n) {
+		gfc_seterr(err, "server file %s: contains a NUL byte", path);
+		rc = -EBADMSG;
+		goto free_buf;
+	}
+	for (char *line = buf, *next; line && !rc; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = 0;
+		lineno++;
+		size_t len = strlen(line);
+		while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
+			line[--len] = 0;
+		if (!len || line[0] == '#')
+			continue;
+		char *val = line + strcspn(line, " \t");
+		if (*val)
+			*val++ = 0;
+		val += strspn(val, " \t");
+		bool known = !strcmp(line, "format") || !strcmp(line, "address") ||
+			     !strcmp(line, "auth-token-file") || !strcmp(line, "host") ||
+			     !strcmp(line, "pid") || !strcmp(line, "slurm-job");
+		if (!known) {
+			continue; /* added by a later minor version */
+		} else if (!*val) {
+			gfc_seterr(err, "server file %s line %d: \"%.40s\" without a value", path,
+				   lineno, line);
+			rc = -EBADMSG;
+		} else if (!strcmp(line, "format")) {
+			char *end;
+			errno = 0;
+			unsigned long major = strtoul(val, &end, 10);
+			if (errno || end == val || (*end && *end != '.')) {
+				gfc_seterr(err, "server file %s line %d: format \"%.40s\": expected MAJOR.MINOR",
+					   path, lineno, val);
+				rc = -EBADMSG;
+			} else if (major != GFC_SERVER_FILE_MAJOR) {
+				gfc_seterr(err, "server file %s: format %.40s, this client reads %d.x", path,
+					   val, GFC_SERVER_FILE_MAJOR);
+				rc = -EBADMSG;
+			}
+			have_format = true;
+		} else if (!strcmp(line, "address")) {
+			char e[GFC_ERR_LEN] = "";
+			rc = use_address(c, val, e);
+			if (rc == -EINVAL) {
+				gfc_seterr(err, "server file %s line %d: %s", path, lineno, e);
+				rc = -EBADMSG;
+			}
+			if (!rc) {
+				char **v = realloc(c->addrs, (c->n_addrs + 1) * sizeof(*v));
+				if (v)
+					c->addrs = v;
+				if (!v || !(v[c->n_addrs] = strdup(val)))
+					rc = -ENOMEM;
+				else
+					c->n_addrs++;
+			}
+		} else if (!strcmp(line, "auth-token-file")) {
+			rc = set_field(token_file, val);
+		} else if (!strcmp(line, "host")) {
+			rc = set_field(&host, val);
+		} else if (!strcmp(line, "pid")) {
+			rc = set_field(&pid, val);
+		} else if (!strcmp(line, "slurm-job")) {
+			rc = set_field(&job, val);
+		}
+	}
+	if (!rc && (!have_format || !c->n_addrs)) {
+		gfc_seterr(err, "server file %s: %s", path,
+			   !have_format ? "no \"format\" line (not a goldfinchd server file?)" :
+			   "no address");
+		rc = -EBADMSG;
+	}
+	if (!rc && (pid || host || job)) {
+		char who[192];
+		snprintf(who, sizeof(who), "pid %.20s on %.64s%s%.20s", pid ? pid : "?",
+			 host ? host : "?", job ? ", SLURM job " : "", job ? job : "");
+		if (!(c->server_who = strdup(who)))
+			rc = -ENOMEM;
+	}
+	/* The first address until gfc_connect finds one that answers. */
+	if (!rc)
+		rc = use_address(c, c->addrs[0], err);
+	if (rc) {
+		free(*token_file);
+		*token_file = NULL;
+	}
+	free(host);
+	free(pid);
+	free(job);
+free_buf:
+	free(buf);
+close_fd:
+	close(fd);
+	return rc;
+}
+
 int gfc_init(gfc_conn **out, const gfc_options *o, char *err)
 {
 	gfc_options def;
@@ -259,31 +431,48 @@ int gfc_init(gfc_conn **out, const gfc_options *o, char *err)
 		c->timeout_ms = o->timeout_s * 1000 > INT_MAX ? INT_MAX : (int)(o->timeout_s * 1000);
 	c->next_id = 1;
 	proto_reader_init(&c->rd, GFC_MAX_RESPONSE);
-	const char *server = o->server;
-	if (!server || !*server)
-		server = getenv(GFC_ENV_SERVER);
-	if (!server || !*server)
+	/* Flags before the environment, an address before a server file (gfclient.h). */
+	const char *server = o->server, *sfile = NULL;
+	char *sfile_token = NULL;
+	if (!server || !*server) {
+		server = NULL;
+		sfile = o->server_file;
+		if (!sfile || !*sfile) {
+			sfile = NULL;
+			server = getenv(GFC_ENV_SERVER);
+			if (!server || !*server) {
+				server = NULL;
+				sfile = getenv(GFC_ENV_SERVER_FILE);
+				if (sfile && !*sfile)
+					sfile = NULL;
+			}
+		}
+	}
+	if (!server && !sfile)
 		server = GFC_DEFAULT_SERVER;
-	const char *tf = o->auth_token_file;
-	if (!tf || !*tf)
-		tf = getenv(GFC_ENV_TOKEN_FILE);
-	c->server = strdup(server);
 	c->client_name = strdup(o->client_name ? o->client_name : "libgfclient");
-	if (!c->server || !c->client_name) {
+	if (!c->client_name) {
 		rc = -ENOMEM;
 		goto free_conn;
 	}
-	rc = parse_address(c, err);
+	rc = sfile ? read_server_file(c, sfile, &sfile_token, err) : use_address(c, server, err);
 	if (rc)
 		goto free_conn;
+	const char *tf = o->auth_token_file;
+	if (!tf || !*tf)
+		tf = sfile_token;
+	if (!tf || !*tf)
+		tf = getenv(GFC_ENV_TOKEN_FILE);
 	if (tf && *tf) {
 		rc = read_token(c, tf, err);
 		if (rc)
 			goto free_conn;
 	}
+	free(sfile_token);
 	*out = c;
 	return 0;
 free_conn:
+	free(sfile_token);
 	gfc_close(c);
 	return rc;
 }
@@ -302,6 +491,11 @@ void gfc_close(gfc_conn *c)
 	}
 	free(c->token);
 	free(c->server);
+	free(c->server_file);
+	free(c->server_who);
+	for (size_t i = 0; i < c->n_addrs; i++)
+		free(c->addrs[i]);
+	free(c->addrs);
 	free(c->host);
 	free(c->port);
 	free(c->client_name);
@@ -372,9 +566,8 @@ static int connect_one(int family, const struct sockaddr *sa, socklen_t salen, i
 	}
 }
 
-static int open_socket(gfc_conn *c, int connect_ms, char *err)
+static int open_address(gfc_conn *c, int64_t deadline, char *err)
 {
-	int64_t deadline = now_ms() + connect_ms;
 	int rc;
 
 	if (c->is_unix) {
@@ -406,6 +599,29 @@ static int open_socket(gfc_conn *c, int connect_ms, char *err)
 	int one = 1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	return 0;
+}
+
+/* The address, or the server file's addresses in turn: the first that connects. */
+static int open_socket(gfc_conn *c, int connect_ms, char *err)
+{
+	int64_t deadline = now_ms() + connect_ms;
+	char e[GFC_ERR_LEN] = "";
+	int rc = 0;
+
+	if (!c->n_addrs)
+		return open_address(c, deadline, err);
+	for (size_t i = 0; i < c->n_addrs; i++) {
+		rc = use_address(c, c->addrs[i], e);
+		if (!rc)
+			rc = open_address(c, deadline, e);
+		if (!rc || rc == -ENOMEM)
+			return rc;
+	}
+	/* A daemon that stops cleanly removes its file: one that names nobody is stale. */
+	gfc_seterr(err, "server file %s (%s): %s%s; stale if that daemon has stopped",
+		   c->server_file, c->server_who ? c->server_who : "goldfinchd",
+		   c->n_addrs > 1 ? "no address answered, the last: " : "", e);
+	return rc;
 }
 
 /* ---- the job being waited on ---------------------------------------------------------- */

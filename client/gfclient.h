@@ -44,6 +44,7 @@ extern "C" {
 #define GFC_DEFAULT_SERVER "127.0.0.1:7433"
 #define GFC_ENV_SERVER "GOLDFINCH_SERVER"
 #define GFC_ENV_TOKEN_FILE "GOLDFINCH_TOKEN_FILE"
+#define GFC_ENV_SERVER_FILE "GOLDFINCH_SERVER_FILE"
 /* Bytes of input per IngestData.text piece (less when the server's max_frame is smaller). */
 #define GFC_PIECE_BYTES (64u << 10)
 /* Connect and Hello are bounded by this many seconds even when no timeout is set. */
@@ -63,10 +64,31 @@ enum {
 	GFC_EXIT_LIMIT = 7,       /* BUSY, TOO_LARGE, NO_SPACE, SHUTTING_DOWN */
 };
 
+/*
+ * The server file: what `goldfinchd --server-file FILE` writes once it listens (atomically:
+ * a reader never sees half of it) and removes when it stops cleanly, so that a client on
+ * another machine (a login node, for a daemon in a SLURM job) finds it. Text, one
+ * "key value" per line; '#' starts a comment line. Keys:
+ *   format 1.0                  required; a major other than 1 is refused, a higher minor
+ *                               may add keys, which readers ignore
+ *   address ADDR                one or more, tried in order: tcp:HOST:PORT, tcp:[V6]:PORT,
+ *                               unix:/path (the "tcp:" prefix is optional)
+ *   auth-token-file PATH        the token file clients must send (absolute path)
+ *   host, pid, slurm-job        who wrote it, for messages
+ * Address precedence: options.server, options.server_file, $GOLDFINCH_SERVER,
+ * $GOLDFINCH_SERVER_FILE, GFC_DEFAULT_SERVER. Token file precedence: options.auth_token_file,
+ * the server file's auth-token-file (when the address came from a server file),
+ * $GOLDFINCH_TOKEN_FILE.
+ */
+#define GFC_SERVER_FILE_MAJOR 1
+#define GFC_SERVER_FILE_MAX (64u << 10)   /* bytes; a larger file is refused */
+
 typedef struct gfc_options {
-	const char *server;          /* "unix:/path", "/path", "host:port", "[v6]:port";
-				      * NULL: $GOLDFINCH_SERVER, else GFC_DEFAULT_SERVER */
-	const char *auth_token_file; /* NULL: $GOLDFINCH_TOKEN_FILE, else no token */
+	const char *server;          /* "unix:/path", "/path", "host:port", "[v6]:port",
+				      * "tcp:host:port"; NULL: see the precedence above */
+	const char *server_file;     /* a server file to read the address from (above) */
+	const char *auth_token_file; /* NULL: the server file's, else $GOLDFINCH_TOKEN_FILE,
+				      * else no token */
 	double timeout_s;            /* > 0: fail when the server sends nothing (and takes
 				      * nothing) for this long; <= 0: no limit */
 	int cancel_fd;               /* -1: none. See the top of this file */
@@ -77,15 +99,21 @@ void gfc_options_default(gfc_options *o);
 
 typedef struct gfc_conn gfc_conn;
 
-/* Resolves the server address and reads the token file; connects nothing yet.
- * -EINVAL: bad address; -EACCES: token file unreadable or empty (err says why). */
+/* Resolves the server address (reading the server file, if one is used) and reads the
+ * token file; connects nothing yet. -EINVAL: bad address; -EACCES: token file unreadable
+ * or empty; server file: -ENOENT missing, -EIO unreadable, -EBADMSG malformed or of another
+ * major format (err says why). */
 int gfc_init(gfc_conn **out, const gfc_options *o, char *err);
 /* Connects and exchanges Hello. Fails with -EPROTONOSUPPORT when the server's major
- * version differs, with the mapped errno of a server Error (UNAUTHENTICATED: -EACCES). */
+ * version differs, with the mapped errno of a server Error (UNAUTHENTICATED: -EACCES).
+ * With a server file, its addresses are tried in order until one connects; the error of
+ * the last one is returned, naming the file. */
 int gfc_connect(gfc_conn *c, char *err);
 void gfc_close(gfc_conn *c);   /* NULL-safe; the server cancels the jobs of a closed connection */
 
-const char *gfc_server_address(const gfc_conn *c);           /* as resolved by gfc_init */
+/* As resolved by gfc_init; with a server file, the address connected to (before
+ * gfc_connect: the file's first). */
+const char *gfc_server_address(const gfc_conn *c);
 const Goldfinch__V1__HelloReply *gfc_hello(const gfc_conn *c); /* NULL before gfc_connect */
 /* The ErrorCode of the server Error that failed the last call, 0 if it failed locally (or
  * did not fail). */
