@@ -148,7 +148,7 @@ S="$GF --server-file $SF --timeout 120"
 # Under srun the daemon starts MPI even with one rank. In a sanitizer build, LeakSanitizer
 # would report what Open MPI allocates in MPI_Init and keeps: suppressed by library, which
 # needs whole stacks and components that stay loaded. (No effect on other builds.)
-SUPP=$(cd "$(dirname "$0")" && pwd)/cluster_lsan.supp
+SUPP=$(cd "$(dirname "$0")" && pwd)/mpi_lsan.supp
 # A checkpoint interval longer than the book: what the stop commits is the stop's own.
 submit() {
 	(

@@ -8,6 +8,9 @@
 set -euo pipefail
 B=$1 src=$2 vocab=$3 work=$4
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Under ASan: what Open MPI allocates in MPI_Init and keeps is not ours (suppressed by library).
+export LSAN_OPTIONS="suppressions=$(cd "$(dirname "$0")" && pwd)/mpi_lsan.supp:fast_unwind_on_malloc=0"
+export OMPI_MCA_mca_base_component_disable_dlclose=1
 export OMPI_MCA_btl=self,vader OMPI_MCA_mpi_yield_when_idle=1
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
 "$B/tools/gf-convert" --random --layers 6 --embd 128 --vocab 65536 --seed 3 \
