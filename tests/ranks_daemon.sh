@@ -64,7 +64,7 @@ cmp answer1 answer3 || { echo "FAIL: 3 ranks answered differently from 1 process
 echo "1 process and 3 ranks give the same answer"
 
 # A long input, so that the kill lands mid-ingest after a checkpoint or two.
-for _ in $(seq 3); do cat "$src"/daemon/*.c; done >big.txt
+cat "$src"/daemon/*.c "$src"/model/*.c >big.txt
 start kill 2
 "$B/client/gf" ingest --name tree "$src/partition" "$src/protocol" >/dev/null
 ("$B/client/gf" ingest --name big big.txt >ingest.out 2>&1; echo "rc=$?" >>ingest.out) &
