@@ -587,6 +587,7 @@ int main(int argc, char **argv)
 		gfd_log_close(&log);
 		return rc ? 1 : 0;
 	}
+	lc.cache_dir = ranks.cache_dir;
 	rc = ranks.size > 1 ? gfd_backend_mpi_open(&be, ranks.e, ranks.link, &ranks.plan, &lc, err)
 			    : gfd_backend_local_open(&be, &lc, err);
 	if (rc)

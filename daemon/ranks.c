@@ -77,6 +77,11 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workloa
 {
 	memset(r, 0, sizeof(*r));
 	r->size = 1;
+	/* One process: %r is 0 (so `mpirun -n 1` and no launcher name the same directory). */
+	if (rank_dir(r->cache_dir, sizeof(r->cache_dir), lc->cache_dir, 0, 1))
+		return gf_error(err, -ENAMETOOLONG, "--cache-dir %s: too long", lc->cache_dir);
+	if (strcmp(r->cache_dir, lc->cache_dir))
+		make_parents(r->cache_dir);
 	if (!gfd_ranks_launched())
 		return 0;
 	int provided = 0;

@@ -18,7 +18,7 @@ typedef struct gfd_ranks {
 	bool mpi;               /* MPI initialised */
 	int rank, size;         /* 0 and 1 without a launcher */
 	part_plan plan;
-	char cache_dir[4096];
+	char cache_dir[4096];   /* this rank's store (--cache-dir with %r replaced) */
 	gfe_engine *e;          /* size > 1: this rank's slice */
 	gfm_link *link;
 	int reconciled;         /* stale copies removed at start */
