@@ -52,6 +52,7 @@ struct gfm_link {
 	struct gfm_box *boxes[BOX_BUCKETS];
 	gfm_box control;
 	uint32_t next_stream;
+	uint64_t sends, fail_send_at;  /* fault injection: the send that fails (0: none) */
 	bool stop;
 	char failure[256];
 };
@@ -199,6 +200,21 @@ int gfm_control_pop(gfm_link *l, int timeout_ms, gfm_msg **out)
 	return rc;
 }
 
+void gfm_link_fail_send_at(gfm_link *l, uint64_t n)
+{
+	pthread_mutex_lock(&l->mu);
+	l->fail_send_at = n ? l->sends + n : 0;
+	pthread_mutex_unlock(&l->mu);
+}
+
+uint64_t gfm_link_sends(gfm_link *l)
+{
+	pthread_mutex_lock(&l->mu);
+	uint64_t n = l->sends;
+	pthread_mutex_unlock(&l->mu);
+	return n;
+}
+
 uint32_t gfm_new_stream(gfm_link *l)
 {
 	pthread_mutex_lock(&l->mu);
@@ -232,6 +248,12 @@ int gfm_send2(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t ale
 	if (blen)
 		memcpy(o->buf + sizeof(*h) + alen, b, blen);
 	pthread_mutex_lock(&l->mu);
+	if (++l->sends == l->fail_send_at && !l->failure[0]) {
+		char why[256];
+		snprintf(why, sizeof(why), "injected fault: message #%llu of rank %d (type %u to rank %d) failed",
+			 (unsigned long long)l->sends, l->rank, h->type, dest);
+		fail_locked(l, why);
+	}
 	if (l->failure[0]) {
 		pthread_mutex_unlock(&l->mu);
 		free(o);

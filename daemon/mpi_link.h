@@ -99,6 +99,12 @@ int gfm_control_pop(gfm_link *l, int timeout_ms, gfm_msg **out);
 /* A stream id no other stream of this link has used (rank 0 allocates them). */
 uint32_t gfm_new_stream(gfm_link *l);
 
+/* Fault injection (tests): the n-th message this process sends from now (1-based) fails,
+ * which fails the link as a real MPI error would. 0 turns it off. */
+void gfm_link_fail_send_at(gfm_link *l, uint64_t n);
+/* Messages this process has queued since the link started (the fault ids there are). */
+uint64_t gfm_link_sends(gfm_link *l);
+
 /* "" while healthy; else one line naming the rank that failed. */
 const char *gfm_link_failure(gfm_link *l);
 /* Fails the link by hand (a fatal error seen by a caller); the first reason stays. */

@@ -17,3 +17,7 @@ add_test(NAME ranks_daemon
                  ${GF_TESTDATA}/tokenizer/rwkv_vocab_v20230424.txt
                  ${CMAKE_BINARY_DIR}/tests/ranks_daemon)
 set_tests_properties(ranks_daemon PROPERTIES TIMEOUT 600 PROCESSORS 2)
+add_test(NAME ranks_fault
+         COMMAND ${CMAKE_CURRENT_LIST_DIR}/ranks_fault.sh $<TARGET_FILE:ranks_exact>
+                 $<TARGET_FILE:gf-convert> ${CMAKE_BINARY_DIR}/tests/ranks_fault)
+set_tests_properties(ranks_fault PROPERTIES TIMEOUT 1200 PROCESSORS 2 LABELS fault)

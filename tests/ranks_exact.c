@@ -6,13 +6,18 @@
  * P = 1..4 and compares the outputs and the page files byte for byte, and with the
  * reference vectors when given.
  *
- * usage: ranks_exact MODEL.gguf CACHE_DIR OUT (--ref CASE_DIR | --random T P SEED) GEN
+ * usage: ranks_exact MODEL.gguf CACHE_DIR OUT (--ref CASE_DIR | --random T P SEED) GEN [MODE]
+ * MODE (tests/ranks_fault.sh): --walk NAME R N: only an ingest of the first P tokens under
+ * the name NAME, with the N-th message rank R sends failing (N 0: none; prints how many
+ * messages each rank sent); --verify: the stored context "exact" stepped through again,
+ * its logits written to OUT (they must equal the first part of a full run's).
  */
 #include "ranks.h"
 #include "server_backend_mpi.h"
 #include "test_util.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +49,7 @@ int main(int argc, char **argv)
 	int32_t *tok = NULL;
 	float *ref_decode = NULL;
 	size_t T = 0, P = 0;
-	int gen;
+	int gen, argi;
 	if (!strcmp(argv[4], "--ref")) {
 		size_t len;
 		tok = test_slurp(argv[5], "tokens.i32", &len);
@@ -60,11 +65,13 @@ int main(int argc, char **argv)
 		P = strtoul(pp + 4, NULL, 10);
 		free(cfg);
 		gen = atoi(argv[6]);
+		argi = 7;
 	} else if (!strcmp(argv[4], "--random") && argc >= 9) {
 		T = strtoul(argv[5], NULL, 10);
 		P = strtoul(argv[6], NULL, 10);
 		uint64_t seed = strtoull(argv[7], NULL, 10);
 		gen = atoi(argv[8]);
+		argi = 9;
 		tok = malloc(T * sizeof(int32_t));
 		for (size_t i = 0; i < T && tok; i++) {
 			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -75,6 +82,19 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	const char *walk_name = NULL;
+	int fault_rank = -1;
+	uint64_t fault_n = 0;
+	bool verify = false;
+	if (argi + 3 < argc && !strcmp(argv[argi], "--walk")) {
+		walk_name = argv[argi + 1];
+		fault_rank = atoi(argv[argi + 2]);
+		fault_n = strtoull(argv[argi + 3], NULL, 10);
+	} else if (argi < argc && !strcmp(argv[argi], "--verify")) {
+		verify = true;
+	}
+	/* A rank that fails makes the launcher stop the others: let this one report first. */
+	signal(SIGTERM, SIG_IGN);
 	gfd_local_config lc = {
 		/* f32 rows against the reference (f16 rows round c: ~6e-5); f16 otherwise. */
 		.model_path = model, .cache_dir = cache,
@@ -87,8 +107,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ranks_exact: %s\n", err);
 		return 1;
 	}
+	if (ranks.size > 1 && ranks.rank == fault_rank && fault_n)
+		gfm_link_fail_send_at(ranks.link, fault_n);
 	if (ranks.size > 1 && ranks.rank > 0) {
 		rc = gfd_ranks_serve(&ranks, err);
+		if (walk_name)
+			printf("rank %d sent %llu messages\n", ranks.rank,
+			       (unsigned long long)gfm_link_sends(ranks.link));
 		if (rc)
 			fprintf(stderr, "ranks_exact: rank %d: %s\n", ranks.rank, err);
 		gfd_ranks_end(&ranks);
@@ -115,6 +140,39 @@ int main(int argc, char **argv)
 	if (test_failures)
 		goto done;
 
+	if (walk_name) {
+		/* One ingest, the path the fault walk covers: begin, chunks, checkpoints, seal. */
+		gfd_ingest *wi = NULL;
+		cs_ctx_info wc;
+		bool wr;
+		rc = ops->ingest_begin(be.self, walk_name, &wi, err);
+		if (!rc)
+			rc = ops->ingest_tokens(wi, tok, P, err);
+		if (!rc)
+			rc = ops->ingest_finish(wi, &wc, &wr, err);
+		if (wi)
+			ops->ingest_free(wi);
+		if (ranks.size > 1)
+			printf("rank 0 sent %llu messages\n", (unsigned long long)gfm_link_sends(ranks.link));
+		if (rc) {
+			fprintf(stderr, "ranks_exact: %s\n", err);
+			test_failures++;
+		}
+		goto done;
+	}
+	if (verify) {
+		/* The stored context "exact" answers as it did. */
+		gfd_session *vs = NULL;
+		cs_ctx_info vc;
+		CHECK(ops->lookup_name(be.self, "exact", &vc) == 0 && vc.sealed, "no sealed \"exact\"");
+		CHECK(!test_failures && ops->session_open(be.self, vc.serial, &vs, err) == 0, "%s", err);
+		for (size_t t = P; t < T && !test_failures; t++) {
+			CHECK(ops->session_step(vs, tok[t], logits, err) == 0, "%s", err);
+			fwrite(logits, sizeof(float), (size_t)V, out);
+		}
+		ops->session_free(vs);
+		goto done;
+	}
 	/* Ingest the first P tokens: in odd pieces, stopped after a checkpoint, resumed. */
 	gfd_ingest *in = NULL;
 	gfd_ingest_state st;
