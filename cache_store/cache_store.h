@@ -99,18 +99,25 @@ typedef enum cs_direct {
 	CS_DIRECT_ON,       /* O_DIRECT or fail with -EINVAL (the filesystem refuses it) */
 } cs_direct;
 
-/* Fault points for crash tests: every write, fsync and rename the store issues. */
+/* Fault points for crash tests: every write, fsync and rename the store issues, and (when
+ * asked for in cs_config.fault_ops) every read of a page, index, blob or manifest file. */
 typedef enum cs_fault_op {
 	CS_FAULT_WRITE = 1,
 	CS_FAULT_FSYNC,
 	CS_FAULT_RENAME,
+	CS_FAULT_READ,
 } cs_fault_op;
 
-/* Called before each write, fsync and rename with a counter starting at 0 at open. A
- * non-zero return makes that step fail with -EIO (a write first writes half its bytes, as a
- * torn write would). Honoured only by a library built with CS_FAULT_INJECTION (the test
- * library gfcache_fi); the ordinary library ignores it. Called with store locks held: it
- * must not call back into the store. */
+#define CS_FAULT_OPS_DEFAULT ((1u << CS_FAULT_WRITE) | (1u << CS_FAULT_FSYNC) | (1u << CS_FAULT_RENAME))
+#define CS_FAULT_OPS_ALL (CS_FAULT_OPS_DEFAULT | (1u << CS_FAULT_READ))
+
+/* Called before each step of the ops in cs_config.fault_ops with a counter starting at 0 at
+ * open (path: the file's name, or the directory's for its fsync). A non-zero return makes
+ * that step fail with -EIO (a write first writes half its bytes, as a torn write would).
+ * Honoured only by a library built with CS_FAULT_INJECTION (the test library gfcache_fi);
+ * the ordinary library ignores it. Called with store locks held: it must not call back into
+ * the store. Allocations are failed by the tests themselves (tests/hardening_fault.c wraps
+ * malloc and friends at link time). */
 typedef int (*cs_fault_fn)(void *arg, uint64_t id, cs_fault_op op, const char *path);
 
 #define CS_OPEN_RDONLY 1u   /* no lock, no recovery, no writes: for inspection tools */
@@ -126,6 +133,7 @@ typedef struct cs_config {
 	uint32_t flags;            /* CS_OPEN_* */
 	cs_fault_fn fault;         /* see cs_fault_fn; NULL = none */
 	void *fault_arg;
+	uint32_t fault_ops;        /* 1 << op for each op to number; 0 = CS_FAULT_OPS_DEFAULT */
 } cs_config;
 
 void cs_config_defaults(cs_config *cfg);

@@ -410,12 +410,18 @@ int cs_manifest_decode(const uint8_t *buf, size_t len, uint64_t *gen, uint64_t *
 		memcpy(c->name, e + 128, CS_NAME_MAX);
 		c->committed = true;
 		es = cs_dtype_size(c->dtype);
+		/* Lengths must also fit an off_t and their products a u64: the readers size
+		 * files and allocations from them. */
 		if (c->name[CS_NAME_MAX - 1] || !es || !c->width || c->width > CS_MAX_WIDTH ||
 		    !c->page_tokens || c->page_tokens > CS_MAX_PAGE_TOKENS ||
+		    c->n_tokens > INT64_MAX / ((uint64_t)CS_MAX_WIDTH * 4 + 4) ||
 		    c->n_pages != (c->n_tokens + c->page_tokens - 1) / c->page_tokens ||
-		    c->data_len % CS_ALIGN || c->serial >= *next_serial ||
+		    c->data_len % CS_ALIGN || c->data_len > INT64_MAX ||
+		    c->serial >= *next_serial ||
 		    c->raw_bytes != c->n_tokens * ((uint64_t)c->width * es + 4) ||
-		    c->idx_entries < c->n_pages || (c->flags & ~(CS_CTX_SEALED | CS_CTX_SHUFFLE))) {
+		    c->idx_entries < c->n_pages || c->idx_entries > INT64_MAX / CS_IDX_ENTRY ||
+		    c->blob_len > INT64_MAX - CS_BLOB_HDR ||
+		    (c->flags & ~(CS_CTX_SEALED | CS_CTX_SHUFFLE))) {
 			bad(why, why_len, "entry %" PRIu64 " (#%" PRIu64 ") is inconsistent", i,
 			    c->serial);
 			free(ctx);

@@ -83,6 +83,7 @@ struct cs_io {
 	bool direct;             /* page files opened with O_DIRECT */
 	cs_fault_fn fault;
 	void *fault_arg;
+	uint32_t fault_ops;      /* 1 << op: the ops numbered (CS_FAULT_OPS_DEFAULT when 0) */
 	uint64_t fault_next;     /* atomically incremented */
 };
 
@@ -99,6 +100,9 @@ int cs_io_fsync(struct cs_io *io, int fd, const char *path);
 int cs_io_rename(struct cs_io *io, int dirfd, const char *from, const char *to);
 /* Reads up to len bytes; returns the count (short only at end of file) or -errno. */
 ssize_t cs_io_pread(int fd, void *buf, size_t len, uint64_t off);
+/* cs_io_pread behind a fault check (CS_FAULT_READ): what the store's own files go through. */
+ssize_t cs_io_read(struct cs_io *io, int fd, void *buf, size_t len, uint64_t off,
+		   const char *path);
 void *cs_io_alloc(size_t len);   /* CS_ALIGN-aligned, zeroed; free() it */
 
 /* A queue of reads and writes with several in flight (io_uring), or run one by one at
@@ -128,9 +132,10 @@ int cs_ioq_init(struct cs_ioq *q, struct cs_io *io, uint32_t depth, char *err);
 void cs_ioq_exit(struct cs_ioq *q);
 static inline bool cs_ioq_full(const struct cs_ioq *q) { return q->busy == q->depth; }
 static inline uint32_t cs_ioq_busy(const struct cs_ioq *q) { return q->busy; }
-/* Queue a read/write (a slot must be free: -EBUSY otherwise). Writes pass the fault check;
- * a failed check completes the request with -EIO after writing half of it. */
-int cs_ioq_read(struct cs_ioq *q, int fd, void *buf, size_t len, uint64_t off, uint64_t tag);
+/* Queue a read/write (a slot must be free: -EBUSY otherwise). Both pass the fault check; a
+ * failed check completes the request with -EIO (a write after writing half of it). */
+int cs_ioq_read(struct cs_ioq *q, int fd, void *buf, size_t len, uint64_t off, uint64_t tag,
+		const char *path);
 int cs_ioq_write(struct cs_ioq *q, int fd, const void *buf, size_t len, uint64_t off,
 		 uint64_t tag, const char *path);
 /* Sends queued requests to the kernel. */
@@ -149,12 +154,14 @@ struct cs_page_meta {
 
 /* Largest record a page of these dimensions can need. */
 size_t cs_page_record_bound(uint32_t page_tokens, uint32_t width, size_t esz);
-/* Encodes into out (cap bytes, zeroed padding written); scratch >= n_tokens*width*esz. */
+/* Encodes into out (cap bytes, zeroed padding written); scratch >= n_tokens *
+ * max(width*esz, 4) bytes. */
 int cs_page_encode(const struct cs_page_meta *m, const void *rows, const uint32_t *tok,
 		   void *scratch, uint8_t *out, size_t cap, size_t *disk_len);
 /* Checks a record against what the index promised (m) and decodes it into rows
  * ([n][width]) and tok ([n]) (either NULL: check only, decompressing into scratch).
- * scratch >= n_tokens*width*esz. -EBADMSG with the reason in why (no context prefix). */
+ * scratch >= n_tokens * max(width*esz, 4) bytes (a shuffled token section is decompressed
+ * there too). -EBADMSG with the reason in why (no context prefix). */
 int cs_page_decode(const struct cs_page_meta *m, const uint8_t *rec, size_t disk_len,
 		   void *scratch, void *rows, uint32_t *tok, char *why, size_t why_len);
 struct cs_idx {
@@ -263,6 +270,8 @@ int cs_load_page_table(cs_store *s, const struct cs_ctx *snap, uint64_t **off, u
 		       char *err);
 /* fd of c's committed blob file (-1 when it has none), opened under s->mu. */
 int cs_open_blob_locked(cs_store *s, const struct cs_ctx *c, char *err);
-int cs_read_blob_fd(int fd, const struct cs_ctx *snap, void **blob, size_t *len, char *err);
+/* Reads and checks the blob of snap from its open file fd. */
+int cs_read_blob_fd(struct cs_io *io, int fd, const struct cs_ctx *snap, void **blob, size_t *len,
+		    char *err);
 
 #endif /* CS_INTERNAL_H */

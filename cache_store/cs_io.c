@@ -114,6 +114,7 @@ int cs_io_setup(struct cs_io *io, const cs_config *cfg, const char *dir, int dir
 	memset(io, 0, sizeof(*io));
 	io->fault = cfg->fault;
 	io->fault_arg = cfg->fault_arg;
+	io->fault_ops = cfg->fault_ops ? cfg->fault_ops : CS_FAULT_OPS_DEFAULT;
 
 	if (be == CS_IO_AUTO && (env = getenv("GF_CS_IO")) && *env) {
 		if (!strcmp(env, "sync") || !strcmp(env, "pread"))
@@ -170,7 +171,7 @@ int cs_io_open_pages(const struct cs_io *io, int dirfd, const char *name, int fl
 int cs_io_fault(struct cs_io *io, cs_fault_op op, const char *path)
 {
 #ifdef CS_FAULT_INJECTION
-	if (io->fault) {
+	if (io->fault && (io->fault_ops & (1u << op))) {
 		uint64_t id = __atomic_fetch_add(&io->fault_next, 1, __ATOMIC_RELAXED);
 
 		if (io->fault(io->fault_arg, id, op, path))
@@ -262,6 +263,14 @@ ssize_t cs_io_pread(int fd, void *buf, size_t len, uint64_t off)
 		got += (size_t)n;
 	}
 	return (ssize_t)got;
+}
+
+ssize_t cs_io_read(struct cs_io *io, int fd, void *buf, size_t len, uint64_t off,
+		   const char *path)
+{
+	int rc = cs_io_fault(io, CS_FAULT_READ, path);
+
+	return rc ? rc : cs_io_pread(fd, buf, len, off);
 }
 
 /* ---- request queue ---- */
@@ -387,9 +396,12 @@ static int queue_req(struct cs_ioq *q, int op, int fd, void *buf, size_t len, ui
 	return rc;
 }
 
-int cs_ioq_read(struct cs_ioq *q, int fd, void *buf, size_t len, uint64_t off, uint64_t tag)
+int cs_ioq_read(struct cs_ioq *q, int fd, void *buf, size_t len, uint64_t off, uint64_t tag,
+		const char *path)
 {
-	return queue_req(q, 0, fd, buf, len, off, tag, false);
+	if (cs_ioq_full(q))
+		return -EBUSY;
+	return queue_req(q, 0, fd, buf, len, off, tag, cs_io_fault(q->io, CS_FAULT_READ, path) != 0);
 }
 
 int cs_ioq_write(struct cs_ioq *q, int fd, const void *buf, size_t len, uint64_t off,

@@ -293,6 +293,7 @@ struct cs_reader {
 	cs_store *s;
 	struct cs_ctx snap;         /* the committed state this reader sees */
 	char label[40];
+	char pages_name[64];        /* for fault points */
 	int fd, blob_fd;
 	uint64_t *off;              /* [n_pages] record offset of each page */
 	uint32_t *dlen;             /* [n_pages] record length */
@@ -366,6 +367,7 @@ int cs_reader_open(cs_store *s, uint64_t serial, cs_reader **out, char *err)
 	if (rc)
 		goto fail;
 	cs_name_pages(name, serial);
+	memcpy(r->pages_name, name, sizeof(r->pages_name));
 	r->fd = cs_io_open_pages(&s->io, s->dirfd, name, O_RDONLY);
 	if (r->fd < 0) {
 		rc = r->fd == -ENOENT ? -EBADMSG : r->fd;
@@ -438,7 +440,8 @@ static int submit_page(cs_reader *r, uint64_t page)
 		return -EBUSY;
 	r->slots[k].busy = true;
 	r->slots[k].page = page;
-	return cs_ioq_read(&r->q, r->fd, r->slots[k].buf, r->dlen[page], r->off[page], k);
+	return cs_ioq_read(&r->q, r->fd, r->slots[k].buf, r->dlen[page], r->off[page], k,
+			   r->pages_name);
 }
 
 static struct rslot *inflight(cs_reader *r, uint64_t page)
@@ -644,7 +647,7 @@ int cs_reader_blob(cs_reader *r, void **blob, size_t *len, char *err)
 	*len = 0;
 	if (!r->snap.blob_gen)
 		return 0;
-	return cs_read_blob_fd(r->blob_fd, &r->snap, blob, len, err);
+	return cs_read_blob_fd(&r->s->io, r->blob_fd, &r->snap, blob, len, err);
 }
 
 /* ---- branches ---- */

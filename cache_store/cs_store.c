@@ -133,12 +133,12 @@ static int write_manifest(cs_store *s, struct cs_ctx *const *list, size_t n, boo
 	close(fd);
 	if (rc) {
 		cs_errf(err, "%s/%s: write: %s", s->dir, CS_MANIFEST_TMP, strerror(-rc));
-		goto out_img;
+		goto out_tmp;
 	}
 	rc = cs_io_rename(&s->io, s->dirfd, CS_MANIFEST_TMP, CS_MANIFEST);
 	if (rc) {
 		cs_errf(err, "%s/%s: rename: %s", s->dir, CS_MANIFEST, strerror(-rc));
-		goto out_img;
+		goto out_tmp;
 	}
 	/* visible from here on: the in-memory state must follow whatever happens next */
 	*renamed = true;
@@ -147,6 +147,10 @@ static int write_manifest(cs_store *s, struct cs_ctx *const *list, size_t n, boo
 	rc = cs_io_fsync(&s->io, s->dirfd, s->dir);
 	if (rc)
 		cs_errf(err, "%s: fsync of the directory: %s", s->dir, strerror(-rc));
+	goto out_img;
+out_tmp:
+	/* nothing names it; on a full disk its blocks are what the next attempt needs */
+	unlinkat(s->dirfd, CS_MANIFEST_TMP, 0);
 out_img:
 	free(img);
 	return rc;
@@ -203,7 +207,7 @@ int cs_store_flush(cs_store *s, char *err)
 
 /* ---- open, recovery, close ---- */
 
-static int read_file(int dirfd, const char *name, uint8_t **out, size_t *len)
+static int read_file(struct cs_io *io, int dirfd, const char *name, uint8_t **out, size_t *len)
 {
 	struct stat st;
 	uint8_t *buf;
@@ -221,7 +225,7 @@ static int read_file(int dirfd, const char *name, uint8_t **out, size_t *len)
 		rc = -ENOMEM;
 		goto out_fd;
 	}
-	n = cs_io_pread(fd, buf, (size_t)st.st_size, 0);
+	n = cs_io_read(io, fd, buf, (size_t)st.st_size, 0, name);
 	if (n != st.st_size) {
 		rc = n < 0 ? (int)n : -EIO;
 		free(buf);
@@ -372,7 +376,7 @@ static int load_manifest(cs_store *s, char *err)
 	size_t len = 0, n = 0;
 	struct cs_ctx *arr = NULL;
 	char why[CS_ERR_LEN];
-	int rc = read_file(s->dirfd, CS_MANIFEST, &img, &len);
+	int rc = read_file(&s->io, s->dirfd, CS_MANIFEST, &img, &len);
 
 	if (rc == -ENOENT) {
 		if (s->rdonly) {
@@ -781,27 +785,37 @@ int cs_load_index(cs_store *s, const struct cs_ctx *snap, struct cs_idx **out, c
 	char name[64], label[40];
 	uint64_t n = snap->idx_entries, pos = 0, max_page = 0;
 	uint8_t *raw = NULL;
-	struct cs_idx *ents;
+	struct cs_idx *ents = NULL;
+	struct stat st;
 	ssize_t got;
 	int fd, rc = 0;
 
 	*out = NULL;
 	cs_ctx_label(label, snap->key, snap->serial);
 	cs_name_idx(name, snap->serial);
-	ents = calloc(n ? n : 1, sizeof(*ents));
-	raw = malloc(n ? n * CS_IDX_ENTRY : 1);
-	if (!ents || !raw) {
-		rc = -ENOMEM;
-		cs_errf(err, "context %s: out of memory for %" PRIu64 " index entries", label, n);
-		goto fail;
-	}
 	fd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = errno == ENOENT ? -EBADMSG : -errno;
 		cs_errf(err, "context %s: %s: %s", label, name, strerror(errno));
 		goto fail;
 	}
-	got = cs_io_pread(fd, raw, n * CS_IDX_ENTRY, 0);
+	/* A damaged manifest may claim any count: the file bounds what is allocated. */
+	if (fstat(fd, &st) || (uint64_t)st.st_size / CS_IDX_ENTRY < n) {
+		close(fd);
+		rc = -EBADMSG;
+		cs_errf(err, "context %s: %s: shorter than committed (%" PRIu64 " entries)", label,
+			name, n);
+		goto fail;
+	}
+	ents = calloc(n ? n : 1, sizeof(*ents));
+	raw = malloc(n ? n * CS_IDX_ENTRY : 1);
+	if (!ents || !raw) {
+		close(fd);
+		rc = -ENOMEM;
+		cs_errf(err, "context %s: out of memory for %" PRIu64 " index entries", label, n);
+		goto fail;
+	}
+	got = cs_io_read(&s->io, fd, raw, n * CS_IDX_ENTRY, 0, name);
 	close(fd);
 	if (got != (ssize_t)(n * CS_IDX_ENTRY)) {
 		rc = got < 0 ? (int)got : -EBADMSG;
@@ -895,11 +909,13 @@ out:
 	return rc;
 }
 
-int cs_read_blob_fd(int fd, const struct cs_ctx *snap, void **blob, size_t *len, char *err)
+int cs_read_blob_fd(struct cs_io *io, int fd, const struct cs_ctx *snap, void **blob, size_t *len,
+		    char *err)
 {
 	uint8_t hdr[CS_BLOB_HDR];
-	char why[CS_ERR_LEN], label[40];
+	char why[CS_ERR_LEN], label[40], name[64];
 	uint8_t *buf = NULL;
+	struct stat st;
 	ssize_t n;
 	int rc;
 
@@ -908,13 +924,17 @@ int cs_read_blob_fd(int fd, const struct cs_ctx *snap, void **blob, size_t *len,
 	cs_ctx_label(label, snap->key, snap->serial);
 	if (!snap->blob_gen)
 		return 0;
-	if (snap->blob_len > SIZE_MAX - 1) {
-		cs_errf(err, "context %s: blob of %" PRIu64 " bytes", label, snap->blob_len);
+	cs_name_blob(name, snap->serial, snap->blob_gen);
+	/* A damaged manifest may claim any length: the file bounds what is allocated. */
+	if (snap->blob_len > SIZE_MAX - 1 || fstat(fd, &st) ||
+	    (uint64_t)st.st_size < CS_BLOB_HDR || (uint64_t)st.st_size - CS_BLOB_HDR < snap->blob_len) {
+		cs_errf(err, "context %s: %s: truncated (blob of %" PRIu64 " bytes)", label, name,
+			snap->blob_len);
 		return -EBADMSG;
 	}
-	n = cs_io_pread(fd, hdr, CS_BLOB_HDR, 0);
+	n = cs_io_read(io, fd, hdr, CS_BLOB_HDR, 0, name);
 	if (n != CS_BLOB_HDR) {
-		cs_errf(err, "context %s: blob: %s", label,
+		cs_errf(err, "context %s: %s: %s", label, name,
 			n < 0 ? strerror((int)-n) : "truncated");
 		return n < 0 ? (int)n : -EBADMSG;
 	}
@@ -924,9 +944,9 @@ int cs_read_blob_fd(int fd, const struct cs_ctx *snap, void **blob, size_t *len,
 			snap->blob_len);
 		return -ENOMEM;
 	}
-	n = cs_io_pread(fd, buf, snap->blob_len, CS_BLOB_HDR);
+	n = cs_io_read(io, fd, buf, snap->blob_len, CS_BLOB_HDR, name);
 	if (n != (ssize_t)snap->blob_len) {
-		cs_errf(err, "context %s: blob: %s", label,
+		cs_errf(err, "context %s: %s: %s", label, name,
 			n < 0 ? strerror((int)-n) : "truncated");
 		free(buf);
 		return n < 0 ? (int)n : -EBADMSG;
@@ -992,7 +1012,7 @@ int cs_store_read_blob(cs_store *s, uint64_t serial, void **blob, size_t *len, c
 		return 0;
 	if (fd < 0)
 		return fd;
-	rc = cs_read_blob_fd(fd, &snap, blob, len, err);
+	rc = cs_read_blob_fd(&s->io, fd, &snap, blob, len, err);
 	close(fd);
 	return rc;
 }
@@ -1100,7 +1120,7 @@ int cs_store_verify(cs_store *s, uint64_t serial, cs_verify_report *rep, char *e
 				;
 			slots[k].entry = next + 1;
 			rc = cs_ioq_read(&q, fd, slots[k].buf, ents[next].disk_len,
-					 ents[next].offset, k);
+					 ents[next].offset, k, name);
 			if (rc) {
 				cs_errf(err, "context %s: read: %s", label, strerror(-rc));
 				goto out_q;
@@ -1156,7 +1176,7 @@ int cs_store_verify(cs_store *s, uint64_t serial, cs_verify_report *rep, char *e
 		pthread_mutex_lock(&s->mu);
 		bfd = open_blob_locked(s, &snap, why);
 		pthread_mutex_unlock(&s->mu);
-		rc = bfd < 0 ? bfd : cs_read_blob_fd(bfd, &snap, &blob, &blen, why);
+		rc = bfd < 0 ? bfd : cs_read_blob_fd(&s->io, bfd, &snap, &blob, &blen, why);
 		if (bfd >= 0)
 			close(bfd);
 		if (!rc)

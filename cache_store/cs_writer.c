@@ -20,6 +20,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct wbuf {
@@ -211,7 +212,9 @@ int cs_writer_begin(cs_store *s, const cs_ctx_params *p, cs_writer **out, char *
 	snprintf(w->label, sizeof(w->label), "#%" PRIu64 " (new)", c->serial);
 	cs_name_pages(w->pages_name, c->serial);
 	cs_name_idx(w->idx_name, c->serial);
-	if (!rc)
+	if (rc)
+		cs_errf(err, "context %s: out of memory for its key", w->label);
+	else
 		rc = writer_alloc(w, err);
 	if (rc)
 		goto fail;
@@ -234,11 +237,27 @@ fail:
 	return rc;
 }
 
+/* Cuts a file back to its committed length. A file shorter than that is damaged (or the
+ * manifest is): -EBADMSG, and the file is not extended to what a manifest claims. */
+static int cut_to(int fd, uint64_t len)
+{
+	struct stat st;
+
+	if (fstat(fd, &st))
+		return -errno;
+	if ((uint64_t)st.st_size < len || len > (uint64_t)INT64_MAX)
+		return -EBADMSG;
+	if ((uint64_t)st.st_size > len && ftruncate(fd, (off_t)len))
+		return -errno;
+	return 0;
+}
+
 int cs_writer_resume(cs_store *s, uint64_t serial, cs_writer **out, char *err)
 {
 	cs_writer *w;
 	struct cs_ctx *c;
 	cs_reader *r = NULL;
+	const char *cut;
 	uint32_t pt;
 	cs_key key;
 	int rc;
@@ -288,10 +307,16 @@ int cs_writer_resume(cs_store *s, uint64_t serial, cs_writer **out, char *err)
 		goto fail;
 	}
 	/* bytes after the commit are garbage from the writer that died */
-	if (ftruncate(w->fd_data, (off_t)c->data_len) ||
-	    ftruncate(w->fd_idx, (off_t)(c->idx_entries * CS_IDX_ENTRY))) {
-		rc = -errno;
-		cs_errf(err, "context %s: truncate: %s", w->label, strerror(-rc));
+	cut = w->pages_name;
+	rc = cut_to(w->fd_data, c->data_len);
+	if (!rc) {
+		cut = w->idx_name;
+		rc = cut_to(w->fd_idx, c->idx_entries > INT64_MAX / CS_IDX_ENTRY
+					       ? UINT64_MAX : c->idx_entries * CS_IDX_ENTRY);
+	}
+	if (rc) {
+		cs_errf(err, "context %s: %s: %s", w->label, cut,
+			rc == -EBADMSG ? "shorter than committed" : strerror(-rc));
 		goto fail;
 	}
 

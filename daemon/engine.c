@@ -749,6 +749,9 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 	cs_reader_set_streaming(r, true);
 	logits = malloc(sizeof(float) * (size_t)c->vocab_size);
 	rc = logits ? gfe_paged_init(&ps, e, r, serial, (uint64_t)in->st.n_pos, false) : -ENOMEM;
+	if (rc == -ENOMEM)
+		gf_error(in->err, rc, "context #%llu: out of memory for the GOLD tail",
+			 (unsigned long long)serial);
 	if (!rc) {
 		ps.src.n_pos = in->st.n_pos;
 		rc = gf_gold_tail(e->model, in->ws, &in->st, &ps.src, logits);
@@ -773,7 +776,8 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 		cs_key key = cs_writer_key(in->w);
 		cs_writer_free(in->w);
 		in->w = NULL;
-		cs_store_remove(e->store, serial, NULL);
+		if ((rc = cs_store_remove(e->store, serial, in->err)))
+			return ingest_check(in, rc, err);
 		if ((rc = cs_store_lookup(e->store, key, &info)))
 			return ingest_check(in, gf_error(in->err, rc, "identical context vanished"), err);
 		out->serial = info.serial;

@@ -337,8 +337,10 @@ static int reuse(gfd_ingest *in, cs_key key, cs_ctx_info *out, bool *reused, cha
 	in->ended = true;
 	gfr_part_free(in->p);
 	in->p = NULL;
-	cs_store_remove(b->cx.e->store, serial, NULL);
-	int rc = cs_store_lookup(b->cx.e->store, key, out);
+	int rc = cs_store_remove(b->cx.e->store, serial, err);
+	if (rc)
+		return rc;
+	rc = cs_store_lookup(b->cx.e->store, key, out);
 	if (rc)
 		return gf_error(err, rc, "identical context vanished");
 	*reused = true;

@@ -149,7 +149,26 @@ static bool all_hex(const char *s)
 	return true;
 }
 
+/* Control characters of a client's string, quoted in a message, become '?': the message
+ * stays one line, and a terminal that shows the log is not steered by escape codes. */
+static void printable(char *msg)
+{
+	for (unsigned char *p = (unsigned char *)msg; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			*p = '?';
+}
+
+static int resolve_context(gfd_server *s, const char *ref, cs_ctx_info *out, char *err);
+
 int gfd_resolve_context(gfd_server *s, const char *ref, cs_ctx_info *out, char *err)
+{
+	int rc = resolve_context(s, ref, out, err);
+	if (rc)
+		printable(err);
+	return rc;
+}
+
+static int resolve_context(gfd_server *s, const char *ref, cs_ctx_info *out, char *err)
 {
 	const gfd_backend_ops *ops = s->be.ops;
 	size_t len = strlen(ref);

@@ -4,6 +4,9 @@
  * output waits in per-connection queues, and anything that touches the store or the model
  * goes to a worker or the control thread (server_jobs.c).
  *
+ * What a client may cost before it has said who it is (Hello, with the token when one is
+ * required) is small: frames up to HELLO_MAX_FRAME, HELLO_TIMEOUT_NS to send the Hello.
+ *
  * Flow control, both directions:
  *   - a connection whose output queue passes OUT_HIGH bytes is not read until it drains
  *     below OUT_LOW (a client that does not read cannot make us buffer its requests'
@@ -42,6 +45,12 @@
 #define CONN_BUCKETS 1024
 #define DEAD_IDS 16
 #define INGEST_QUEUE_MIN (64u << 10)
+#define MAX_CONNS 4096                        /* connections at once; more are closed at accept */
+#define HELLO_MAX_FRAME (64u << 10)           /* frames before Hello: a Hello is small */
+#define HELLO_READ_SLICE 4096                 /* and it is read in small slices */
+#define HELLO_TIMEOUT_NS 10000000000ll        /* to send it */
+#define READ_KEEP (1u << 20)                  /* input buffer kept between frames */
+#define WIRE_MAX_DEPTH 16
 
 enum ptype { P_LISTENER = 1, P_CONN, P_SIGNAL, P_EVENT };
 
@@ -55,6 +64,8 @@ struct listener {
 	bool is_unix;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char name[160];
+	uint64_t refused;          /* connections closed at accept (MAX_CONNS), not yet logged */
+	int64_t refused_log_ns;    /* when that was last logged */
 };
 
 struct gfd_conn {
@@ -77,6 +88,7 @@ struct gfd_conn {
 	bool kick;                         /* buffered frames to handle this round (unpaused) */
 	bool out_paused;
 	int64_t close_deadline;
+	int64_t hello_deadline;
 	gfd_job *jobs;
 	gfd_job *paused_on;                /* an ingest whose input queue is full */
 	uint64_t dead_ids[DEAD_IDS];       /* ingests that ended: their late data is dropped */
@@ -456,15 +468,20 @@ static void conn_destroy(gfd_server *s, struct gfd_conn *c)
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
+/* No byte below 0x20 and no DEL: a name shows in one line of the log and of a listing, and
+ * sends no escape sequence to the terminal that shows them. */
+static bool has_control(const char *n)
+{
+	for (const unsigned char *p = (const unsigned char *)n; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return true;
+	return false;
+}
+
 static bool valid_name(const char *n, size_t max)
 {
 	size_t len = strlen(n);
-	if (len == 0 || len >= max)
-		return false;
-	for (const char *p = n; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			return false;
-	return true;
+	return len > 0 && len < max && !has_control(n);
 }
 
 static gfd_job *job_new(gfd_server *s, struct gfd_conn *c, uint64_t req_id, enum gfd_job_kind kind)
@@ -557,6 +574,7 @@ static void on_hello(gfd_server *s, struct gfd_conn *c, uint64_t id, const Goldf
 		}
 	}
 	c->hello_done = true;
+	c->rd.max_frame = s->max_frame;
 	const gf_config *mc = &s->info.cfg;
 	Goldfinch__V1__ModelInfo mi = GOLDFINCH__V1__MODEL_INFO__INIT;
 	mi.name = s->info.model_name;
@@ -600,7 +618,7 @@ static bool ingest_start(gfd_server *s, struct gfd_conn *c, uint64_t id,
 {
 	if (m->name && !valid_name(m->name, CS_NAME_MAX)) {
 		conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST,
-			   "context name must be 1..%d bytes without line breaks", CS_NAME_MAX - 1);
+			   "context name must be 1..%d bytes without control characters", CS_NAME_MAX - 1);
 		return false;
 	}
 	if (m->name && m->name[0] == '#' && !(m->has_resume && m->resume)) {
@@ -821,6 +839,10 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 		conn_error(s, c, id, bad, "Generate needs a context: a name, #serial or key prefix");
 		return;
 	}
+	if (has_control(m->context)) {
+		conn_error(s, c, id, bad, "the context reference holds a control character: no name does");
+		return;
+	}
 	if (!m->prompt || !m->prompt[0]) {
 		conn_error(s, c, id, bad, "Generate needs a prompt: the question is empty");
 		return;
@@ -989,6 +1011,62 @@ static void on_control(gfd_server *s, struct gfd_conn *c, uint64_t id, int what,
 	gfd_ctl_push(s, t);
 }
 
+/* Reads a varint at *p (< end); false when malformed. */
+static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	*v = 0;
+	for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+		uint8_t b = *(*p)++;
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return true;
+	}
+	return false;
+}
+
+/* The name of a string field of message d (or of a message inside it) whose bytes on the wire
+ * hold a NUL, or NULL. protobuf-c hands strings over NUL-terminated, so such a string would
+ * arrive cut at its NUL: a name, a context reference, a prompt or a token other than the one
+ * sent. The body has parsed already; anything odd here just ends the scan. */
+static const char *wire_string_nul(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+				   size_t n, int depth)
+{
+	const uint8_t *end = p + n;
+	uint64_t key, len;
+	while (p < end && wire_varint(&p, end, &key)) {
+		switch (key & 7) {
+		case 0:
+			if (!wire_varint(&p, end, &len))
+				return NULL;
+			break;
+		case 1:
+			p += 8;
+			break;
+		case 5:
+			p += 4;
+			break;
+		case 2: {
+			if (!wire_varint(&p, end, &len) || len > (uint64_t)(end - p))
+				return NULL;
+			const ProtobufCFieldDescriptor *f =
+				protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+			if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, len))
+				return f->name;
+			if (f && f->type == PROTOBUF_C_TYPE_MESSAGE && depth < WIRE_MAX_DEPTH) {
+				const char *name = wire_string_nul(f->descriptor, p, len, depth + 1);
+				if (name)
+					return name;
+			}
+			p += len;
+			break;
+		}
+		default:
+			return NULL; /* groups: not in this protocol */
+		}
+	}
+	return NULL;
+}
+
 static void handle_frame(gfd_server *s, struct gfd_conn *c, const uint8_t *body, uint32_t len)
 {
 	proto_request *req = proto_request_parse(body, len);
@@ -998,6 +1076,14 @@ static void handle_frame(gfd_server *s, struct gfd_conn *c, const uint8_t *body,
 		return;
 	}
 	const uint64_t id = req->id;
+	const char *nul = wire_string_nul(&goldfinch__v1__request__descriptor, body, len, 0);
+	if (nul) {
+		conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST,
+			   "request %" PRIu64 ": the string %s holds a NUL byte", id, nul);
+		if (req->body_case == GOLDFINCH__V1__REQUEST__BODY_INGEST_START)
+			remember_dead(c, id); /* its data will follow: dropped quietly */
+		goto free_req;
+	}
 	if (!c->hello_done && req->body_case != GOLDFINCH__V1__REQUEST__BODY_HELLO) {
 		conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST,
 			   "the first request on a connection must be Hello");
@@ -1030,6 +1116,9 @@ static void handle_frame(gfd_server *s, struct gfd_conn *c, const uint8_t *body,
 		if (!req->drop_context->context || !req->drop_context->context[0])
 			conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST,
 				   "DropContext needs a context: a name, #serial or key prefix");
+		else if (has_control(req->drop_context->context))
+			conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST,
+				   "the context reference holds a control character: no name does");
 		else
 			on_control(s, c, id, (int)req->body_case, req->drop_context->context);
 		break;
@@ -1057,12 +1146,30 @@ static void conn_process(gfd_server *s, struct gfd_conn *c)
 			uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
 				     (uint32_t)p[3] << 24;
 			conn_error(s, c, 0, GOLDFINCH__V1__ERROR_CODE__ERROR_TOO_LARGE,
-				   "frame of %u bytes exceeds the %u-byte limit", n, s->max_frame);
+				   "frame of %u bytes exceeds the %u-byte limit%s", n, c->rd.max_frame,
+				   c->hello_done ? "" : " before Hello");
 			conn_fatal(s, c, "oversized frame");
 			break;
 		}
 		handle_frame(s, c, body, len);
 	}
+}
+
+/* A large frame grew the input buffer: once it is handled, let the memory go (what remains
+ * buffered, the start of the next frame, moves to a small buffer). */
+static void conn_release_input(struct gfd_conn *c)
+{
+	size_t pending = proto_reader_pending(&c->rd);
+	if (c->rd.cap <= READ_KEEP || pending > READ_SLICE)
+		return;
+	proto_reader fresh;
+	proto_reader_init(&fresh, c->rd.max_frame);
+	if (pending && proto_reader_feed(&fresh, c->rd.buf + c->rd.start, pending)) {
+		proto_reader_free(&fresh);
+		return; /* keep the big one: it works */
+	}
+	proto_reader_free(&c->rd);
+	c->rd = fresh;
 }
 
 static void conn_read(gfd_server *s, struct gfd_conn *c)
@@ -1085,13 +1192,13 @@ static void conn_read(gfd_server *s, struct gfd_conn *c)
 	size_t total = 0;
 	while (total < READ_BUDGET && conn_reading(c)) {
 		uint8_t *dst;
-		size_t avail;
-		if (proto_reader_space(&c->rd, READ_SLICE, &dst, &avail)) {
+		size_t avail, slice = c->hello_done ? READ_SLICE : HELLO_READ_SLICE;
+		if (proto_reader_space(&c->rd, slice, &dst, &avail)) {
 			conn_mark_dead(s, c, "out of memory for its input");
 			return;
 		}
-		if (avail > READ_SLICE)
-			avail = READ_SLICE;
+		if (avail > slice)
+			avail = slice;
 		ssize_t n = recv(c->fd, dst, avail, MSG_DONTWAIT);
 		if (n > 0) {
 			proto_reader_commit(&c->rd, (size_t)n);
@@ -1108,6 +1215,7 @@ static void conn_read(gfd_server *s, struct gfd_conn *c)
 		return;
 	}
 	conn_process(s, c);
+	conn_release_input(c);
 	conn_update_events(s, c);
 }
 
@@ -1135,6 +1243,19 @@ static void peer_name(int fd, const struct sockaddr_storage *ss, char *out, size
 	}
 }
 
+/* Counts a connection closed at accept; a flood of them costs the log a line every 10 s. */
+static void refused(gfd_server *s, struct listener *l, const char *why)
+{
+	int64_t now = gfd_now_ns();
+	l->refused++;
+	if (now - l->refused_log_ns < 10000000000ll)
+		return;
+	gfd_logf(s->log, "refused %" PRIu64 " connection%s on %s: %s", l->refused,
+		 l->refused == 1 ? "" : "s", l->name, why);
+	l->refused = 0;
+	l->refused_log_ns = now;
+}
+
 static void on_accept(gfd_server *s, struct listener *l)
 {
 	for (int k = 0; k < 64; k++) {
@@ -1152,10 +1273,18 @@ static void on_accept(gfd_server *s, struct listener *l)
 				if (fd >= 0)
 					close(fd);
 				s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-				gfd_logf(s->log, "refused a connection on %s: out of file descriptors", l->name);
+				refused(s, l, "out of file descriptors");
 				continue;
 			}
 			return;
+		}
+		if (table(s)->n >= MAX_CONNS) {
+			/* Closed at once: a flood of connections costs a descriptor for an instant. */
+			char why[64];
+			close(fd);
+			snprintf(why, sizeof(why), "%d are open already", MAX_CONNS);
+			refused(s, l, why);
+			continue;
 		}
 		struct gfd_conn *c = calloc(1, sizeof(*c));
 		if (!c) {
@@ -1166,7 +1295,8 @@ static void on_accept(gfd_server *s, struct listener *l)
 		c->fd = fd;
 		c->id = ++s->next_conn_id;
 		peer_name(fd, &ss, c->peer, sizeof(c->peer));
-		proto_reader_init(&c->rd, s->max_frame);
+		proto_reader_init(&c->rd, s->max_frame < HELLO_MAX_FRAME ? s->max_frame : HELLO_MAX_FRAME);
+		c->hello_deadline = gfd_now_ns() + HELLO_TIMEOUT_NS;
 		c->events = EPOLLIN | EPOLLRDHUP;
 		struct epoll_event e = { .events = c->events, .data.ptr = c };
 		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &e)) {
@@ -1232,7 +1362,9 @@ static int listen_unix(struct listener *l, const char *path, char *err)
 		unlink(path);
 	}
 	l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (l->fd < 0 || bind(l->fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	/* Linux creates the socket file with the socket's mode (less the umask): 0600 from the
+	 * start, so that no other user can connect between bind and chmod. */
+	if (l->fd < 0 || fchmod(l->fd, 0600) || bind(l->fd, (struct sockaddr *)&sa, sizeof(sa)) ||
 	    chmod(path, 0600) || listen(l->fd, SOMAXCONN)) {
 		int rc = -errno;
 		snprintf(err, GF_ERR_LEN, "--listen unix:%.200s: %s", path, strerror(errno));
@@ -1457,6 +1589,12 @@ int gfd_server_run(gfd_server *s)
 			next = c->next;
 			if (!c->dead && c->closing && now > c->close_deadline)
 				conn_mark_dead(s, c, c->close_reason);
+			if (!c->dead && !c->closing && !c->hello_done && now > c->hello_deadline) {
+				conn_error(s, c, 0, GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST,
+					   "no Hello within %lld s: closing", HELLO_TIMEOUT_NS / 1000000000);
+				conn_fatal(s, c, "no Hello in time");
+				conn_write(s, c);
+			}
 			if (c->dead)
 				conn_destroy(s, c);
 			else if (c->out_head)

@@ -44,7 +44,8 @@ static inline float exp_approx(float x)
 	p = p * r + 0.5f;
 	p = p * r + 1.0f;
 	p = p * r + 1.0f;
-	int32_t bits = (n + 127) << 23;
+	/* Unsigned: a NaN input (a damaged checkpoint) gives a NaN out, not a signed-shift UB. */
+	uint32_t bits = (uint32_t)(n + 127) << 23;
 	float scale;
 	memcpy(&scale, &bits, sizeof(scale));
 	return p * scale;
