@@ -27,9 +27,11 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: gf-convert IN OUT.gguf [--vocab FILE] [--rope-base B] [--dtype D] [--name NAME]\n"
+		"usage: gf-convert IN OUT.gguf [--vocab FILE | --byte-vocab] [--rope-base B] [--dtype D]\n"
+		"                  [--name NAME]\n"
 		"       gf-convert --random --layers L --embd C --vocab V [--ratio R] [--seed S]\n"
-		"                  [--dtype D] [--vocab-file FILE] [--rope-base B] [--name NAME]\n"
+		"                  [--dtype D] [--vocab-file FILE | --byte-vocab] [--rope-base B]\n"
+		"                  [--name NAME]\n"
 		"                  [--threads T] OUT.gguf\n"
 		"\n"
 		"Converts a GoldFinch checkpoint to the GGUF v3 file the daemon loads.\n"
@@ -42,6 +44,10 @@ static void usage(FILE *f)
 		"  --vocab FILE      RWKV World vocabulary (rwkv_vocab_v20230424.txt) to embed as\n"
 		"                    tokenizer.ggml.tokens (a GGUF input keeps its own otherwise);\n"
 		"                    --vocab-file FILE is the same\n"
+		"  --byte-vocab      embed the byte vocabulary instead: 257 tokens, id 0 is\n"
+		"                    <|endoftext|> and ids 1..256 are the single bytes 0..255, the\n"
+		"                    ids the World vocabulary gives them (for byte-level models\n"
+		"                    such as models/goldfinch-byte.gguf)\n"
 		"  --rope-base B     RoPE frequency base (0 = no RoPE, the default; a GGUF input\n"
 		"                    keeps its own otherwise)\n"
 		"  --dtype D         keep (default), f32, f16 or bf16: element type of the output\n"
@@ -55,7 +61,7 @@ static void usage(FILE *f)
 		"  --ratio R         inv_other_layer_ratio: G = floor(L*(R-1)/R) Finch blocks (3)\n"
 		"  --seed S          RNG seed, unsigned 64-bit (0)\n"
 		"  --dtype D         f32 (default), f16 or bf16\n"
-		"  --vocab-file FILE vocabulary to embed, as --vocab above\n"
+		"  --vocab-file FILE vocabulary to embed, as --vocab above (or --byte-vocab)\n"
 		"  --threads T       generator threads (default: online CPUs, at most %d); the\n"
 		"                    output does not depend on T\n"
 		"\n"
@@ -128,6 +134,32 @@ static void from_f32(gf_dtype t, const float *src, void *dst, size_t n)
 	}
 }
 
+/* The byte vocabulary: id 0 <|endoftext|> (as vocab.c makes it for the World vocabulary),
+ * ids 1..256 the single bytes 0..255. Greedy longest match over it reads every byte as its
+ * own token except the literal "<|endoftext|>", which is id 0, as with the World tokenizer. */
+static int byte_vocab(gf_vocab *v)
+{
+	static const char eot[] = "<|endoftext|>";
+	const uint32_t n_eot = sizeof(eot) - 1;
+
+	memset(v, 0, sizeof(*v));
+	v->offsets = malloc(258 * sizeof(*v->offsets));
+	v->bytes = malloc(n_eot + 256);
+	if (!v->offsets || !v->bytes) {
+		gf_vocab_free(v);
+		return -ENOMEM;
+	}
+	memcpy(v->bytes, eot, n_eot);
+	v->offsets[0] = 0;
+	v->offsets[1] = n_eot;
+	for (int b = 0; b < 256; b++) {
+		v->bytes[n_eot + b] = (uint8_t)b;
+		v->offsets[b + 2] = n_eot + (uint32_t)b + 1;
+	}
+	v->n_tokens = 257;
+	return 0;
+}
+
 static void print_summary(const char *out, const gf_config *cfg, const gf_tensor *infos, int n,
 			  const gf_vocab *vocab, uint64_t model_id)
 {
@@ -195,7 +227,7 @@ static const char *base_stem(const char *path, char *buf, size_t len)
 	return buf;
 }
 
-static int cmd_convert(const char *in, const char *out, const char *vocab_path,
+static int cmd_convert(const char *in, const char *out, const char *vocab_path, bool bytes,
 		       const char *rope_base, int dtype, const char *name)
 {
 	char err[GF_ERR_LEN] = "", stem[GF_NAME_MAX];
@@ -245,6 +277,12 @@ static int cmd_convert(const char *in, const char *out, const char *vocab_path,
 	if (vocab_path) {
 		if (gf_vocab_load_file(&vfile, vocab_path, err)) {
 			rc = die("%s", err);
+			goto out;
+		}
+		vocab = &vfile;
+	} else if (bytes) {
+		if (byte_vocab(&vfile)) {
+			rc = die("out of memory");
 			goto out;
 		}
 		vocab = &vfile;
@@ -477,8 +515,8 @@ static int fill_random(void *user, int idx, void *dst, char *err)
 }
 
 static int cmd_random(const char *out, long layers, long embd, long vocab_size, long ratio,
-		      uint64_t seed, int dtype, const char *vocab_path, const char *rope_base,
-		      const char *name, long threads)
+		      uint64_t seed, int dtype, const char *vocab_path, bool bytes,
+		      const char *rope_base, const char *name, long threads)
 {
 	char err[GF_ERR_LEN] = "", defname[GF_NAME_MAX];
 	gf_config cfg;
@@ -499,9 +537,9 @@ static int cmd_random(const char *out, long layers, long embd, long vocab_size, 
 			return die("--rope-base %s: not a non-negative number", rope_base);
 		cfg.rope_base = (float)b;
 	}
-	if (vocab_path) {
-		if (gf_vocab_load_file(&vfile, vocab_path, err))
-			return die("%s", err);
+	if (vocab_path || bytes) {
+		if (vocab_path ? gf_vocab_load_file(&vfile, vocab_path, err) : byte_vocab(&vfile))
+			return die("%s", vocab_path ? err : "out of memory");
 		if (vfile.n_tokens > cfg.vocab_size)
 			fprintf(stderr, "gf-convert: warning: the vocabulary has %d tokens, the model "
 				"only %d ids\n", vfile.n_tokens, cfg.vocab_size);
@@ -568,7 +606,7 @@ int main(int argc, char **argv)
 	const char *rope_base = NULL, *name = NULL, *dtype_s = NULL;
 	long layers = -1, embd = -1, ratio = 3, threads = 0;
 	unsigned long long seed = 0;
-	bool random = false;
+	bool random = false, bytes = false;
 	int n_pos = 0, dtype;
 
 	for (int i = 1; i < argc; i++) {
@@ -587,6 +625,10 @@ int main(int argc, char **argv)
 
 		if (strcmp(a, "--random") == 0)
 			continue;
+		if (strcmp(a, "--byte-vocab") == 0) {
+			bytes = true;
+			continue;
+		}
 		if (strncmp(a, "--", 2) != 0 || strcmp(a, "--") == 0) {
 			if (n_pos >= 2)
 				return die("unexpected argument '%s' (see --help)", a);
@@ -630,6 +672,8 @@ int main(int argc, char **argv)
 				   random ? "" : " (without --random)");
 		}
 	}
+	if (bytes && (vocab_opt && !random ? vocab_opt : vocab_file))
+		return die("--byte-vocab and a vocabulary file exclude each other");
 	if (name && strlen(name) >= GF_NAME_MAX)
 		return die("--name: longer than %d bytes", GF_NAME_MAX - 1);
 
@@ -647,13 +691,13 @@ int main(int argc, char **argv)
 		if (dtype_s && parse_dtype(dtype_s, false, &dtype))
 			return die("--dtype %s: must be f32, f16 or bf16", dtype_s);
 		return cmd_random(pos[0], layers, embd, vocab_size, ratio, seed, dtype, vocab_file,
-				  rope_base, name, threads);
+				  bytes, rope_base, name, threads);
 	}
 	if (n_pos != 2)
 		return die("expected IN and OUT.gguf (see --help)");
 	dtype = -1;
 	if (dtype_s && parse_dtype(dtype_s, true, &dtype))
 		return die("--dtype %s: must be keep, f32, f16 or bf16", dtype_s);
-	return cmd_convert(pos[0], pos[1], vocab_file ? vocab_file : vocab_opt, rope_base, dtype,
-			   name);
+	return cmd_convert(pos[0], pos[1], vocab_file ? vocab_file : vocab_opt, bytes, rope_base,
+			   dtype, name);
 }
