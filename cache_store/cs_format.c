@@ -414,6 +414,7 @@ int cs_manifest_decode(const uint8_t *buf, size_t len, uint64_t *gen, uint64_t *
 		 * files and allocations from them. */
 		if (c->name[CS_NAME_MAX - 1] || !es || !c->width || c->width > CS_MAX_WIDTH ||
 		    !c->page_tokens || c->page_tokens > CS_MAX_PAGE_TOKENS ||
+		    (uint64_t)c->page_tokens * c->width * es > CS_MAX_RAW_PAGE ||
 		    c->n_tokens > INT64_MAX / ((uint64_t)CS_MAX_WIDTH * 4 + 4) ||
 		    c->n_pages != (c->n_tokens + c->page_tokens - 1) / c->page_tokens ||
 		    c->data_len % CS_ALIGN || c->data_len > INT64_MAX ||

@@ -1,11 +1,45 @@
 #!/bin/sh
-# Sets up (tools/setup.sh), then runs the whole test suite twice: a normal build, and a build
-# under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Sets up (tools/setup.sh), then runs the test suite in four builds:
+#   build       the normal build, every test;
+#   build-asan  AddressSanitizer + UndefinedBehaviorSanitizer, every test;
+#   build-fuzz  clang + libFuzzer (tests/fuzz/README.md): each parser's fuzz target runs its
+#               seed corpus and a few thousand generated inputs (ctest -L fuzz);
+#   build-tsan  ThreadSanitizer: the tests that run threads (the daemon's loop, workers and
+#               control thread; the engine and its decode pool; the cache store's concurrent
+#               readers and writers). The engine's longer cases (invariance, SIGKILL, RoPE,
+#               a2) run single-threaded logic the other builds cover: left out, they would
+#               take a quarter of an hour here.
+# The two gcc builds also replay every fuzz corpus once (label fuzz_replay).
 set -eu
 cd "$(dirname "$0")/.."
 # mpirun refuses root without these; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+jobs=$(nproc)
+
 tools/setup.sh build
-(cd build && ctest --output-on-failure -j"$(nproc)")
+(cd build && ctest --output-on-failure -j"$jobs")
 tools/setup.sh build-asan -DGF_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$(nproc)")
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$jobs")
+
+# libFuzzer comes with clang's runtime package, which Debian only recommends.
+missing=""
+for p in clang libclang-rt-14-dev; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "run-tests: installing$missing" >&2
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO=sudo
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# Only the fuzz targets and the libraries they reach are built here.
+cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DGF_FUZZ=ON \
+	-DGF_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-fuzz --target gf_fuzz_all -j"$jobs"
+(cd build-fuzz && UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -L '^fuzz$' -j"$jobs")
+
+tools/setup.sh build-tsan -DGF_SANITIZE=thread
+(cd build-tsan && TSAN_OPTIONS="suppressions=$PWD/../tools/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+	ctest --output-on-failure -j"$jobs" \
+	-R '^(daemon_|engine_(exact_|question_odd$|cli$)|model_forward_a[13]$|cache_store_(concurrent|branch|stream)$)')
