@@ -392,7 +392,8 @@ static void *link_thread(void *arg)
 				pp = &o->next;
 			}
 		}
-		if (stop && !pending)
+		/* Sends to a dead peer never complete: after a failure, stopping abandons them. */
+		if (stop && (!pending || failed))
 			break;
 		int flag = 0;
 		MPI_Status st;
