@@ -102,17 +102,8 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workloa
 		return gf_error(err, rc, "--cache-dir %s: too long", lc->cache_dir);
 	make_parents(r->cache_dir);
 	gfe_config ec;
-	gfe_config_defaults(&ec);
-	ec.model_path = lc->model_path;
+	gfd_local_engine_config(lc, &ec);
 	ec.cache_dir = r->cache_dir;
-	ec.c_dtype = lc->c_dtype;
-	if (lc->checkpoint_tokens)
-		ec.checkpoint_tokens = lc->checkpoint_tokens;
-	ec.tier_bytes = lc->tier_bytes;
-	ec.disk_budget = lc->disk_budget;
-	ec.threads = lc->threads;
-	if (lc->chunk)
-		ec.chunk = lc->chunk;
 	part_rank_blocks(&r->plan, r->rank, &ec.block_first, &ec.block_end);
 	char why[GF_ERR_LEN];
 	rc = gfe_open(&r->e, &ec, why);

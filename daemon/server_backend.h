@@ -97,6 +97,10 @@ typedef struct gfd_local_config {
 	int chunk;                   /* Finch-stage chunk in tokens; 0 = the engine's default */
 } gfd_local_config;
 
+/* The engine settings these give (every rank of a multi-rank daemon uses them too). */
+struct gfe_config;
+void gfd_local_engine_config(const gfd_local_config *cfg, struct gfe_config *ec);
+
 /* One process, one gfe_engine over the model and the store in cache_dir. */
 int gfd_backend_local_open(gfd_backend *out, const gfd_local_config *cfg, char *err);
 

@@ -201,6 +201,21 @@ static const gfd_backend_ops local_ops = {
 	.session_free = local_session_free,
 };
 
+void gfd_local_engine_config(const gfd_local_config *cfg, gfe_config *ec)
+{
+	gfe_config_defaults(ec);
+	ec->model_path = cfg->model_path;
+	ec->cache_dir = cfg->cache_dir;
+	ec->c_dtype = cfg->c_dtype;
+	if (cfg->checkpoint_tokens)
+		ec->checkpoint_tokens = cfg->checkpoint_tokens;
+	ec->tier_bytes = cfg->tier_bytes;
+	ec->disk_budget = cfg->disk_budget;
+	ec->threads = cfg->threads;
+	if (cfg->chunk)
+		ec->chunk = cfg->chunk;
+}
+
 int gfd_backend_local_open(gfd_backend *out, const gfd_local_config *cfg, char *err)
 {
 	gfe_config ec;
@@ -210,17 +225,7 @@ int gfd_backend_local_open(gfd_backend *out, const gfd_local_config *cfg, char *
 			snprintf(err, GF_ERR_LEN, "out of memory");
 		return -ENOMEM;
 	}
-	gfe_config_defaults(&ec);
-	ec.model_path = cfg->model_path;
-	ec.cache_dir = cfg->cache_dir;
-	ec.c_dtype = cfg->c_dtype;
-	if (cfg->checkpoint_tokens)
-		ec.checkpoint_tokens = cfg->checkpoint_tokens;
-	ec.tier_bytes = cfg->tier_bytes;
-	ec.disk_budget = cfg->disk_budget;
-	ec.threads = cfg->threads;
-	if (cfg->chunk)
-		ec.chunk = cfg->chunk;
+	gfd_local_engine_config(cfg, &ec);
 	int rc = gfe_open(&l->e, &ec, err);
 	if (rc) {
 		free(l);
