@@ -43,6 +43,7 @@ struct peer {
 
 struct gfm_link {
 	MPI_Comm comm;
+	pthread_t watcher;            /* peers' liveness: apart, as MPI may block on a dead peer */
 	int rank, size;
 	struct peer *peers;
 	pthread_t thread;
@@ -60,13 +61,6 @@ struct gfm_link {
 void gfm_msg_free(gfm_msg *m)
 {
 	free(m);
-}
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
 /* Caller holds l->mu. */
@@ -340,12 +334,29 @@ static void watch_peers(gfm_link *l)
 	}
 }
 
+/* The watcher runs beside the link thread because the link thread can be stuck inside MPI
+ * on a message from a peer that died mid-transfer; failing the link from here wakes every
+ * waiting stream all the same. */
+static void *watch_thread(void *arg)
+{
+	gfm_link *l = arg;
+	const struct timespec pause = { 0, WATCH_EVERY_NS };
+	for (;;) {
+		pthread_mutex_lock(&l->mu);
+		const bool done = l->stop || l->failure[0];
+		pthread_mutex_unlock(&l->mu);
+		if (done)
+			return NULL;
+		watch_peers(l);
+		nanosleep(&pause, NULL);
+	}
+}
+
 static void *link_thread(void *arg)
 {
 	gfm_link *l = arg;
 	struct out_msg *pending = NULL;
 	int idle_us = 0;
-	int64_t next_watch = now_ns() + WATCH_EVERY_NS;
 	for (;;) {
 		bool progress = false;
 		pthread_mutex_lock(&l->mu);
@@ -423,11 +434,6 @@ static void *link_thread(void *arg)
 			route(l, m);
 			progress = true;
 		}
-		const int64_t now = now_ns();
-		if (now >= next_watch) {
-			watch_peers(l);
-			next_watch = now + WATCH_EVERY_NS;
-		}
 		if (progress) {
 			idle_us = 0;
 			continue;
@@ -483,7 +489,8 @@ int gfm_link_start(gfm_link **out, MPI_Comm comm, char *err)
 		free(l);
 		return -EIO;
 	}
-	if (pthread_create(&l->thread, NULL, link_thread, l)) {
+	if (pthread_create(&l->thread, NULL, link_thread, l) ||
+	    pthread_create(&l->watcher, NULL, watch_thread, l)) {
 		if (err)
 			snprintf(err, 256, "cannot start the MPI link thread");
 		free(l->peers);
@@ -500,8 +507,15 @@ void gfm_link_stop(gfm_link *l)
 		return;
 	pthread_mutex_lock(&l->mu);
 	l->stop = true;
+	const bool failed = l->failure[0] != 0;
 	pthread_cond_signal(&l->outbox_cond);
 	pthread_mutex_unlock(&l->mu);
+	pthread_join(l->watcher, NULL);
+	if (failed) {
+		/* The link thread may be stuck in MPI on a dead peer's message: leave it, and the
+		 * link with it, to the process's exit. */
+		return;
+	}
 	pthread_join(l->thread, NULL);
 	for (int i = 0; i < BOX_BUCKETS; i++)
 		while (l->boxes[i])
