@@ -512,11 +512,16 @@ void gfm_link_stop(gfm_link *l)
 	pthread_mutex_unlock(&l->mu);
 	pthread_join(l->watcher, NULL);
 	if (failed) {
-		/* The link thread may be stuck in MPI on a dead peer's message: leave it, and the
-		 * link with it, to the process's exit. */
-		return;
+		/* The link thread may be stuck in MPI on a dead peer's message: give it a second,
+		 * then leave it, and the link with it, to the process's exit. */
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 1;
+		if (pthread_timedjoin_np(l->thread, NULL, &until))
+			return;
+	} else {
+		pthread_join(l->thread, NULL);
 	}
-	pthread_join(l->thread, NULL);
 	for (int i = 0; i < BOX_BUCKETS; i++)
 		while (l->boxes[i])
 			gfm_box_close(l, l->boxes[i]);
