@@ -294,6 +294,17 @@ static int feed(gfe_ingest *in, const struct text *t, size_t from, size_t to, ch
 	return 0;
 }
 
+/* Feeds an ingest (begun or resumed) from byte `from` to the end of t, finishes and frees it. */
+static int feed_finish(gfe_ingest *in, const struct text *t, size_t from, gfe_context *ctx,
+		       char *err)
+{
+	int rc = feed(in, t, from, t->len, err);
+	if (!rc)
+		rc = gfe_ingest_finish(in, ctx, NULL, err);
+	gfe_ingest_free(in);
+	return rc;
+}
+
 /* ---- the scenario ----------------------------------------------------------------------- */
 
 /* Stops at the first error, which it returns (err holds its message). Frees what it made. */
@@ -306,10 +317,7 @@ static int scenario(gfe_engine *e, uint64_t serial_b, char *err)
 	/* resume B, finish it */
 	if ((rc = gfe_ingest_resume(e, serial_b, &in, err)))
 		return rc;
-	rc = feed(in, &texts[T_B], (size_t)gfe_ingest_input_bytes(in), texts[T_B].len, err);
-	if (!rc)
-		rc = gfe_ingest_finish(in, &ctx, NULL, err);
-	gfe_ingest_free(in);
+	rc = feed_finish(in, &texts[T_B], (size_t)gfe_ingest_input_bytes(in), &ctx, err);
 	in = NULL;
 	if (rc)
 		return rc;
@@ -317,10 +325,7 @@ static int scenario(gfe_engine *e, uint64_t serial_b, char *err)
 	/* C, with checkpoints on the way */
 	if ((rc = gfe_ingest_begin(e, "C", &in, err)))
 		return rc;
-	rc = feed(in, &texts[T_C], 0, texts[T_C].len, err);
-	if (!rc)
-		rc = gfe_ingest_finish(in, &ctx, NULL, err);
-	gfe_ingest_free(in);
+	rc = feed_finish(in, &texts[T_C], 0, &ctx, err);
 	in = NULL;
 	if (rc)
 		return rc;
@@ -328,10 +333,7 @@ static int scenario(gfe_engine *e, uint64_t serial_b, char *err)
 	/* A again: found stored, the duplicate dropped */
 	if ((rc = gfe_ingest_begin(e, "A2", &in, err)))
 		return rc;
-	rc = feed(in, &texts[T_A], 0, texts[T_A].len, err);
-	if (!rc)
-		rc = gfe_ingest_finish(in, &ctx, NULL, err);
-	gfe_ingest_free(in);
+	rc = feed_finish(in, &texts[T_A], 0, &ctx, err);
 	if (!rc && !ctx.reused)
 		rc = gf_error(err, -EPROTO, "A2 was not found equal to A");
 	return rc;
