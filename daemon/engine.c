@@ -181,8 +181,9 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_mutex_init(&e->tier.mu, NULL);
 	gf_blas_set_threads(cfg->threads);
-	if ((rc = gf_model_load_blocks(&e->model, cfg->model_path, cfg->block_first,
-				       cfg->block_end > 0 ? cfg->block_end : -1, err)))
+	if ((rc = gf_model_load_slice(&e->model, cfg->model_path, cfg->block_first,
+				      cfg->block_end > 0 ? cfg->block_end : -1,
+				      cfg->gold_kv_all ? GF_LOAD_GOLD_KV : 0, err)))
 		goto fail_engine;
 	const gf_config *mc = &e->model->cfg;
 	e->slice = gfe_slice_code(mc, e->model->block_first, e->model->block_end);
@@ -382,6 +383,21 @@ static int paged_rebuild(struct paged_src *ps, gf_workspace *ws, int g, int64_t 
 	const gf_config *c = &ps->e->model->cfg;
 	const int64_t pos0 = first + from;
 	const int has_prev = pos0 > 0;
+	const int64_t block = first / GF_KV_BLOCK;
+	if (ps->ks && from == 0 && n == GF_KV_BLOCK && block >= ps->ks_block0 &&
+	    block < ps->ks_block0 + ps->ks_blocks) {
+		const int64_t i = block - ps->ks_block0;
+		float *stream = ps->ks + (size_t)i * gf_key_stream_floats(c, GF_KV_BLOCK);
+		int rc = 0;
+		if (!ps->ks_have[i]) {
+			if ((rc = paged_rows(ps, pos0 - has_prev, n + has_prev)) ||
+			    (rc = gf_key_stream(ps->e->model, ws, ps->c, ps->tok, has_prev, pos0, n,
+						stream)))
+				return rc;
+			ps->ks_have[i] = 1;
+		}
+		return gf_kv_expand(ps->e->model, ws, g, stream, pos0, n, k, v);
+	}
 	int rc = paged_rows(ps, pos0 - has_prev, n - from + has_prev);
 	if (rc)
 		return rc;
@@ -480,10 +496,38 @@ int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint6
 	return 0;
 }
 
+int gfe_paged_key_cache(struct paged_src *ps, int64_t block0, int64_t blocks, size_t max_bytes)
+{
+	const size_t per = gf_key_stream_floats(&ps->e->model->cfg, GF_KV_BLOCK) * sizeof(float);
+	if (blocks > (int64_t)(max_bytes / per))
+		blocks = (int64_t)(max_bytes / per);
+	free(ps->ks);
+	free(ps->ks_have);
+	ps->ks = NULL;
+	ps->ks_have = NULL;
+	ps->ks_blocks = 0;
+	if (blocks < 1 || !ps->e->model->w_kv_cache_b)
+		return 0;
+	ps->ks = malloc((size_t)blocks * per);
+	ps->ks_have = calloc((size_t)blocks, 1);
+	if (!ps->ks || !ps->ks_have) {
+		free(ps->ks);
+		free(ps->ks_have);
+		ps->ks = NULL;
+		ps->ks_have = NULL;
+		return -ENOMEM;
+	}
+	ps->ks_block0 = block0;
+	ps->ks_blocks = blocks;
+	return 0;
+}
+
 void gfe_paged_free(struct paged_src *ps)
 {
 	if (ps->e)
 		gfe_tier_unpin(&ps->e->tier, ps->pinned);
+	free(ps->ks);
+	free(ps->ks_have);
 	free(ps->raw);
 	free(ps->raw_tok);
 	free(ps->c);
@@ -754,6 +798,8 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 			 (unsigned long long)serial);
 	if (!rc) {
 		ps.src.n_pos = in->st.n_pos;
+		/* Every GOLD layer rebuilds the same blocks: their key stream once (best effort). */
+		gfe_paged_key_cache(&ps, 0, in->st.n_pos / GF_KV_BLOCK, GFE_TAIL_KEY_CACHE_BYTES);
 		rc = gf_gold_tail(e->model, in->ws, &in->st, &ps.src, logits);
 		if (rc && !in->err[0])
 			snprintf(in->err, GF_ERR_LEN, "GOLD tail: %.200s", ps.err[0] ? ps.err : "failed");

@@ -50,6 +50,8 @@ typedef struct gfe_config {
 	uint64_t ram_cache_bytes;    /* the store's RAM page cache (cs_config); 0 = its default */
 	int block_first, block_end;  /* load only blocks [first, end): an MPI rank's slice, used
 				      * through engine_internal.h; end 0 = every block */
+	bool gold_kv_all;            /* also the key/value weights of every GOLD block, so that
+				      * this rank can attend over spans of others' layers */
 } gfe_config;
 
 void gfe_config_defaults(gfe_config *cfg);

@@ -59,6 +59,11 @@ struct paged_src {
 	int64_t *open_first;      /* [n_gold]: its first position, -1 = none */
 	int *open_rows;           /* [n_gold]: rows valid */
 	struct tier_entry *pinned;
+	/* Optional (gfe_paged_key_cache): the key stream of full blocks [ks_block0, +ks_blocks),
+	 * computed once and shared by every GOLD layer's rebuild of them. */
+	float *ks;
+	uint8_t *ks_have;
+	int64_t ks_block0, ks_blocks;
 	char err[GF_ERR_LEN];
 };
 
@@ -84,5 +89,13 @@ void gfe_tier_forget(struct tier *t, uint64_t owner);
 int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint64_t serial,
 		   uint64_t base_tokens, bool growing);
 void gfe_paged_free(struct paged_src *ps);
+/* Keeps the key stream (gf_key_stream) of up to `blocks` full blocks from block0 on, within
+ * max_bytes: a tail that walks every GOLD layer over the same blocks then computes the
+ * layer-independent part once. The bits are those of rebuilding each time. -ENOMEM: none
+ * kept (still correct, just slower). */
+int gfe_paged_key_cache(struct paged_src *ps, int64_t block0, int64_t blocks, size_t max_bytes);
+/* What an ingest's GOLD tail may keep so (about 8 KiB per position at n_embd 1024): past it,
+ * the rest of the blocks are rebuilt whole per layer as before. */
+#define GFE_TAIL_KEY_CACHE_BYTES ((size_t)256 << 20)
 
 #endif /* GF_ENGINE_INTERNAL_H */

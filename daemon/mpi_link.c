@@ -1,7 +1,9 @@
 /*
  * mpi_link.c — see mpi_link.h. The link thread: post sends from the outbox, complete them,
- * receive whatever has arrived into mailboxes, watch the local peers; sleep briefly (growing
- * up to IDLE_MAX_US) when there is nothing to do, so idle ranks do not spin on a core.
+ * receive whatever has arrived into mailboxes, watch the local peers; sleep briefly when
+ * there is nothing to do (growing up to IDLE_MAX_US while a stream's thread waits for a
+ * message, to IDLE_BUSY_US or $GOLDFINCH_LINK_IDLE_US while none does), so that the polls
+ * neither spin on the core nor keep taking it from the compute thread beside them.
  */
 #include "mpi_link.h"
 
@@ -17,7 +19,8 @@
 
 #define GFM_TAG 7
 #define BOX_BUCKETS 256
-#define IDLE_MAX_US 200
+#define IDLE_MAX_US 200      /* between polls while a stream waits for a message */
+#define IDLE_BUSY_US 2000    /* while none does (its threads compute, or nothing runs) */
 #define WATCH_EVERY_NS 100000000ll /* peers' liveness, every 100 ms */
 
 struct gfm_box {
@@ -34,6 +37,14 @@ struct out_msg {
 	MPI_Request req;
 	struct out_msg *next;
 	unsigned char buf[];    /* header then payload */
+};
+
+/* A message being received (MPI_Imrecv): routed once complete, in the order matched. */
+struct in_msg {
+	MPI_Request req;
+	int source, count;
+	gfm_msg *m;
+	struct in_msg *next;
 };
 
 struct peer {
@@ -55,6 +66,8 @@ struct gfm_link {
 	uint32_t next_stream;
 	uint64_t sends, fail_send_at;  /* fault injection: the send that fails (0: none) */
 	bool stop;
+	int idle_max_us;              /* longest sleep between polls while no stream waits */
+	int waiters;                  /* stream threads blocked for a message */
 	char failure[256];
 };
 
@@ -162,14 +175,31 @@ static int pop_locked(gfm_link *l, gfm_box *b, int timeout_ms, gfm_msg **out)
 			until.tv_nsec -= 1000000000l;
 		}
 	}
+	/* A stream's thread that waits makes the link thread poll at its fast pace. */
+	const bool counts = b != &l->control;
+	bool waiting = false;
+	int rc = 0;
 	while (!b->head) {
-		if (l->failure[0])
-			return -EPIPE;
+		if (l->failure[0]) {
+			rc = -EPIPE;
+			break;
+		}
+		if (counts && !waiting) {
+			waiting = true;
+			if (l->waiters++ == 0)
+				pthread_cond_signal(&l->outbox_cond);
+		}
 		if (timeout_ms < 0)
 			pthread_cond_wait(&b->cond, &l->mu);
-		else if (pthread_cond_timedwait(&b->cond, &l->mu, &until) == ETIMEDOUT && !b->head)
-			return l->failure[0] ? -EPIPE : -ETIMEDOUT;
+		else if (pthread_cond_timedwait(&b->cond, &l->mu, &until) == ETIMEDOUT && !b->head) {
+			rc = l->failure[0] ? -EPIPE : -ETIMEDOUT;
+			break;
+		}
 	}
+	if (waiting)
+		l->waiters--;
+	if (rc)
+		return rc;
 	*out = b->head;
 	b->head = b->head->next;
 	if (!b->head)
@@ -356,7 +386,9 @@ static void *link_thread(void *arg)
 {
 	gfm_link *l = arg;
 	struct out_msg *pending = NULL;
+	struct in_msg *incoming = NULL, **incoming_tail = &incoming;
 	int idle_us = 0;
+	uint64_t wakes = 0;
 	for (;;) {
 		bool progress = false;
 		pthread_mutex_lock(&l->mu);
@@ -404,43 +436,85 @@ static void *link_thread(void *arg)
 			}
 		}
 		/* Sends to a dead peer never complete: after a failure, stopping abandons them. */
-		if (stop && (!pending || failed))
+		if (stop && ((!pending && !incoming) || failed))
 			break;
-		int flag = 0;
-		MPI_Status st;
-		if (!failed && MPI_Iprobe(MPI_ANY_SOURCE, GFM_TAG, l->comm, &flag, &st) == MPI_SUCCESS &&
-		    flag) {
+		/* Receives are posted without blocking: a blocking one would spin on the core the
+		 * compute thread shares until the sender's link thread moves the data along. */
+		for (int flag = 1; flag && !failed;) {
+			MPI_Message msg;
+			MPI_Status st;
+			if (MPI_Improbe(MPI_ANY_SOURCE, GFM_TAG, l->comm, &flag, &msg, &st) != MPI_SUCCESS) {
+				gfm_link_fail(l, "probing for messages failed (MPI error)");
+				break;
+			}
+			if (!flag)
+				break;
 			int count = 0;
 			MPI_Get_count(&st, MPI_BYTE, &count);
-			gfm_msg *m = malloc(sizeof(*m) + (size_t)count);
-			if (!m) {
+			struct in_msg *in = malloc(sizeof(*in));
+			gfm_msg *m = malloc(sizeof(*m) + (size_t)(count > 0 ? count : 1));
+			if (!in || !m) {
+				free(in);
+				free(m);
 				gfm_link_fail(l, "out of memory receiving a message");
-				continue;
+				break;
 			}
-			unsigned char *raw = (unsigned char *)(m + 1);
-			if (MPI_Recv(raw, count, MPI_BYTE, st.MPI_SOURCE, GFM_TAG, l->comm,
-				     MPI_STATUS_IGNORE) != MPI_SUCCESS || (size_t)count < sizeof(gfm_hdr)) {
+			*in = (struct in_msg){ .source = st.MPI_SOURCE, .count = count, .m = m };
+			if (MPI_Imrecv(m + 1, count, MPI_BYTE, &msg, &in->req) != MPI_SUCCESS) {
 				char why[256];
 				snprintf(why, sizeof(why), "a message from rank %d was lost", st.MPI_SOURCE);
 				gfm_link_fail(l, why);
+				free(in);
 				free(m);
-				continue;
+				break;
 			}
-			memcpy(&m->h, raw, sizeof(gfm_hdr));
-			m->source = st.MPI_SOURCE;
-			m->len = (size_t)count - sizeof(gfm_hdr);
-			m->payload = raw + sizeof(gfm_hdr);
-			m->next = NULL;
-			route(l, m);
+			*incoming_tail = in;
+			incoming_tail = &in->next;
 			progress = true;
+		}
+		while (incoming) {
+			struct in_msg *in = incoming;
+			int done = 0;
+			if (MPI_Test(&in->req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS ||
+			    (done && (size_t)in->count < sizeof(gfm_hdr))) {
+				char why[256];
+				snprintf(why, sizeof(why), "a message from rank %d was lost", in->source);
+				gfm_link_fail(l, why);
+				done = 1;
+				free(in->m);
+				in->m = NULL;
+			}
+			if (!done)
+				break;
+			incoming = in->next;
+			if (!incoming)
+				incoming_tail = &incoming;
+			gfm_msg *m = in->m;
+			progress = true;
+			if (m) {
+				unsigned char *raw = (unsigned char *)(m + 1);
+				memcpy(&m->h, raw, sizeof(gfm_hdr));
+				m->source = in->source;
+				m->len = (size_t)in->count - sizeof(gfm_hdr);
+				m->payload = raw + sizeof(gfm_hdr);
+				m->next = NULL;
+				route(l, m);
+			}
+			free(in);
 		}
 		if (progress) {
 			idle_us = 0;
 			continue;
 		}
 		/* Nothing moved: wait for an outgoing message, briefly (incoming ones and send
-		 * completions are only seen by polling MPI). */
-		idle_us = idle_us ? (idle_us * 2 > IDLE_MAX_US ? IDLE_MAX_US : idle_us * 2) : 5;
+		 * completions are only seen by polling MPI). Every poll takes the core from the
+		 * rank's compute thread (they share it), so while no stream waits for a message
+		 * the polls are sparse (idle_max_us); a thread that starts waiting wakes this one
+		 * and the pace is fast again (IDLE_MAX_US). */
+		pthread_mutex_lock(&l->mu);
+		const int cap = l->waiters ? IDLE_MAX_US : l->idle_max_us;
+		idle_us = idle_us ? (idle_us * 2 > cap ? cap : idle_us * 2) : 5;
+		wakes++;
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += (long)idle_us * 1000l;
@@ -448,15 +522,29 @@ static void *link_thread(void *arg)
 			until.tv_sec++;
 			until.tv_nsec -= 1000000000l;
 		}
-		pthread_mutex_lock(&l->mu);
+		const int waiters = l->waiters;
 		if (!l->outbox && !l->stop)
 			pthread_cond_timedwait(&l->outbox_cond, &l->mu, &until);
+		if (l->waiters > waiters)
+			idle_us = 0; /* a thread began to wait: poll now, then fast */
 		pthread_mutex_unlock(&l->mu);
 	}
-	/* Sends that could not complete (a failed link) are abandoned with their buffers. */
+	/* Sends and receives that could not complete (a failed link: the peer is gone, or the
+	 * process is about to exit) are abandoned with their buffers. */
 	for (struct out_msg *o = pending, *next; o; o = next) {
 		next = o->next;
 		free(o);
+	}
+	for (struct in_msg *in = incoming, *next; in; in = next) {
+		next = in->next;
+		free(in->m);
+		free(in);
+	}
+	if (getenv("GOLDFINCH_RANK_STATS")) {
+		struct timespec cpu;
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+		fprintf(stderr, "rank %d: link thread used %.3f s of CPU, %llu idle polls\n", l->rank,
+			(double)cpu.tv_sec + 1e-9 * (double)cpu.tv_nsec, (unsigned long long)wakes);
 	}
 	return NULL;
 }
@@ -470,6 +558,9 @@ int gfm_link_start(gfm_link **out, MPI_Comm comm, char *err)
 		return -ENOMEM;
 	}
 	l->comm = comm;
+	/* Polling costs the core it shares with the rank's compute; waiting costs latency. */
+	const char *idle = getenv("GOLDFINCH_LINK_IDLE_US");
+	l->idle_max_us = idle && atoi(idle) >= 5 && atoi(idle) <= 100000 ? atoi(idle) : IDLE_BUSY_US;
 	MPI_Comm_rank(comm, &l->rank);
 	MPI_Comm_size(comm, &l->size);
 	MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);

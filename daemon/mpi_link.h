@@ -42,6 +42,10 @@ enum gfm_type {
 	GFM_REMOVE,     /* control: remove the part of rank 0's context aux */
 	GFM_SHUTDOWN,   /* control: leave the serve loop */
 	GFM_ERROR,      /* a rank's stream failed: status, payload the message */
+	GFM_TAILQ,      /* GOLD tail queries to a rank sharing the attention: pos = p0, n,
+			 * aux = g << 32 | first span << 16 | end span; q[n][A] */
+	GFM_TAILP,      /* its answer: the same header, status; the spans' partials (or the
+			 * error text when status < 0) */
 };
 
 /* Chunk modes and mark kinds (hdr.aux). */

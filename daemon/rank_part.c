@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 struct gfr_part {
@@ -35,8 +36,24 @@ struct gfr_part {
 	void *snap;
 	gfm_msg *held, *held_tail;   /* work that arrived while waiting */
 	gfm_msg *tailx;              /* a GOLD tail's window waiting for this rank's commit */
+	/* Sharing the ingest tail's attention (see shared_attend). */
+	gfm_msg *tailq;              /* queries waiting for this rank's commit */
+	cs_reader *help_reader;      /* this rank's replica, read for others' queries */
+	struct paged_src help_ps;
+	bool help_ready;
+	float *help_buf;             /* this rank's partials for another's queries */
+	size_t help_cap;             /* floats */
+	float *share;                /* partials of every span, then the accumulator */
+	size_t share_cap;            /* floats */
+	uint64_t share_aux[PART_MAX_RANKS]; /* the spans asked of each rank; 0 = none pending */
+	int share_pending, share_status;
+	int64_t share_p0;
+	int share_n;
+	char share_err[GF_ERR_LEN];
 	bool closing, drop;          /* CLOSE or DROP seen */
 	uint64_t compute_ns;         /* time in this rank's math and page writes */
+	uint64_t finch_ns, tail_ns;  /* of which: the Finch blocks; the GOLD tail */
+	uint64_t chunks;
 	uint64_t idle_ns, credit_ns; /* waiting for work; waiting for the successor's room */
 	gfr_wait wait;
 	char err[GF_ERR_LEN];
@@ -72,6 +89,9 @@ void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *pl
 	 * sender reads it, so ranks may differ. */
 	const char *env = getenv("GOLDFINCH_PIPELINE_CHUNKS");
 	x->credits = env && atoi(env) >= 1 && atoi(env) <= 64 ? atoi(env) : GFR_CREDITS;
+	/* On unless turned off (to measure what it brings). */
+	env = getenv("GOLDFINCH_TAIL_SHARE");
+	x->share_tail = !(env && strcmp(env, "0") == 0);
 }
 
 void gfr_part_name(char *buf, size_t cap, uint64_t serial0)
@@ -115,13 +135,30 @@ static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, g
 	return 0;
 }
 
+static void help_close(gfr_part *p)
+{
+	if (p->help_ready)
+		gfe_paged_free(&p->help_ps);
+	cs_reader_close(p->help_reader);
+	p->help_reader = NULL;
+	p->help_ready = false;
+}
+
 void gfr_part_free(gfr_part *p)
 {
 	if (!p)
 		return;
-	if (getenv("GOLDFINCH_RANK_STATS"))
-		fprintf(stderr, "rank %d stream %u: computing %.3f s, waiting for work %.3f s, for room downstream %.3f s\n",
-			p->x->rank, p->stream, p->compute_ns * 1e-9, p->idle_ns * 1e-9, p->credit_ns * 1e-9);
+	if (getenv("GOLDFINCH_RANK_STATS")) {
+		struct rusage ru;
+		struct timespec cpu;
+		getrusage(RUSAGE_THREAD, &ru);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+		fprintf(stderr, "rank %d stream %u: computing %.3f s (Finch blocks %.3f s over %llu chunks, GOLD tail %.3f s), waiting for work %.3f s, for room downstream %.3f s; thread CPU %.3f s, %ld+%ld context switches, %ld page faults\n",
+			p->x->rank, p->stream, p->compute_ns * 1e-9, p->finch_ns * 1e-9,
+			(unsigned long long)p->chunks, p->tail_ns * 1e-9, p->idle_ns * 1e-9,
+			p->credit_ns * 1e-9, (double)cpu.tv_sec + 1e-9 * (double)cpu.tv_nsec,
+			ru.ru_nvcsw, ru.ru_nivcsw, ru.ru_minflt + ru.ru_majflt);
+	}
 	if (p->ps_ready) {
 		gfe_paged_free(&p->ps);
 		if (p->session_id)
@@ -137,6 +174,10 @@ void gfr_part_free(gfr_part *p)
 		gfm_msg_free(m);
 	}
 	gfm_msg_free(p->tailx);
+	gfm_msg_free(p->tailq);
+	help_close(p);
+	free(p->help_buf);
+	free(p->share);
 	free(p->c);
 	free(p->crow);
 	free(p->tok_u32);
@@ -351,15 +392,226 @@ static int append_rows(gfr_part *p, uint64_t pos, const int32_t *tok, const floa
 	return 0;
 }
 
-/* Takes one message off the stream: the immediate kinds are handled, work is held. */
+/* ---- the ingest tail's attention, shared over the ranks ------------------------------------
+ *
+ * At the end of an ingest every rank holds every page, and the GOLD tail's attention over all
+ * T positions (rebuilding each position's keys and values, per GOLD layer) is most of the
+ * tail's work. The rank running a GOLD layer sends its queries to every rank; each computes
+ * the partial softmax of its share of the spans (gf_attn_spans) from its own replica and
+ * sends it back; the owner merges all spans in order — the bits of one process. */
+
+static int reserve_floats(float **buf, size_t *cap, size_t floats)
+{
+	if (floats <= *cap)
+		return 0;
+	float *nb = realloc(*buf, floats * sizeof(float));
+	if (!nb)
+		return -ENOMEM;
+	*buf = nb;
+	*cap = floats;
+	return 0;
+}
+
+static uint64_t span_aux(int g, int s0, int s1)
+{
+	return (uint64_t)g << 32 | (uint64_t)s0 << 16 | (uint64_t)s1;
+}
+
+/* Rank r's run of the spans of n_keys keys, out of P. */
+static void span_share(int64_t n_keys, int r, int P, int *s0, int *s1)
+{
+	const int spans = gf_attn_n_spans(n_keys);
+	*s0 = (int)((int64_t)spans * r / P);
+	*s1 = (int)((int64_t)spans * (r + 1) / P);
+}
+
+/* Every GOLD layer of the tail rebuilds the keys of the same spans: their key stream once. */
+static void keep_key_stream(struct paged_src *ps, int64_t n_keys, int s0, int s1)
+{
+	const int64_t per = gf_attn_span_blocks(n_keys), full = n_keys / GF_KV_BLOCK;
+	const int64_t b0 = s0 * per, b1 = s1 * per < full ? s1 * per : full;
+	if (b1 > b0)
+		gfe_paged_key_cache(ps, b0, b1 - b0, GFE_TAIL_KEY_CACHE_BYTES);
+}
+
+/* Another rank's tail queries: this rank's share of the spans, or an error, goes back.
+ * Returns non-zero only when the link fails (the asker reports the rest). */
+static int serve_tailq(gfr_part *p, const gfm_msg *m, char *err)
+{
+	gfr_ctx *cx = p->x;
+	gfe_engine *e = cx->e;
+	const gf_config *cf = cfg_of(p);
+	const int n = (int)m->h.n, g = (int)(m->h.aux >> 32);
+	const int s0 = (int)(m->h.aux >> 16 & 0xffff), s1 = (int)(m->h.aux & 0xffff);
+	const int64_t p0 = (int64_t)m->h.pos;
+	const uint64_t t0 = mono_ns();
+	char why[GF_ERR_LEN] = "";
+	size_t floats = 0;
+	int rc = 0;
+	if (n < 1 || n > e->cfg.chunk || m->len != sizeof(float) * (size_t)n * cf->dim_att ||
+	    g >= cf->n_layer - cf->first_gold || s0 >= s1 || s1 > gf_attn_n_spans(p0 + n) ||
+	    (uint64_t)p0 + (uint64_t)n > p->committed)
+		rc = gf_error(why, -EPROTO, "rank %d: malformed GOLD tail queries", cx->rank);
+	if (!rc && !p->help_ready) {
+		if (!(rc = cs_reader_open(e->store, p->serial, &p->help_reader, why))) {
+			cs_reader_set_streaming(p->help_reader, true);
+			rc = gfe_paged_init(&p->help_ps, e, p->help_reader, p->serial, p->committed, false);
+			p->help_ready = true;
+			p->help_ps.src.n_pos = (int64_t)p->committed;
+			if (rc)
+				gf_error(why, rc, "rank %d: out of memory for the GOLD tail", cx->rank);
+			else
+				keep_key_stream(&p->help_ps, p0 + n, s0, s1);
+		}
+	}
+	if (!rc) {
+		floats = (size_t)(s1 - s0) * gf_attn_partial_floats(cf, n);
+		if (reserve_floats(&p->help_buf, &p->help_cap, floats))
+			rc = gf_error(why, -ENOMEM, "rank %d: out of memory for the GOLD tail", cx->rank);
+	}
+	if (!rc) {
+		p->help_ps.err[0] = 0;
+		rc = gf_attn_spans(e->model, p->ws, &p->help_ps.src, g, m->payload, p0, n, s0, s1,
+				   p->help_buf);
+		if (rc)
+			gf_error(why, rc, "rank %d: GOLD tail, spans %d..%d: %.200s", cx->rank, s0,
+				 s1 - 1, p->help_ps.err[0] ? p->help_ps.err : "failed");
+	}
+	p->compute_ns += mono_ns() - t0;
+	gfm_hdr h = { .type = GFM_TAILP, .stream = p->stream, .status = rc, .n = m->h.n,
+		      .pos = m->h.pos, .aux = m->h.aux };
+	int sent = rc ? gfm_send(cx->link, m->source, &h, why, strlen(why) + 1)
+		      : gfm_send(cx->link, m->source, &h, p->help_buf, floats * sizeof(float));
+	return sent ? gf_error(err, sent, "%s", gfm_link_failure(cx->link)) : 0;
+}
+
+/* Another rank's partials, for the spans this rank asked of it. */
+static int take_tailp(gfr_part *p, const gfm_msg *m)
+{
+	const int r = m->source;
+	if (r < 0 || r >= PART_MAX_RANKS || !p->share_aux[r] || m->h.aux != p->share_aux[r] ||
+	    (int64_t)m->h.pos != p->share_p0 || (int)m->h.n != p->share_n)
+		return 0; /* an answer to a tail that already failed */
+	p->share_aux[r] = 0;
+	p->share_pending--;
+	if (p->share_status)
+		return 0;
+	if (m->h.status < 0) {
+		p->share_status = m->h.status;
+		snprintf(p->share_err, sizeof(p->share_err), "%.*s", (int)m->len,
+			 m->len ? (const char *)m->payload : "failed");
+		return 0;
+	}
+	const size_t pf = gf_attn_partial_floats(cfg_of(p), p->share_n);
+	const int s0 = (int)(m->h.aux >> 16 & 0xffff), s1 = (int)(m->h.aux & 0xffff);
+	if (m->len != (size_t)(s1 - s0) * pf * sizeof(float)) {
+		p->share_status = -EPROTO;
+		snprintf(p->share_err, sizeof(p->share_err), "rank %d: malformed GOLD tail partials", r);
+		return 0;
+	}
+	memcpy(p->share + (size_t)s0 * pf, m->payload, m->len);
+	return 0;
+}
+
+static int pump(gfr_part *p, char *err);
+
+/* The attention of a GOLD layer in the ingest's tail (gf_kv_source.attend): spans shared
+ * out in contiguous runs, one per rank, this rank's own computed here meanwhile. */
+static int shared_attend(gf_kv_source *src, gf_workspace *ws, int g, const float *q,
+			 int64_t p0, int n, float *y)
+{
+	struct paged_src *ps = (struct paged_src *)src;
+	gfr_part *p = src->user;
+	gfr_ctx *cx = p->x;
+	const gf_config *cf = cfg_of(p);
+	const int spans = gf_attn_n_spans(p0 + n), P = cx->size;
+	const size_t pf = gf_attn_partial_floats(cf, n);
+	char err[GF_ERR_LEN] = "";
+	int own0 = 0, own1 = 0, rc = 0;
+	if (reserve_floats(&p->share, &p->share_cap, (size_t)(spans + 1) * pf)) {
+		snprintf(ps->err, sizeof(ps->err), "out of memory for the GOLD tail");
+		return -ENOMEM;
+	}
+	p->share_pending = 0;
+	p->share_status = 0;
+	p->share_p0 = p0;
+	p->share_n = n;
+	for (int r = 0; r < P; r++) {
+		int s0, s1;
+		span_share(p0 + n, r, P, &s0, &s1);
+		p->share_aux[r] = 0;
+		if (r == cx->rank) {
+			own0 = s0;
+			own1 = s1;
+		} else if (s1 > s0 && !rc) {
+			gfm_hdr h = { .type = GFM_TAILQ, .stream = p->stream, .n = (uint32_t)n,
+				      .pos = (uint64_t)p0, .aux = span_aux(g, s0, s1) };
+			rc = gfm_send(cx->link, r, &h, q, sizeof(float) * (size_t)n * cf->dim_att);
+			if (rc)
+				gf_error(err, rc, "%s", gfm_link_failure(cx->link));
+			else {
+				p->share_aux[r] = h.aux;
+				p->share_pending++;
+			}
+		}
+	}
+	if (!rc && own1 > own0) {
+		ps->err[0] = 0;
+		rc = gf_attn_spans(cx->e->model, ws, src, g, q, p0, n, own0, own1,
+				   p->share + (size_t)own0 * pf);
+		if (rc)
+			gf_error(err, rc, "%s", ps->err[0] ? ps->err : "attention failed");
+	}
+	while (!rc && p->share_pending > 0)
+		rc = pump(p, err);
+	if (!rc && p->share_status)
+		rc = gf_error(err, p->share_status, "%s", p->share_err);
+	if (rc) {
+		snprintf(ps->err, sizeof(ps->err), "%s", err);
+		memset(p->share_aux, 0, sizeof(p->share_aux));
+		p->share_pending = 0;
+		return rc;
+	}
+	float *acc = p->share + (size_t)spans * pf;
+	gf_attn_acc_init(cf, n, acc);
+	for (int s = 0; s < spans; s++)
+		gf_attn_acc_merge(cf, n, acc, p->share + (size_t)s * pf);
+	gf_attn_acc_finish(cf, n, acc, y);
+	return 0;
+}
+
+/* Takes one message off the stream: the immediate kinds are handled, work is held. Tail
+ * queries that came before this rank's commit are answered once it has committed. */
 static int pump(gfr_part *p, char *err)
 {
 	gfm_msg *m;
-	int rc = gfm_box_pop(p->box, -1, &m);
+	int rc;
+	if (p->tailq && p->committed >= p->tailq->h.pos + p->tailq->h.n) {
+		m = p->tailq;
+		p->tailq = NULL;
+		rc = serve_tailq(p, m, err);
+		gfm_msg_free(m);
+		return rc;
+	}
+	rc = gfm_box_pop(p->box, -1, &m);
 	if (rc)
 		return gf_error(err, -EPIPE, "%s", gfm_link_failure(p->x->link));
 	const gf_config *cf = cfg_of(p);
 	switch (m->h.type) {
+	case GFM_TAILQ:
+		if (p->session || p->tailq) {
+			rc = gf_error(err, -EPROTO, "rank %d: unexpected GOLD tail queries", p->x->rank);
+			break;
+		}
+		if (p->committed < m->h.pos + m->h.n) {
+			p->tailq = m;
+			return 0;
+		}
+		rc = serve_tailq(p, m, err);
+		break;
+	case GFM_TAILP:
+		rc = take_tailp(p, m);
+		break;
 	case GFM_ROWS: {
 		const int n = (int)m->h.n;
 		if (m->len != (size_t)n * (sizeof(int32_t) + sizeof(float) * cf->ckv_dim) ||
@@ -501,10 +753,13 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 	if (cx->b0 == 0 && gf_embed(m, tok, n, x))
 		return gf_error(err, -EINVAL, "token outside the vocabulary (0..%d) near position %" PRIu64,
 				cf->vocab_size - 1, pos);
+	const uint64_t tf = mono_ns();
 	if (cx->has_finch &&
 	    (rc = gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0,
 			    cx->b1 < cx->G ? cx->b1 : cx->G)))
 		return gf_error(err, rc, "rank %d: Finch blocks failed", cx->rank);
+	p->finch_ns += mono_ns() - tf;
+	p->chunks++;
 	if (cx->rank == cx->emitter) {
 		gf_cache_rows(m, p->ws, x, n, p->c);
 		gfm_hdr h = { .type = GFM_ROWS, .stream = p->stream, .n = (uint32_t)n, .pos = pos };
@@ -546,6 +801,7 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 int gfr_part_commit(gfr_part *p, uint64_t input_bytes, bool seal, char *err)
 {
 	const gf_config *cf = cfg_of(p);
+	help_close(p); /* a replica read for others' tail queries: reopened on the next */
 	p->st.n_pos = (int64_t)p->rows;
 	gfe_snapshot_write(cf, &p->st, input_bytes, p->x->e->slice, p->snap);
 	int rc = cs_writer_commit(p->w, p->snap, gfe_snapshot_size(cf, p->st.n_tail),
@@ -563,6 +819,7 @@ static int tail_step(gfr_part *p, uint64_t pos0, float *x, int n, char *err)
 	gfe_engine *e = cx->e;
 	const gf_model *m = e->model;
 	const gf_config *cf = &m->cfg;
+	const uint64_t t0 = mono_ns();
 	int rc = 0;
 	if (cx->has_gold) {
 		const int g0 = cx->b0 > cx->G ? cx->b0 : cx->G;
@@ -587,6 +844,16 @@ static int tail_step(gfr_part *p, uint64_t pos0, float *x, int n, char *err)
 			rc = gfe_paged_init(&ps, e, r, p->serial, p->rows, false);
 			if (!rc) {
 				ps.src.n_pos = (int64_t)p->rows;
+				if (cx->share_tail && cx->size > 1) {
+					ps.src.attend = shared_attend;
+					ps.src.user = p;
+					int s0, s1;
+					span_share((int64_t)p->rows, cx->rank, cx->size, &s0, &s1);
+					keep_key_stream(&ps, (int64_t)p->rows, s0, s1);
+				} else {
+					keep_key_stream(&ps, (int64_t)p->rows, 0,
+							gf_attn_n_spans((int64_t)p->rows));
+				}
 				rc = gf_blocks(m, p->ws, &p->st, &ps.src, x, (int64_t)pos0, n, g0, cx->b1);
 				if (rc)
 					gf_error(err, rc, "rank %d: GOLD tail: %.200s", cx->rank,
@@ -600,6 +867,8 @@ static int tail_step(gfr_part *p, uint64_t pos0, float *x, int n, char *err)
 				return rc;
 		}
 	}
+	p->compute_ns += mono_ns() - t0;
+	p->tail_ns += mono_ns() - t0;
 	if (cx->rank == cx->size - 1)
 		return send_logits(p, x + (size_t)(n - 1) * cf->n_embd, err);
 	gfm_hdr h = { .type = GFM_TAILX, .stream = p->stream, .n = (uint32_t)n, .pos = pos0 };

@@ -42,6 +42,7 @@ typedef struct gfr_ctx {
 	bool has_gold;          /* b1 > G */
 	bool has_finch;         /* b0 < G */
 	int credits;            /* chunks in flight between two ranks */
+	bool share_tail;        /* the ingest's GOLD tail shares its attention over every rank */
 } gfr_ctx;
 
 void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *plan);

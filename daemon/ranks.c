@@ -105,6 +105,8 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workloa
 	gfd_local_engine_config(lc, &ec);
 	ec.cache_dir = r->cache_dir;
 	part_rank_blocks(&r->plan, r->rank, &ec.block_first, &ec.block_end);
+	/* Every rank helps with the ingest's GOLD tail (rank_part.c: a share of the spans). */
+	ec.gold_kv_all = r->size > 1;
 	char why[GF_ERR_LEN];
 	rc = gfe_open(&r->e, &ec, why);
 	/* Every rank must get here, or the others would wait for it in the collectives below. */

@@ -37,6 +37,8 @@ struct gf_workspace {
 	float *scores;       /* [M][GF_KV_BLOCK] */
 	float *att_max;      /* [M][H] running max of the online softmax */
 	float *att_sum;      /* [M][H] running denominator */
+	float *att_y;        /* [M][A] unnormalised output merged over the spans so far */
+	float *sp_max, *sp_sum; /* [M][H] of the span being computed */
 	float *kv_k, *kv_v;  /* [GF_KV_BLOCK][A] scratch for sources that rebuild */
 	float *e_cat;        /* [M+1][C+Ck]: [x0 ; c] rows, previous position first */
 	float *e_kc;         /* [M+1][A] key stream */
@@ -84,6 +86,7 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 		{ &ws->v, 2 * M * A },   { &ws->y, M * A },      { &ws->ffk, M * F },
 		{ &ws->ffr, M * C },     { &ws->out, M * C },    { &ws->q, M * A },
 		{ &ws->scores, M * GF_KV_BLOCK }, { &ws->att_max, M * H }, { &ws->att_sum, M * H },
+		{ &ws->att_y, M * A },   { &ws->sp_max, M * H }, { &ws->sp_sum, M * H },
 		{ &ws->kv_k, GF_KV_BLOCK * A }, { &ws->kv_v, GF_KV_BLOCK * A },
 		{ &ws->e_cat, (M + 1) * (C + Ck) },
 		{ &ws->e_kc, (M + 1) * A }, { &ws->e_xn, (M + 1) * C }, { &ws->e_dxn, M * C },
@@ -558,6 +561,39 @@ int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c_
 	return 0;
 }
 
+size_t gf_key_stream_floats(const gf_config *c, int n)
+{
+	return (size_t)(n + 1) * (size_t)(c->dim_att + c->n_embd);
+}
+
+int gf_key_stream(const gf_model *m, gf_workspace *ws, const float *c, const int32_t *tok,
+		  int has_prev, int64_t pos0, int n, float *stream)
+{
+	const gf_config *cfg = &m->cfg;
+	const size_t A = (size_t)cfg->dim_att, C = (size_t)cfg->n_embd;
+	if (n < 1 || n > GF_KV_BLOCK || (pos0 > 0 && !has_prev) || !m->w_kv_cache_b ||
+	    check_tokens(m, tok, n + has_prev))
+		return -EINVAL;
+	key_stream_rows(m, ws, c, tok, n, has_prev);
+	memcpy(stream, ws->e_kc, sizeof(float) * (size_t)(n + 1) * A);
+	memcpy(stream + (size_t)(n + 1) * A, ws->e_xn, sizeof(float) * (size_t)(n + 1) * C);
+	return 0;
+}
+
+int gf_kv_expand(const gf_model *m, gf_workspace *ws, int g, const float *stream, int64_t pos0,
+		 int n, float *k, float *v)
+{
+	const gf_config *cfg = &m->cfg;
+	const size_t A = (size_t)cfg->dim_att, C = (size_t)cfg->n_embd;
+	if (n < 1 || n > GF_KV_BLOCK || g < 0 || g >= cfg->n_layer - cfg->first_gold ||
+	    !m->layers[cfg->first_gold + g].key_w1)
+		return -EINVAL;
+	memcpy(ws->e_kc, stream, sizeof(float) * (size_t)(n + 1) * A);
+	memcpy(ws->e_xn, stream + (size_t)(n + 1) * A, sizeof(float) * (size_t)(n + 1) * C);
+	expand_layer(m, ws, &m->layers[cfg->first_gold + g], n, pos0, k, v);
+	return 0;
+}
+
 int gf_kv_rebuild(const gf_model *m, gf_workspace *ws, int g, const float *c,
 		  const int32_t *tok, int has_prev, int64_t pos0, int n, float *k, float *v)
 {
@@ -593,26 +629,30 @@ void gf_kv_source_ram(gf_kv_source *src, const gf_kv *kv)
 {
 	src->n_pos = kv->n_pos;
 	src->get = ram_get;
+	src->attend = NULL;
 	src->user = (void *)kv;
 }
 
 /* ---- GOLD attention and blocks ------------------------------------------------------------ */
 
-/* Causal softmax attention of n queries at positions p0.. over keys 0..p (per query). Key
- * blocks are the outer loop, so a source that rebuilds keys does so once per block; every
- * head keeps its own online-softmax state. q [n][A] in, y [n][A] out. */
-static int attention(const gf_config *c, gf_workspace *ws, gf_kv_source *src, int g,
-		     const float *q, float *y, int64_t p0, int n)
+/* The causal softmax attention of n queries at positions p0.. over the keys of blocks
+ * [kb0, kb1) (a query at p sees keys up to p), from scratch: per query and head the running
+ * max, the denominator and the unnormalised output (a partial, see gf_attn_spans). Key blocks
+ * are the outer loop, so a source that rebuilds keys does so once per block. */
+static int attend_span(const gf_config *c, gf_workspace *ws, gf_kv_source *src, int g,
+		       const float *q, int64_t p0, int n, int64_t kb0, int64_t kb1,
+		       float *att_max, float *att_sum, float *y)
 {
 	const int N = c->head_size, H = c->n_head, A = c->dim_att;
 	const float scale = 1.0f / sqrtf((float)N);
 	const int64_t n_keys = p0 + n;
 	for (int i = 0; i < n * H; i++) {
-		ws->att_max[i] = -INFINITY;
-		ws->att_sum[i] = 0.0f;
+		att_max[i] = -INFINITY;
+		att_sum[i] = 0.0f;
 	}
 	memset(y, 0, sizeof(float) * (size_t)n * A);
-	for (int64_t kb = 0; kb < n_keys; kb += GF_KV_BLOCK) {
+	const int64_t k_end = kb1 * GF_KV_BLOCK < n_keys ? kb1 * GF_KV_BLOCK : n_keys;
+	for (int64_t kb = kb0 * GF_KV_BLOCK; kb < k_end; kb += GF_KV_BLOCK) {
 		const int nb = (int)(n_keys - kb < GF_KV_BLOCK ? n_keys - kb : GF_KV_BLOCK);
 		/* Only queries that see some key of this block take part. */
 		const int t_first = kb > p0 ? (int)(kb - p0) : 0;
@@ -631,7 +671,7 @@ static int attention(const gf_config *c, gf_workspace *ws, gf_kv_source *src, in
 			gf_attn_scores(K, ld, nb, q + (size_t)t * A, H, N, scale, S);
 			for (int h = 0; h < H; h++) {
 				float *s = S + (size_t)h * nb;
-				float *mx_t = &ws->att_max[t * H + h], *sum_t = &ws->att_sum[t * H + h];
+				float *mx_t = &att_max[t * H + h], *sum_t = &att_sum[t * H + h];
 				float mx = *mx_t;
 				for (int j = 0; j < nb; j++)
 					mx = s[j] > mx ? s[j] : mx;
@@ -666,7 +706,7 @@ static int attention(const gf_config *c, gf_workspace *ws, gf_kv_source *src, in
 			for (int i = 0; i < nq; i++) {
 				const int t = t_first + i;
 				float *s = S + (size_t)i * nb;
-				float *mx_t = &ws->att_max[t * H + h], *sum_t = &ws->att_sum[t * H + h];
+				float *mx_t = &att_max[t * H + h], *sum_t = &att_sum[t * H + h];
 				/* Query at p0+t sees keys up to p0+t. */
 				int visible = (int)(p0 + t - kb + 1);
 				if (visible > nb)
@@ -698,13 +738,151 @@ static int attention(const gf_config *c, gf_workspace *ws, gf_kv_source *src, in
 					    nb, Vb, ld, 1.0f, yh, A);
 		}
 	}
-	for (int t = 0; t < n; t++)
-		for (int h = 0; h < H; h++) {
-			const float inv = 1.0f / ws->att_sum[t * H + h];
-			float *yt = y + (size_t)t * A + h * N;
-			for (int d = 0; d < N; d++)
-				yt[d] *= inv;
+	return 0;
+}
+
+/* ---- attention in spans ------------------------------------------------------------------ */
+
+int64_t gf_attn_span_blocks(int64_t n_keys)
+{
+	const int64_t blocks = (n_keys + GF_KV_BLOCK - 1) / GF_KV_BLOCK;
+	return blocks <= GF_ATTN_MAX_SPANS ? 1 : (blocks + GF_ATTN_MAX_SPANS - 1) / GF_ATTN_MAX_SPANS;
+}
+
+int gf_attn_n_spans(int64_t n_keys)
+{
+	const int64_t blocks = (n_keys + GF_KV_BLOCK - 1) / GF_KV_BLOCK, per = gf_attn_span_blocks(n_keys);
+	return (int)((blocks + per - 1) / per);
+}
+
+size_t gf_attn_partial_floats(const gf_config *c, int n)
+{
+	return (size_t)n * (size_t)c->n_head * (2 + (size_t)c->head_size);
+}
+
+/* acc += part, both as (max, sum, unnormalised y) per query and head. The one merge rule for
+ * every path, so that whoever computed a span, the bits come out the same. */
+static void merge_partial(const gf_config *c, int n, float *acc_max, float *acc_sum, float *acc_y,
+			  const float *p_max, const float *p_sum, const float *p_y)
+{
+	const int N = c->head_size, H = c->n_head;
+	for (int i = 0; i < n * H; i++) {
+		if (p_max[i] == -INFINITY)
+			continue; /* the query sees no key of this span */
+		float *ya = acc_y + (size_t)i * N;
+		const float *yp = p_y + (size_t)i * N;
+		if (acc_max[i] == -INFINITY) {
+			acc_max[i] = p_max[i];
+			acc_sum[i] = p_sum[i];
+			memcpy(ya, yp, sizeof(float) * (size_t)N);
+			continue;
 		}
+		const float mx = acc_max[i] > p_max[i] ? acc_max[i] : p_max[i];
+		const float fa = expf(acc_max[i] - mx), fp = expf(p_max[i] - mx);
+		acc_sum[i] = acc_sum[i] * fa + p_sum[i] * fp;
+		acc_max[i] = mx;
+		for (int d = 0; d < N; d++)
+			ya[d] = ya[d] * fa + yp[d] * fp;
+	}
+}
+
+static void finish_partial(const gf_config *c, int n, const float *acc_sum, const float *acc_y,
+			   float *y)
+{
+	const int N = c->head_size, H = c->n_head;
+	for (int i = 0; i < n * H; i++) {
+		const float inv = 1.0f / acc_sum[i];
+		for (int d = 0; d < N; d++)
+			y[(size_t)i * N + d] = acc_y[(size_t)i * N + d] * inv;
+	}
+}
+
+/* A partial's parts: max [n*H], sum [n*H], y [n*H*N]. */
+static void partial_parts(const gf_config *c, int n, float *p, float **mx, float **sum, float **y)
+{
+	const size_t nh = (size_t)n * (size_t)c->n_head;
+	*mx = p;
+	*sum = p + nh;
+	*y = p + 2 * nh;
+}
+
+static int attn_args_ok(const gf_model *m, gf_workspace *ws, int g, int64_t p0, int n)
+{
+	const gf_config *c = &m->cfg;
+	return n >= 1 && n <= ws->max_chunk && p0 >= 0 && g >= 0 &&
+	       g < c->n_layer - c->first_gold && m->layers[c->first_gold + g].key_w1;
+}
+
+int gf_attn_spans(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
+		  const float *q, int64_t p0, int n, int s0, int s1, float *partials)
+{
+	const gf_config *c = &m->cfg;
+	const int64_t n_keys = p0 + n, per = gf_attn_span_blocks(n_keys);
+	if (!attn_args_ok(m, ws, g, p0, n) || s0 < 0 || s1 > gf_attn_n_spans(n_keys) || s0 > s1 ||
+	    src->n_pos < n_keys)
+		return -EINVAL;
+	const size_t pf = gf_attn_partial_floats(c, n);
+	for (int s = s0; s < s1; s++) {
+		float *mx, *sum, *y;
+		partial_parts(c, n, partials + (size_t)(s - s0) * pf, &mx, &sum, &y);
+		int rc = attend_span(c, ws, src, g, q, p0, n, s * per, (s + 1) * per, mx, sum, y);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+void gf_attn_acc_init(const gf_config *c, int n, float *acc)
+{
+	float *mx, *sum, *y;
+	partial_parts(c, n, acc, &mx, &sum, &y);
+	for (int i = 0; i < n * c->n_head; i++) {
+		mx[i] = -INFINITY;
+		sum[i] = 0.0f;
+	}
+	memset(y, 0, sizeof(float) * (size_t)n * (size_t)c->dim_att);
+}
+
+void gf_attn_acc_merge(const gf_config *c, int n, float *acc, const float *partial)
+{
+	float *am, *as, *ay, *pm, *ps, *py;
+	partial_parts(c, n, acc, &am, &as, &ay);
+	partial_parts(c, n, (float *)partial, &pm, &ps, &py);
+	merge_partial(c, n, am, as, ay, pm, ps, py);
+}
+
+void gf_attn_acc_finish(const gf_config *c, int n, const float *acc, float *y)
+{
+	float *am, *as, *ay;
+	partial_parts(c, n, (float *)acc, &am, &as, &ay);
+	finish_partial(c, n, as, ay, y);
+}
+
+/* Causal softmax attention of n queries at positions p0.. over keys 0..p (per query): span
+ * by span (gf_attn_spans), each merged in order. q [n][A] in, y [n][A] out. A source may
+ * take the whole of it over (src->attend: ranks sharing the spans). */
+static int attention(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
+		     const float *q, float *y, int64_t p0, int n)
+{
+	const gf_config *c = &m->cfg;
+	if (src->attend)
+		return src->attend(src, ws, g, q, p0, n, y);
+	const int64_t n_keys = p0 + n, per = gf_attn_span_blocks(n_keys);
+	const int spans = gf_attn_n_spans(n_keys);
+	const size_t nh = (size_t)n * (size_t)c->n_head;
+	for (size_t i = 0; i < nh; i++) {
+		ws->att_max[i] = -INFINITY;
+		ws->att_sum[i] = 0.0f;
+	}
+	memset(ws->att_y, 0, sizeof(float) * (size_t)n * (size_t)c->dim_att);
+	for (int s = 0; s < spans; s++) {
+		int rc = attend_span(c, ws, src, g, q, p0, n, s * per, (s + 1) * per, ws->sp_max,
+				     ws->sp_sum, y);
+		if (rc)
+			return rc;
+		merge_partial(c, n, ws->att_max, ws->att_sum, ws->att_y, ws->sp_max, ws->sp_sum, y);
+	}
+	finish_partial(c, n, ws->att_sum, ws->att_y, y);
 	return 0;
 }
 
@@ -726,7 +904,7 @@ static int gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 	if (c->rope_base > 0)
 		rope_rows(c, ws->rope_freq, ws->q, n, p0);
 
-	int rc = attention(c, ws, src, g, ws->q, ws->y, p0, n);
+	int rc = attention(m, ws, src, g, ws->q, ws->y, p0, n);
 	if (rc)
 		return rc;
 	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);

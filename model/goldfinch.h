@@ -235,6 +235,12 @@ int gf_model_load(gf_model **out, const char *gguf_path, char *err);
 /* Loads only what blocks [b0, b1) need (b1 < 0: to the end): an MPI rank's slice. Weights
  * of other blocks stay unbound (NULL), unread and, for bf16/f16 files, not upcast. */
 int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, char *err);
+/* gf_model_load_blocks plus, with GF_LOAD_GOLD_KV, what rebuilding the keys and values of
+ * every GOLD block takes (the embedding, ln0, w_kv_cache_b and each GOLD block's key/value
+ * weights): for ranks that attend over spans of layers they do not own. */
+#define GF_LOAD_GOLD_KV 1u
+int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, unsigned flags,
+			char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
 int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err);
 void gf_model_free(gf_model *m);
@@ -314,10 +320,34 @@ struct gf_kv_source {
 	int (*get)(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
 		   const float **k, const float **v, int *ld);
 	void *user;
+	/* Optional (NULL: attend here through get): the whole attention of GOLD block g for n
+	 * queries q [n][A] at positions p0.., y [n][A] out; for ranks that share the spans
+	 * (gf_attn_spans) and must give the same bits as attending here. */
+	int (*attend)(gf_kv_source *src, gf_workspace *ws, int g, const float *q, int64_t p0,
+		      int n, float *y);
 };
 
 /* A source over every position of kv. */
 void gf_kv_source_ram(gf_kv_source *src, const gf_kv *kv);
+
+/* Attention is computed in spans of whole key blocks (at most GF_ATTN_MAX_SPANS of them):
+ * each span's partial softmax — per query and head the max, the denominator and the
+ * unnormalised output — is computed from scratch, and the partials are merged in span order.
+ * The spans depend only on the number of keys, so MPI ranks can each compute some of them
+ * and the merge still gives the bits of one process. A partial is gf_attn_partial_floats
+ * floats: max [n*H], sum [n*H], y [n*H*N]. */
+#define GF_ATTN_MAX_SPANS 64
+int64_t gf_attn_span_blocks(int64_t n_keys);
+int gf_attn_n_spans(int64_t n_keys);
+size_t gf_attn_partial_floats(const gf_config *c, int n);
+/* Partials of spans [s0, s1) for the n queries q [n][A] at p0.. (n_keys = p0 + n) of GOLD
+ * block g (0 = block G), back to back in partials. Needs g's key/value weights. */
+int gf_attn_spans(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
+		  const float *q, int64_t p0, int n, int s0, int s1, float *partials);
+/* An accumulator is a partial: init, merge the spans' partials in span order, finish. */
+void gf_attn_acc_init(const gf_config *c, int n, float *acc);
+void gf_attn_acc_merge(const gf_config *c, int n, float *acc, const float *partial);
+void gf_attn_acc_finish(const gf_config *c, int n, const float *acc, float *y);
 
 /* Two scratch blocks of [GF_KV_BLOCK][A] floats in ws, for a source to rebuild into. */
 void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v);
@@ -328,6 +358,15 @@ void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v);
  * k, v: [n][A] out. */
 int gf_kv_rebuild(const gf_model *m, gf_workspace *ws, int g, const float *c,
 		  const int32_t *tok, int has_prev, int64_t pos0, int n, float *k, float *v);
+/* gf_kv_rebuild in its two parts, for a caller that rebuilds several GOLD layers over the same
+ * positions: the key stream (kc and rms(x0) of the n + 1 rows, layer-independent and most of
+ * the work) into stream [gf_key_stream_floats], then each layer's keys and values from it.
+ * The same bits as gf_kv_rebuild. */
+size_t gf_key_stream_floats(const gf_config *c, int n);
+int gf_key_stream(const gf_model *m, gf_workspace *ws, const float *c, const int32_t *tok,
+		  int has_prev, int64_t pos0, int n, float *stream);
+int gf_kv_expand(const gf_model *m, gf_workspace *ws, int g, const float *stream, int64_t pos0,
+		 int n, float *k, float *v);
 
 /* GOLD blocks + head over n <= max_chunk query positions p0..p0+n-1 whose Finch-stage
  * outputs are x_in [n][C]. The GOLD layers' shift state in st is the state before p0 (zero

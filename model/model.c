@@ -43,9 +43,28 @@ static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *er
 
 /* Binds what blocks [b0, b1) need: their layers; the embedding and ln0 for block 0 and for
  * GOLD blocks (their keys are rebuilt from ln0(emb[tok])); w_kv_cache_a for block G-1;
- * w_kv_cache_b for GOLD blocks; ln_out and the head for the last block. */
+ * w_kv_cache_b for GOLD blocks; ln_out and the head for the last block. GF_LOAD_GOLD_KV adds
+ * the key/value side of every GOLD block. */
+static void bind_gold_kv(gf_model *m, const gf_tensor_set *ts, int b, int *rc, char *err)
+{
+	gf_layer *l = &m->layers[b];
+	l->maa_v_cache = bind(m, ts, rc, err, "blocks.%d.att.time_maa_v_cache", b);
+	l->maa_gk = bind(m, ts, rc, err, "blocks.%d.att.time_maa_k", b);
+	l->maa_gv = bind(m, ts, rc, err, "blocks.%d.att.time_maa_v", b);
+	l->maa_kv_w1 = bind(m, ts, rc, err, "blocks.%d.att.time_maa_kv_w1", b);
+	l->maa_kv_w2 = bind(m, ts, rc, err, "blocks.%d.att.time_maa_kv_w2", b);
+	l->key_w1 = bind(m, ts, rc, err, "blocks.%d.att.time_key_w1", b);
+	l->key_w2 = bind(m, ts, rc, err, "blocks.%d.att.time_key_w2", b);
+	l->value_w1 = bind(m, ts, rc, err, "blocks.%d.att.time_value_w1", b);
+	l->value_w2 = bind(m, ts, rc, err, "blocks.%d.att.time_value_w2", b);
+	l->ln_k_w = bind(m, ts, rc, err, "blocks.%d.att.ln_k.weight", b);
+	l->ln_k_b = bind(m, ts, rc, err, "blocks.%d.att.ln_k.bias", b);
+	l->ln_v_w = bind(m, ts, rc, err, "blocks.%d.att.ln_v.weight", b);
+	l->ln_v_b = bind(m, ts, rc, err, "blocks.%d.att.ln_v.bias", b);
+}
+
 static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, int b0,
-			int b1, char *err)
+			int b1, unsigned flags, char *err)
 {
 	if (b0 < 0 || b1 > cfg->n_layer || b0 >= b1)
 		return gf_error(err, -EINVAL, "blocks %d..%d: the model has blocks 0..%d", b0, b1 - 1,
@@ -57,14 +76,15 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 	m->cfg = *cfg;
 	m->block_first = b0;
 	m->block_end = b1;
-	const int G = cfg->first_gold, has_gold = b1 > G;
+	const int G = cfg->first_gold;
+	const bool gold_kv = b1 > G || (flags & GF_LOAD_GOLD_KV);
 	m->layers = calloc((size_t)cfg->n_layer, sizeof(gf_layer));
 	m->upcast = calloc((size_t)ts->n_tensors + 1, sizeof(float *));
 	if (!m->layers || !m->upcast) {
 		rc = gf_error(err, -ENOMEM, "out of memory");
 		goto free_model;
 	}
-	if (b0 == 0 || has_gold) {
+	if (b0 == 0 || gold_kv) {
 		m->emb = bind(m, ts, &rc, err, "emb.weight");
 		m->ln0_w = bind(m, ts, &rc, err, "blocks.0.ln0.weight");
 		m->ln0_b = bind(m, ts, &rc, err, "blocks.0.ln0.bias");
@@ -76,7 +96,7 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 	}
 	if (b0 < G && G <= b1)
 		m->w_kv_cache_a = bind(m, ts, &rc, err, "w_kv_cache_a.weight");
-	if (has_gold)
+	if (gold_kv)
 		m->w_kv_cache_b = bind(m, ts, &rc, err, "w_kv_cache_b.weight");
 	for (int b = 0; b < cfg->n_layer; b++)
 		m->layers[b].is_gold = b >= G;
@@ -106,24 +126,12 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 		} else {
 			l->maa_x = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_x", b);
 			l->maa_q = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_q", b);
-			l->maa_v_cache = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_v_cache", b);
-			l->maa_gk = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_k", b);
-			l->maa_gv = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_v", b);
 			l->maa_q_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_q_w1", b);
 			l->maa_q_w2 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_q_w2", b);
-			l->maa_kv_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_kv_w1", b);
-			l->maa_kv_w2 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_kv_w2", b);
-			l->key_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_key_w1", b);
-			l->key_w2 = bind(m, ts, &rc, err, "blocks.%d.att.time_key_w2", b);
-			l->value_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_value_w1", b);
-			l->value_w2 = bind(m, ts, &rc, err, "blocks.%d.att.time_value_w2", b);
 			l->att_query = bind(m, ts, &rc, err, "blocks.%d.att.query.weight", b);
 			l->ln_q_w = bind(m, ts, &rc, err, "blocks.%d.att.ln_q.weight", b);
 			l->ln_q_b = bind(m, ts, &rc, err, "blocks.%d.att.ln_q.bias", b);
-			l->ln_k_w = bind(m, ts, &rc, err, "blocks.%d.att.ln_k.weight", b);
-			l->ln_k_b = bind(m, ts, &rc, err, "blocks.%d.att.ln_k.bias", b);
-			l->ln_v_w = bind(m, ts, &rc, err, "blocks.%d.att.ln_v.weight", b);
-			l->ln_v_b = bind(m, ts, &rc, err, "blocks.%d.att.ln_v.bias", b);
+			bind_gold_kv(m, ts, b, &rc, err);
 		}
 		l->att_output = bind(m, ts, &rc, err, "blocks.%d.att.output.weight", b);
 		l->ln_x_w = bind(m, ts, &rc, err, "blocks.%d.att.ln_x.weight", b);
@@ -134,6 +142,9 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 		l->ffn_receptance = bind(m, ts, &rc, err, "blocks.%d.ffn.receptance.weight", b);
 		l->ffn_value = bind(m, ts, &rc, err, "blocks.%d.ffn.value.weight", b);
 	}
+	for (int b = G; b < cfg->n_layer && !rc && (flags & GF_LOAD_GOLD_KV); b++)
+		if (b < b0 || b >= b1)
+			bind_gold_kv(m, ts, b, &rc, err);
 	if (rc)
 		goto free_model;
 	*out = m;
@@ -145,7 +156,7 @@ free_model:
 
 int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err)
 {
-	return from_tensors(out, cfg, ts, 0, cfg->n_layer, err);
+	return from_tensors(out, cfg, ts, 0, cfg->n_layer, 0, err);
 }
 
 int gf_model_load(gf_model **out, const char *gguf_path, char *err)
@@ -154,6 +165,12 @@ int gf_model_load(gf_model **out, const char *gguf_path, char *err)
 }
 
 int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, char *err)
+{
+	return gf_model_load_slice(out, gguf_path, b0, b1, 0, err);
+}
+
+int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, unsigned flags,
+			char *err)
 {
 	gf_gguf g;
 	gf_config inferred;
@@ -178,7 +195,7 @@ int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, 
 	inferred.rope_rescale = g.config.rope_rescale > 0 ? g.config.rope_rescale : 1.0f;
 	inferred.model_id = g.config.model_id;
 	gf_model *m;
-	rc = from_tensors(&m, &inferred, &g.tensors, b0, b1 < 0 ? inferred.n_layer : b1, why);
+	rc = from_tensors(&m, &inferred, &g.tensors, b0, b1 < 0 ? inferred.n_layer : b1, flags, why);
 	if (rc) {
 		gf_error(err, rc, "%s: %s", gguf_path, why);
 		goto free_gguf;

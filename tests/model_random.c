@@ -11,6 +11,7 @@
  */
 #include "goldfinch.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,8 @@
  * the paged store does: it must agree with the expanded rows. */
 struct rebuild_src {
 	const gf_model *m;
-	const gf_kv *kv;
+	const float *c;        /* [n_pos][Ck] */
+	const int32_t *tok;    /* [n_pos] */
 };
 
 static int rebuild_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
@@ -32,12 +34,51 @@ static int rebuild_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first
 	const int has_prev = first > 0, Ck = r->m->cfg.ckv_dim;
 	float *kb, *vb;
 	gf_workspace_kv_scratch(ws, &kb, &vb);
-	int rc = gf_kv_rebuild(r->m, ws, g, r->kv->c + (size_t)(first - has_prev) * Ck,
-			       r->kv->tok + first - has_prev, has_prev, first, n, kb, vb);
+	int rc = gf_kv_rebuild(r->m, ws, g, r->c + (size_t)(first - has_prev) * Ck,
+			       r->tok + first - has_prev, has_prev, first, n, kb, vb);
 	*k = kb;
 	*v = vb;
 	*ld = r->m->cfg.dim_att;
 	return rc;
+}
+
+/* Attention shared out as MPI ranks share it: three "ranks", each a model loaded with its
+ * own blocks plus GF_LOAD_GOLD_KV and its own rebuilding source and workspace, compute
+ * uneven runs of spans; the partials are merged in span order. */
+#define SHARERS 3
+struct shared_src {
+	gf_kv_source src;
+	const gf_config *cfg;
+	gf_workspace *ws[SHARERS];
+	gf_kv_source part[SHARERS];
+	float *partials;
+	int calls;
+};
+
+static int shared_attend(gf_kv_source *src, gf_workspace *ws, int g, const float *q,
+			 int64_t p0, int n, float *y)
+{
+	struct shared_src *sh = (struct shared_src *)src;
+	const int spans = gf_attn_n_spans(p0 + n);
+	const size_t pf = gf_attn_partial_floats(sh->cfg, n);
+	(void)ws;
+	/* cuts: a third, then one span, then the rest (any cut must do) */
+	const int cut[SHARERS + 1] = { 0, spans / 3, spans / 3 + 1 < spans ? spans / 3 + 1 : spans,
+				       spans };
+	for (int i = 0; i < SHARERS; i++) {
+		const struct rebuild_src *ri = sh->part[i].user;
+		int rc = gf_attn_spans(ri->m, sh->ws[i], &sh->part[i], g, q, p0, n, cut[i],
+				       cut[i + 1], sh->partials + (size_t)cut[i] * pf);
+		if (rc)
+			return rc;
+	}
+	float *acc = sh->partials + (size_t)spans * pf;
+	gf_attn_acc_init(sh->cfg, n, acc);
+	for (int s = 0; s < spans; s++)
+		gf_attn_acc_merge(sh->cfg, n, acc, sh->partials + (size_t)s * pf);
+	gf_attn_acc_finish(sh->cfg, n, acc, y);
+	sh->calls++;
+	return 0;
 }
 
 static double rel_diff(const float *a, const float *b, size_t n)
@@ -130,8 +171,8 @@ int main(int argc, char **argv)
 		    gf_state_init(&st2, c) || gf_kv_init(&kv, c, 0) ||
 		    gf_prefill(m, ws, &st, &kv, tl, TL, a) || gf_state_copy(&st2, &st, c))
 			return 1;
-		struct rebuild_src rs = { m, &kv };
-		gf_kv_source src = { kv.n_pos, rebuild_get, &rs };
+		struct rebuild_src rs = { m, kv.c, kv.tok };
+		gf_kv_source src = { .n_pos = kv.n_pos, .get = rebuild_get, .user = &rs };
 		int rc = gf_gold_tail(m, ws, &st2, &src, b);
 		double d = rc ? INFINITY : rel_diff(b, a, V);
 		printf("  rebuilt keys (%d positions) vs expanded: %.3e %s\n", TL, d, d <= TOL ? "ok" : "FAIL");
@@ -141,6 +182,102 @@ int main(int argc, char **argv)
 		gf_state_free(&st2);
 		gf_workspace_free(ws);
 		free(tl), free(a), free(b);
+	}
+	/* Enough keys for spans of several blocks: the GOLD tail with its attention shared out
+	 * over three ranks' slices gives the bits of attending in one place. */
+	{
+		const int64_t TS = (int64_t)GF_KV_BLOCK * (GF_ATTN_MAX_SPANS + 9) + 5;
+		const int L = c->n_layer, G = c->first_gold, C = c->n_embd, Ck = c->ckv_dim;
+		const int lo[SHARERS] = { 0, G / 2 > 0 ? G / 2 : 1, G + (L - G) / 2 };
+		const int hi[SHARERS] = { lo[1], lo[2], L };
+		float *cs = malloc(sizeof(float) * (size_t)TS * Ck);
+		int32_t *ts = malloc(sizeof(int32_t) * (size_t)TS);
+		float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
+		gf_model *part[SHARERS];
+		struct rebuild_src rs[SHARERS + 1];
+		struct shared_src sh = { .cfg = c };
+		gf_workspace *ws;
+		gf_state st1, st2;
+		for (int64_t t = 0; t < TS; t++) {
+			ts[t] = tok[t % T];
+			for (int j = 0; j < Ck; j++) {
+				r = r * 6364136223846793005ull + 1442695040888963407ull;
+				cs[t * Ck + j] = (float)((double)(r >> 11) / 9007199254740992.0 - 0.5);
+			}
+		}
+		if (gf_workspace_init(&ws, m, W) || gf_state_init(&st1, c) || gf_state_init(&st2, c))
+			return 1;
+		for (int i = 0; i < SHARERS; i++) {
+			if (gf_model_load_slice(&part[i], argv[1], lo[i], hi[i], GF_LOAD_GOLD_KV, err)) {
+				fprintf(stderr, "slice %d..%d with GOLD keys: %s\n", lo[i], hi[i], err);
+				return 1;
+			}
+			if (gf_workspace_init(&sh.ws[i], part[i], W))
+				return 1;
+			rs[i] = (struct rebuild_src){ part[i], cs, ts };
+			sh.part[i] = (gf_kv_source){ .n_pos = TS, .get = rebuild_get, .user = &rs[i] };
+		}
+		const int spans = gf_attn_n_spans(TS);
+		sh.partials = malloc(sizeof(float) * gf_attn_partial_floats(c, W) * (size_t)(spans + 1));
+		rs[SHARERS] = (struct rebuild_src){ m, cs, ts };
+		gf_kv_source one = { .n_pos = TS, .get = rebuild_get, .user = &rs[SHARERS] };
+		sh.src = (gf_kv_source){ .n_pos = TS, .get = rebuild_get, .user = &rs[SHARERS],
+					 .attend = shared_attend };
+		for (int i = 0; i < W * C; i++) {
+			r = r * 6364136223846793005ull + 1442695040888963407ull;
+			st1.tail[i] = (float)((double)(r >> 11) / 4503599627370496.0 - 1.0);
+		}
+		st1.n_tail = W;
+		st1.n_pos = TS;
+		if (gf_state_copy(&st2, &st1, c) || gf_gold_tail(m, ws, &st1, &one, a) ||
+		    gf_gold_tail(m, ws, &st2, &sh.src, b))
+			return 1;
+		/* The key stream once, then each layer from it: the bits of a whole rebuild. */
+		{
+			const int nb = GF_KV_BLOCK, A = c->dim_att;
+			const int64_t pos0 = 3 * GF_KV_BLOCK;
+			float *stream = malloc(sizeof(float) * gf_key_stream_floats(c, nb));
+			float *k1 = malloc(sizeof(float) * (size_t)nb * A), *v1 = malloc(sizeof(float) * (size_t)nb * A);
+			float *k2 = malloc(sizeof(float) * (size_t)nb * A), *v2 = malloc(sizeof(float) * (size_t)nb * A);
+			int split_same = !gf_key_stream(m, sh.ws[0], cs + (pos0 - 1) * Ck, ts + pos0 - 1, 1,
+							pos0, nb, stream);
+			for (int g = 0; g < L - G && split_same; g++)
+				split_same = !gf_kv_expand(m, sh.ws[0], g, stream, pos0, nb, k1, v1) &&
+					     !gf_kv_rebuild(m, sh.ws[0], g, cs + (pos0 - 1) * Ck,
+							    ts + pos0 - 1, 1, pos0, nb, k2, v2) &&
+					     !memcmp(k1, k2, sizeof(float) * (size_t)nb * A) &&
+					     !memcmp(v1, v2, sizeof(float) * (size_t)nb * A);
+			printf("  key stream once, every layer from it: %s\n",
+			       split_same ? "bit-identical ok" : "FAIL");
+			failures += !split_same;
+			free(stream), free(k1), free(v1), free(k2), free(v2);
+		}
+		/* A model without the GOLD keys cannot be asked for spans. */
+		const int rc_refused = gf_attn_spans(part[0], sh.ws[0], &sh.part[0], 0, st1.tail,
+						     TS - W, W, 0, 1, sh.partials);
+		const int same = sh.calls == L - G && !memcmp(a, b, sizeof(float) * (size_t)V) &&
+				 !memcmp(st1.shift, st2.shift, gf_state_floats(c) * sizeof(float));
+		printf("  GOLD tail over %lld keys in %d spans of %lld blocks, shared by 3 slices: %s\n",
+		       (long long)TS, spans, (long long)gf_attn_span_blocks(TS),
+		       same ? "bit-identical ok" : "FAIL");
+		failures += !same || spans < 2 || gf_attn_span_blocks(TS) < 2;
+		gf_model *bare;
+		if (gf_model_load_blocks(&bare, argv[1], 0, 1, err))
+			return 1;
+		const int rc_bare = gf_attn_spans(bare, sh.ws[0], &sh.part[0], 0, st1.tail, TS - W, W,
+						  0, 1, sh.partials);
+		printf("  spans asked of a slice without GOLD keys: %s\n",
+		       rc_bare == -EINVAL && rc_refused == 0 ? "refused ok" : "FAIL");
+		failures += !(rc_bare == -EINVAL && rc_refused == 0);
+		gf_model_free(bare);
+		for (int i = 0; i < SHARERS; i++) {
+			gf_model_free(part[i]);
+			gf_workspace_free(sh.ws[i]);
+		}
+		gf_state_free(&st1);
+		gf_state_free(&st2);
+		gf_workspace_free(ws);
+		free(sh.partials), free(cs), free(ts), free(a), free(b);
 	}
 	/* The forward in slices, as ranks run it, gives the same bits as the whole, whatever the
 	 * cut between the Finch blocks and between the GOLD blocks. */
