@@ -515,6 +515,8 @@ int gfe_paged_key_cache(struct paged_src *ps, int64_t block0, int64_t blocks, si
 		free(ps->ks_have);
 		ps->ks = NULL;
 		ps->ks_have = NULL;
+		snprintf(ps->err, sizeof(ps->err), "out of memory keeping the key stream of %lld blocks",
+			 (long long)blocks);
 		return -ENOMEM;
 	}
 	ps->ks_block0 = block0;
@@ -798,8 +800,13 @@ int gfe_ingest_finish(gfe_ingest *in, gfe_context *out, float *logits_last, char
 			 (unsigned long long)serial);
 	if (!rc) {
 		ps.src.n_pos = in->st.n_pos;
-		/* Every GOLD layer rebuilds the same blocks: their key stream once (best effort). */
-		gfe_paged_key_cache(&ps, 0, in->st.n_pos / GF_KV_BLOCK, GFE_TAIL_KEY_CACHE_BYTES);
+		/* Every GOLD layer rebuilds the same blocks: their key stream once. */
+		if ((rc = gfe_paged_key_cache(&ps, 0, in->st.n_pos / GF_KV_BLOCK,
+					      GFE_TAIL_KEY_CACHE_BYTES)))
+			gf_error(in->err, rc, "context #%llu: out of memory for the GOLD tail",
+				 (unsigned long long)serial);
+	}
+	if (!rc) {
 		rc = gf_gold_tail(e->model, in->ws, &in->st, &ps.src, logits);
 		if (rc && !in->err[0])
 			snprintf(in->err, GF_ERR_LEN, "GOLD tail: %.200s", ps.err[0] ? ps.err : "failed");

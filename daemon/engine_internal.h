@@ -91,8 +91,7 @@ int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint6
 void gfe_paged_free(struct paged_src *ps);
 /* Keeps the key stream (gf_key_stream) of up to `blocks` full blocks from block0 on, within
  * max_bytes: a tail that walks every GOLD layer over the same blocks then computes the
- * layer-independent part once. The bits are those of rebuilding each time. -ENOMEM: none
- * kept (still correct, just slower). */
+ * layer-independent part once. The bits are those of rebuilding each time. */
 int gfe_paged_key_cache(struct paged_src *ps, int64_t block0, int64_t blocks, size_t max_bytes);
 /* What an ingest's GOLD tail may keep so (about 8 KiB per position at n_embd 1024): past it,
  * the rest of the blocks are rebuilt whole per layer as before. */

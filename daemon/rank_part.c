@@ -426,12 +426,11 @@ static void span_share(int64_t n_keys, int r, int P, int *s0, int *s1)
 }
 
 /* Every GOLD layer of the tail rebuilds the keys of the same spans: their key stream once. */
-static void keep_key_stream(struct paged_src *ps, int64_t n_keys, int s0, int s1)
+static int keep_key_stream(struct paged_src *ps, int64_t n_keys, int s0, int s1)
 {
 	const int64_t per = gf_attn_span_blocks(n_keys), full = n_keys / GF_KV_BLOCK;
 	const int64_t b0 = s0 * per, b1 = s1 * per < full ? s1 * per : full;
-	if (b1 > b0)
-		gfe_paged_key_cache(ps, b0, b1 - b0, GFE_TAIL_KEY_CACHE_BYTES);
+	return b1 > b0 ? gfe_paged_key_cache(ps, b0, b1 - b0, GFE_TAIL_KEY_CACHE_BYTES) : 0;
 }
 
 /* Another rank's tail queries: this rank's share of the spans, or an error, goes back.
@@ -458,10 +457,10 @@ static int serve_tailq(gfr_part *p, const gfm_msg *m, char *err)
 			rc = gfe_paged_init(&p->help_ps, e, p->help_reader, p->serial, p->committed, false);
 			p->help_ready = true;
 			p->help_ps.src.n_pos = (int64_t)p->committed;
+			if (!rc)
+				rc = keep_key_stream(&p->help_ps, p0 + n, s0, s1);
 			if (rc)
 				gf_error(why, rc, "rank %d: out of memory for the GOLD tail", cx->rank);
-			else
-				keep_key_stream(&p->help_ps, p0 + n, s0, s1);
 		}
 	}
 	if (!rc) {
@@ -844,17 +843,15 @@ static int tail_step(gfr_part *p, uint64_t pos0, float *x, int n, char *err)
 			rc = gfe_paged_init(&ps, e, r, p->serial, p->rows, false);
 			if (!rc) {
 				ps.src.n_pos = (int64_t)p->rows;
+				int s0 = 0, s1 = gf_attn_n_spans((int64_t)p->rows);
 				if (cx->share_tail && cx->size > 1) {
 					ps.src.attend = shared_attend;
 					ps.src.user = p;
-					int s0, s1;
 					span_share((int64_t)p->rows, cx->rank, cx->size, &s0, &s1);
-					keep_key_stream(&ps, (int64_t)p->rows, s0, s1);
-				} else {
-					keep_key_stream(&ps, (int64_t)p->rows, 0,
-							gf_attn_n_spans((int64_t)p->rows));
 				}
-				rc = gf_blocks(m, p->ws, &p->st, &ps.src, x, (int64_t)pos0, n, g0, cx->b1);
+				rc = keep_key_stream(&ps, (int64_t)p->rows, s0, s1);
+				if (!rc)
+					rc = gf_blocks(m, p->ws, &p->st, &ps.src, x, (int64_t)pos0, n, g0, cx->b1);
 				if (rc)
 					gf_error(err, rc, "rank %d: GOLD tail: %.200s", cx->rank,
 						 ps.err[0] ? ps.err : "failed");
