@@ -37,34 +37,65 @@ static void *read_job_run(void *arg)
 	return NULL;
 }
 
-double bench_read_bandwidth(int threads)
+struct bench_reader {
+	float *buf;
+	size_t n;
+	int threads;
+};
+
+bench_reader *bench_reader_new(int threads)
 {
-	const size_t n = (size_t)256 << 20; /* floats: 1 GiB, far beyond the caches */
+	bench_reader *b = calloc(1, sizeof(*b));
+	if (!b)
+		return NULL;
+	b->n = (size_t)256 << 20; /* floats: 1 GiB, far beyond the caches */
+	b->threads = threads < 1 ? 1 : threads > 16 ? 16 : threads;
+	b->buf = malloc(b->n * sizeof(float));
+	if (!b->buf) {
+		free(b);
+		return NULL;
+	}
+	for (size_t i = 0; i < b->n; i++)
+		b->buf[i] = (float)(i & 15);
+	return b;
+}
+
+double bench_reader_pass(bench_reader *b)
+{
 	struct read_job jobs[16];
 	pthread_t tid[16];
-	double best = 1e30;
-	float *buf = malloc(n * sizeof(float));
-	if (!buf)
-		return 0;
-	if (threads < 1)
-		threads = 1;
-	if (threads > 16)
-		threads = 16;
-	for (size_t i = 0; i < n; i++)
-		buf[i] = (float)(i & 15);
-	for (int rep = 0; rep < 4; rep++) {
-		double t0 = now();
-		for (int i = 0; i < threads; i++) {
-			jobs[i] = (struct read_job){ buf + n / threads * i, n / threads, 0 };
-			pthread_create(&tid[i], NULL, read_job_run, &jobs[i]);
-		}
-		for (int i = 0; i < threads; i++)
-			pthread_join(tid[i], NULL);
-		double dt = now() - t0;
-		best = dt < best ? dt : best;
+	const size_t part = b->n / (size_t)b->threads;
+	double t0 = now();
+	for (int i = 0; i < b->threads; i++) {
+		jobs[i] = (struct read_job){ b->buf + part * (size_t)i, part, 0 };
+		pthread_create(&tid[i], NULL, read_job_run, &jobs[i]);
 	}
+	for (int i = 0; i < b->threads; i++)
+		pthread_join(tid[i], NULL);
+	double dt = now() - t0;
 	volatile float sink = jobs[0].sum;
 	(void)sink;
-	free(buf);
-	return (double)n * sizeof(float) / best;
+	return (double)part * (size_t)b->threads * sizeof(float) / dt;
+}
+
+void bench_reader_free(bench_reader *b)
+{
+	if (!b)
+		return;
+	free(b->buf);
+	free(b);
+}
+
+double bench_read_bandwidth(int threads)
+{
+	bench_reader *b = bench_reader_new(threads);
+	double best = 0;
+	if (!b)
+		return 0;
+	for (int rep = 0; rep < 4; rep++) {
+		double bw = bench_reader_pass(b);
+		best = bw > best ? bw : best;
+	}
+	bench_reader_free(b);
+	return best;
 }

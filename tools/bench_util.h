@@ -10,4 +10,11 @@
  * buffer cannot be allocated. */
 double bench_read_bandwidth(int threads);
 
+/* The same, one pass at a time over a buffer allocated once, for a benchmark that interleaves
+ * read passes with its own rounds (the bandwidth of a shared machine drifts over seconds). */
+typedef struct bench_reader bench_reader;
+bench_reader *bench_reader_new(int threads); /* NULL: out of memory */
+double bench_reader_pass(bench_reader *b);   /* bytes/s */
+void bench_reader_free(bench_reader *b);
+
 #endif
