@@ -8,6 +8,10 @@
  */
 #include "pool.h"
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -58,6 +62,10 @@ static void *worker(void *varg)
 {
 	gf_pool *p = varg;
 	uint64_t seen = 0;
+#if defined(__SSE2__)
+	/* Parts of a step run here with denormals flushed, as in the calling thread (forward.c). */
+	_mm_setcsr(_mm_getcsr() | 0x8040);
+#endif
 	for (;;) {
 		int spins = 0;
 		while ((atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32) == seen &&
