@@ -285,7 +285,8 @@ void gf_kv_free(gf_kv *kv);
 void gf_kv_reset(gf_kv *kv);
 
 /* Scratch buffers for one sequence's forward, sized once for chunks of up to max_chunk
- * tokens: the forward functions allocate nothing. */
+ * tokens: the forward functions allocate nothing. Every forward function computes with
+ * denormal floats flushed to zero and gives the calling thread its float mode back. */
 typedef struct gf_workspace gf_workspace;
 int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk);
 void gf_workspace_free(gf_workspace *ws);
