@@ -20,8 +20,8 @@
 
 /* Denormal floats are flushed to zero (FTZ and DAZ) inside every compute entry point, and the
  * caller's mode is restored on return. Long sequences drive the recurrent state of quickly
- * decaying channels into the denormal range, where x86 float arithmetic takes microcode
- * assists: measured 1.4x slower Finch blocks past ~8K tokens on a random model. Values below
+ * decaying channels toward the denormal range, where x86 float arithmetic takes microcode
+ * assists (measured: a 24-layer model's Finch blocks 4% faster over 32K tokens). Values below
  * 1.2e-38 carry nothing for the result; every path flushes the same way, so paths that must
  * agree bit for bit (ranks and one process, rebuilt and expanded keys) still do. */
 #if defined(__SSE2__)
