@@ -491,16 +491,16 @@ static int kv_reserve(gf_kv *kv, const gf_config *c, int64_t need)
 }
 
 /* Key stream and rms(x0) of n+1 rows: the position before t0 (zeros at t0 = 0) and t0..t0+n-1.
- * Rows are e_kc[0..n], e_xn[0..n]. */
+ * Rows are kc[0..n] [A], xn[0..n] [C]. */
 static void key_stream_rows(const gf_model *m, gf_workspace *ws, const float *c_rows,
-			    const int32_t *tok_rows, int n, int has_prev)
+			    const int32_t *tok_rows, int n, int has_prev, float *kc, float *xn)
 {
 	const gf_config *c = &m->cfg;
 	const int C = c->n_embd, A = c->dim_att, Ck = c->ckv_dim, W = C + Ck;
 	const int first = has_prev ? 0 : 1;
 	if (!has_prev) {
-		memset(ws->e_kc, 0, sizeof(float) * (size_t)A);
-		memset(ws->e_xn, 0, sizeof(float) * (size_t)C);
+		memset(kc, 0, sizeof(float) * (size_t)A);
+		memset(xn, 0, sizeof(float) * (size_t)C);
 	}
 	const int rows = n + 1 - first;
 	float *cat = ws->e_cat + (size_t)first * W;
@@ -509,25 +509,25 @@ static void key_stream_rows(const gf_model *m, gf_workspace *ws, const float *c_
 		memcpy(row, m->emb + (size_t)tok_rows[r] * C, sizeof(float) * (size_t)C);
 		layernorm_rows(row, row, 1, C, m->ln0_w, m->ln0_b);
 		memcpy(row + C, c_rows + (size_t)r * Ck, sizeof(float) * (size_t)Ck);
-		rms_rows(ws->e_xn + (size_t)(first + r) * C, row, 1, C);
+		rms_rows(xn + (size_t)(first + r) * C, row, 1, C);
 	}
-	linear(ws, cat, W, rows, m->w_kv_cache_b, W, A, 0.0f, ws->e_kc + (size_t)first * A, A);
-	rms_rows(ws->e_kc + (size_t)first * A, ws->e_kc + (size_t)first * A, rows, A);
+	linear(ws, cat, W, rows, m->w_kv_cache_b, W, A, 0.0f, kc + (size_t)first * A, A);
+	rms_rows(kc + (size_t)first * A, kc + (size_t)first * A, rows, A);
 }
 
 /* Keys and values of GOLD block l for the n positions whose key stream rows are
- * e_kc[1..n], e_xn[1..n] (row 0 = the position before). Writes k [n][A], v [n][A]. */
+ * kc_rows[1..n], xn_rows[1..n] (row 0 = the position before). Writes k [n][A], v [n][A]. */
 static void expand_layer(const gf_model *m, gf_workspace *ws, const gf_layer *l, int n,
-			 int64_t pos0, float *k, float *v)
+			 int64_t pos0, const float *kc_rows, const float *xn_rows, float *k, float *v)
 {
 	const gf_config *c = &m->cfg;
 	const int C = c->n_embd, A = c->dim_att, Dkv = c->lora_maa_kv;
-	const float *xn = ws->e_xn + C, *kc = ws->e_kc + A;
+	const float *xn = xn_rows + C, *kc = kc_rows + A;
 	float *dxn = ws->e_dxn, *mk = ws->mix, *mv = ws->mix + (size_t)n * C;
 	const size_t nC = (size_t)n * C;
 
 	for (size_t i = 0; i < nC; i++)
-		dxn[i] = ws->e_xn[i] - xn[i];
+		dxn[i] = xn_rows[i] - xn[i];
 	mix_rows(ws->lora_in, xn, dxn, l->maa_v_cache, NULL, n, C);
 	lora(ws->lora_in, C, n, l->maa_kv_w1, C, 2 * Dkv, 0.0f, ws->lora_h, 2 * Dkv);
 	gf_vtanh(ws->lora_h, (size_t)n * 2 * Dkv);
@@ -536,7 +536,7 @@ static void expand_layer(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 
 	/* k = kc + (shift(kc) - kc) * (maa_k + mk); k += tanh(k W1) W2; ln_k. */
 	for (int t = 0; t < n; t++) {
-		const float *cur = kc + (size_t)t * A, *prev = ws->e_kc + (size_t)t * A;
+		const float *cur = kc + (size_t)t * A, *prev = kc_rows + (size_t)t * A;
 		const float *mkt = mk + (size_t)t * C;
 		float *kt = k + (size_t)t * A;
 		for (int i = 0; i < A; i++)
@@ -576,7 +576,7 @@ int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c_
 		const int has_prev = t0 > 0;
 		/* Rows from the position before t0: its c and token are already in kv. */
 		key_stream_rows(m, ws, kv->c + (size_t)(t0 - has_prev) * Ck, kv->tok + t0 - has_prev,
-				step, has_prev);
+				step, has_prev, ws->e_kc, ws->e_xn);
 		for (int g = 0; g < kv->n_gold; g++) {
 			const int b = c->first_gold + g;
 			if (b < m->block_first || b >= m->block_end)
@@ -584,7 +584,7 @@ int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c_
 			const gf_layer *l = &m->layers[b];
 			float *k = kv->k + ((size_t)g * kv->cap + t0) * A;
 			float *v = kv->v + ((size_t)g * kv->cap + t0) * A;
-			expand_layer(m, ws, l, step, t0, k, v);
+			expand_layer(m, ws, l, step, t0, ws->e_kc, ws->e_xn, k, v);
 		}
 		done += step;
 	}
@@ -602,13 +602,11 @@ int gf_key_stream(const gf_model *m, gf_workspace *ws, const float *c, const int
 {
 	FLUSH_DENORMALS();
 	const gf_config *cfg = &m->cfg;
-	const size_t A = (size_t)cfg->dim_att, C = (size_t)cfg->n_embd;
+	const size_t A = (size_t)cfg->dim_att;
 	if (n < 1 || n > GF_KV_BLOCK || (pos0 > 0 && !has_prev) || !m->w_kv_cache_b ||
 	    check_tokens(m, tok, n + has_prev))
 		return -EINVAL;
-	key_stream_rows(m, ws, c, tok, n, has_prev);
-	memcpy(stream, ws->e_kc, sizeof(float) * (size_t)(n + 1) * A);
-	memcpy(stream + (size_t)(n + 1) * A, ws->e_xn, sizeof(float) * (size_t)(n + 1) * C);
+	key_stream_rows(m, ws, c, tok, n, has_prev, stream, stream + (size_t)(n + 1) * A);
 	return 0;
 }
 
@@ -617,13 +615,12 @@ int gf_kv_expand(const gf_model *m, gf_workspace *ws, int g, const float *stream
 {
 	FLUSH_DENORMALS();
 	const gf_config *cfg = &m->cfg;
-	const size_t A = (size_t)cfg->dim_att, C = (size_t)cfg->n_embd;
+	const size_t A = (size_t)cfg->dim_att;
 	if (n < 1 || n > GF_KV_BLOCK || g < 0 || g >= cfg->n_layer - cfg->first_gold ||
 	    !m->layers[cfg->first_gold + g].key_w1)
 		return -EINVAL;
-	memcpy(ws->e_kc, stream, sizeof(float) * (size_t)(n + 1) * A);
-	memcpy(ws->e_xn, stream + (size_t)(n + 1) * A, sizeof(float) * (size_t)(n + 1) * C);
-	expand_layer(m, ws, &m->layers[cfg->first_gold + g], n, pos0, k, v);
+	expand_layer(m, ws, &m->layers[cfg->first_gold + g], n, pos0, stream,
+		     stream + (size_t)(n + 1) * A, k, v);
 	return 0;
 }
 
@@ -635,8 +632,8 @@ int gf_kv_rebuild(const gf_model *m, gf_workspace *ws, int g, const float *c,
 	if (n < 1 || n > GF_KV_BLOCK || g < 0 || g >= cfg->n_layer - cfg->first_gold ||
 	    (pos0 > 0 && !has_prev) || check_tokens(m, tok, n + has_prev))
 		return -EINVAL;
-	key_stream_rows(m, ws, c, tok, n, has_prev);
-	expand_layer(m, ws, &m->layers[cfg->first_gold + g], n, pos0, k, v);
+	key_stream_rows(m, ws, c, tok, n, has_prev, ws->e_kc, ws->e_xn);
+	expand_layer(m, ws, &m->layers[cfg->first_gold + g], n, pos0, ws->e_kc, ws->e_xn, k, v);
 	return 0;
 }
 
@@ -1043,7 +1040,7 @@ int gf_forward_full(const gf_model *m, const int32_t *tok, int64_t T, float *log
 	if (kc_out)
 		for (int64_t t = 0; t < T; t += chunk) {
 			int n = (int)(T - t < chunk ? T - t : chunk);
-			key_stream_rows(m, ws, cc + (size_t)t * Ck, tok + t, n, 0);
+			key_stream_rows(m, ws, cc + (size_t)t * Ck, tok + t, n, 0, ws->e_kc, ws->e_xn);
 			memcpy(kc_out + (size_t)t * A, ws->e_kc + A, sizeof(float) * (size_t)n * A);
 		}
 	gf_kv_source src;
