@@ -191,15 +191,39 @@ static void linear(gf_workspace *ws, const float *x, int ldx, int n, const float
 	}
 }
 
-/* y[n][out] (ldy) = x[n][in] (ldx) . W + beta*y, W a LoRA matrix [in][out]. */
-static void lora(const float *x, int ldx, int n, const float *W, int in, int out, float beta,
-		 float *y, int ldy)
+struct lora_job {
+	const float *W, *x;
+	float *y;
+	int in, out;
+	float beta;
+};
+
+/* Part `part` of n_parts takes a contiguous range of columns (a multiple of 16). */
+static void lora_part(void *arg, int part, int n_parts)
 {
-	if (n == 1)
-		gf_gemv_cols(W, in, out, x, beta, y);
-	else
+	const struct lora_job *j = arg;
+	int per = ((j->out + n_parts - 1) / n_parts + 15) & ~15;
+	int o0 = part * per, o1 = o0 + per < j->out ? o0 + per : j->out;
+	if (o0 < o1)
+		gf_gemv_cols(j->W + o0, j->out, j->in, o1 - o0, j->x, j->beta, j->y + o0);
+}
+
+/* y[n][out] (ldy) = x[n][in] (ldx) . W + beta*y, W a LoRA matrix [in][out]. One row (decode)
+ * is split by columns over the pool; each column's sum runs over the rows in the same order
+ * whichever thread computes it. */
+static void lora(gf_workspace *ws, const float *x, int ldx, int n, const float *W, int in,
+		 int out, float beta, float *y, int ldy)
+{
+	if (n == 1) {
+		struct lora_job j = { W, x, y, in, out, beta };
+		if (gf_pool_threads(ws->pool) > 1 && (size_t)in * out >= 16384 && out >= 64)
+			gf_pool_run(ws->pool, lora_part, &j);
+		else
+			lora_part(&j, 0, 1);
+	} else {
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, in, 1.0f, x, ldx, W,
 			    out, beta, y, ldy);
+	}
 }
 
 /* ---- row-wise helpers --------------------------------------------------------------------- */
@@ -329,14 +353,14 @@ static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *
 
 	/* Five data-dependent token-shift mixes from one LoRA: slices r, k, v, w, v2. */
 	mix_rows(ws->lora_in, ws->xln, ws->dx, l->maa_x, NULL, n, C);
-	lora(ws->lora_in, C, n, l->maa_w1, C, 5 * Dm, 0.0f, ws->lora_h, 5 * Dm);
+	lora(ws, ws->lora_in, C, n, l->maa_w1, C, 5 * Dm, 0.0f, ws->lora_h, 5 * Dm);
 	gf_vtanh(ws->lora_h, (size_t)n * 5 * Dm);
 	/* Buffer order r, k, w, v, v2 keeps v and v2 adjacent for one value GEMM. */
 	static const int slot[5] = { 0, 1, 3, 2, 4 }; /* slice j -> buffer */
 	const float *mu[5] = { l->maa_r, l->maa_k, l->maa_v, l->maa_w, l->maa_v2 };
 	for (int j = 0; j < 5; j++) {
 		float *dst = ws->mix + (size_t)slot[j] * nC;
-		lora(ws->lora_h + j * Dm, 5 * Dm, n, l->maa_w2 + (size_t)j * Dm * C, Dm, C, 0.0f, dst, C);
+		lora(ws, ws->lora_h + j * Dm, 5 * Dm, n, l->maa_w2 + (size_t)j * Dm * C, Dm, C, 0.0f, dst, C);
 		mix_rows(dst, ws->xln, ws->dx, mu[j], dst, n, C);
 	}
 	float *xr = ws->mix, *xk = ws->mix + nC, *xw = ws->mix + 2 * nC;
@@ -346,16 +370,16 @@ static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *
 	linear(ws, xr, C, n, l->att_receptance, C, A, 0.0f, ws->r, A);
 	linear(ws, xk, C, n, l->att_key, C, A, 0.0f, ws->k, A);
 	linear(ws, xv, C, 2 * n, l->att_value, C, A, 0.0f, v, A); /* v and v2's linear part */
-	lora(xv2, C, n, l->value2_w1, C, c->lora_value2, 0.0f, ws->lora_h, c->lora_value2);
+	lora(ws, xv2, C, n, l->value2_w1, C, c->lora_value2, 0.0f, ws->lora_h, c->lora_value2);
 	gf_vtanh(ws->lora_h, (size_t)n * c->lora_value2);
-	lora(ws->lora_h, c->lora_value2, n, l->value2_w2, c->lora_value2, A, 1.0f, v2, A);
+	lora(ws, ws->lora_h, c->lora_value2, n, l->value2_w2, c->lora_value2, A, 1.0f, v2, A);
 
 	/* w = time_decay + LoRA; decay = exp(-exp(w)); k *= 1 - decay. */
-	lora(xw, C, n, l->decay_w1, C, c->lora_decay, 0.0f, ws->lora_h, c->lora_decay);
+	lora(ws, xw, C, n, l->decay_w1, C, c->lora_decay, 0.0f, ws->lora_h, c->lora_decay);
 	gf_vtanh(ws->lora_h, (size_t)n * c->lora_decay);
 	for (int t = 0; t < n; t++)
 		memcpy(ws->w + (size_t)t * A, l->time_decay, sizeof(float) * (size_t)A);
-	lora(ws->lora_h, c->lora_decay, n, l->decay_w2, c->lora_decay, A, 1.0f, ws->w, A);
+	lora(ws, ws->lora_h, c->lora_decay, n, l->decay_w2, c->lora_decay, A, 1.0f, ws->w, A);
 	gf_vdecay(ws->w, ws->k, nA);
 
 	for (int h = 0; h < H; h++)
@@ -529,10 +553,10 @@ static void expand_layer(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 	for (size_t i = 0; i < nC; i++)
 		dxn[i] = xn_rows[i] - xn[i];
 	mix_rows(ws->lora_in, xn, dxn, l->maa_v_cache, NULL, n, C);
-	lora(ws->lora_in, C, n, l->maa_kv_w1, C, 2 * Dkv, 0.0f, ws->lora_h, 2 * Dkv);
+	lora(ws, ws->lora_in, C, n, l->maa_kv_w1, C, 2 * Dkv, 0.0f, ws->lora_h, 2 * Dkv);
 	gf_vtanh(ws->lora_h, (size_t)n * 2 * Dkv);
-	lora(ws->lora_h, 2 * Dkv, n, l->maa_kv_w2, Dkv, C, 0.0f, mk, C);
-	lora(ws->lora_h + Dkv, 2 * Dkv, n, l->maa_kv_w2 + (size_t)Dkv * C, Dkv, C, 0.0f, mv, C);
+	lora(ws, ws->lora_h, 2 * Dkv, n, l->maa_kv_w2, Dkv, C, 0.0f, mk, C);
+	lora(ws, ws->lora_h + Dkv, 2 * Dkv, n, l->maa_kv_w2 + (size_t)Dkv * C, Dkv, C, 0.0f, mv, C);
 
 	/* k = kc + (shift(kc) - kc) * (maa_k + mk); k += tanh(k W1) W2; ln_k. */
 	for (int t = 0; t < n; t++) {
@@ -542,18 +566,18 @@ static void expand_layer(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 		for (int i = 0; i < A; i++)
 			kt[i] = cur[i] + (prev[i] - cur[i]) * (l->maa_gk[i] + mkt[i]);
 	}
-	lora(k, A, n, l->key_w1, A, c->lora_key, 0.0f, ws->lora_h, c->lora_key);
+	lora(ws, k, A, n, l->key_w1, A, c->lora_key, 0.0f, ws->lora_h, c->lora_key);
 	gf_vtanh(ws->lora_h, (size_t)n * c->lora_key);
-	lora(ws->lora_h, c->lora_key, n, l->key_w2, c->lora_key, A, 1.0f, k, A);
+	lora(ws, ws->lora_h, c->lora_key, n, l->key_w2, c->lora_key, A, 1.0f, k, A);
 	layernorm_rows(k, k, n, A, l->ln_k_w, l->ln_k_b);
 	if (c->rope_base > 0)
 		rope_rows(c, ws->rope_freq, k, n, pos0);
 
 	/* v = xn + dxn * (maa_v + mv); v += tanh(v W1) W2; ln_v. */
 	mix_rows(v, xn, dxn, l->maa_gv, mv, n, C);
-	lora(v, C, n, l->value_w1, C, c->lora_value, 0.0f, ws->lora_h, c->lora_value);
+	lora(ws, v, C, n, l->value_w1, C, c->lora_value, 0.0f, ws->lora_h, c->lora_value);
 	gf_vtanh(ws->lora_h, (size_t)n * c->lora_value);
-	lora(ws->lora_h, c->lora_value, n, l->value_w2, c->lora_value, A, 1.0f, v, A);
+	lora(ws, ws->lora_h, c->lora_value, n, l->value_w2, c->lora_value, A, 1.0f, v, A);
 	layernorm_rows(v, v, n, A, l->ln_v_w, l->ln_v_b);
 }
 
@@ -929,9 +953,9 @@ static int gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 	layernorm_rows(ws->xln, ws->x, n, C, l->ln1_w, l->ln1_b);
 	shift_diff(ws->dx, ws->xln, n, C, shift);
 	mix_rows(ws->lora_in, ws->xln, ws->dx, l->maa_x, NULL, n, C);
-	lora(ws->lora_in, C, n, l->maa_q_w1, C, Dq, 0.0f, ws->lora_h, Dq);
+	lora(ws, ws->lora_in, C, n, l->maa_q_w1, C, Dq, 0.0f, ws->lora_h, Dq);
 	gf_vtanh(ws->lora_h, (size_t)n * Dq);
-	lora(ws->lora_h, Dq, n, l->maa_q_w2, Dq, C, 0.0f, ws->mix, C);
+	lora(ws, ws->lora_h, Dq, n, l->maa_q_w2, Dq, C, 0.0f, ws->mix, C);
 	mix_rows(ws->mix, ws->xln, ws->dx, l->maa_q, ws->mix, n, C);
 	linear(ws, ws->mix, C, n, l->att_query, C, A, 0.0f, ws->q, A);
 	layernorm_rows(ws->q, ws->q, n, A, l->ln_q_w, l->ln_q_b);

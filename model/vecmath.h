@@ -40,7 +40,8 @@ void gf_attn_accum(const float *V, int ld, int nb, const float *P, int H, int N,
  * t < n input rows (x row stride ldx, y row stride ldy); W is read once. */
 void gf_gemv_rows(const float *W, int in, int out, const float *x, int ldx, int n, float beta,
 		  float *y, int ldy);
-/* y = x . W (+ beta y) for a row-major W [in][out] (a LoRA matrix). */
-void gf_gemv_cols(const float *W, int in, int out, const float *x, float beta, float *y);
+/* y = x . W (+ beta y) for a row-major W [in][out] (a LoRA matrix) whose rows are ldw apart:
+ * ldw = out for the whole matrix, or a range of its columns. */
+void gf_gemv_cols(const float *W, int ldw, int in, int out, const float *x, float beta, float *y);
 
 #endif
