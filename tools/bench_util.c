@@ -3,9 +3,15 @@
  */
 #include "bench_util.h"
 
+#include <linux/perf_event.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 struct read_job {
 	const float *p;
@@ -98,4 +104,50 @@ double bench_read_bandwidth(int threads)
 	}
 	bench_reader_free(b);
 	return best;
+}
+
+/* One user-space hardware counter of this process, inherited by the threads it starts. */
+static int counter_open(uint64_t config)
+{
+	struct perf_event_attr a;
+	memset(&a, 0, sizeof(a));
+	a.size = sizeof(a);
+	a.type = PERF_TYPE_HARDWARE;
+	a.config = config;
+	a.exclude_kernel = 1;
+	a.exclude_hv = 1;
+	a.inherit = 1;
+	return (int)syscall(SYS_perf_event_open, &a, 0, -1, -1, 0);
+}
+
+void bench_counters_start(bench_counters *bc)
+{
+	bc->fd_cycles = counter_open(PERF_COUNT_HW_CPU_CYCLES);
+	bc->fd_instructions = bc->fd_cycles >= 0 ? counter_open(PERF_COUNT_HW_INSTRUCTIONS) : -1;
+	bc->available = bc->fd_cycles >= 0 && bc->fd_instructions >= 0;
+}
+
+static uint64_t counter_read(int fd)
+{
+	uint64_t v = 0;
+	if (fd < 0 || read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+		return 0;
+	return v;
+}
+
+void bench_counters_stop(bench_counters *bc, double *cpu_s, double *ghz, double *ipc)
+{
+	struct rusage self;
+	getrusage(RUSAGE_SELF, &self);
+	/* User time only: the counters exclude the kernel too. */
+	*cpu_s = (double)self.ru_utime.tv_sec + 1e-6 * (double)self.ru_utime.tv_usec;
+	const uint64_t cycles = counter_read(bc->fd_cycles);
+	const uint64_t instructions = counter_read(bc->fd_instructions);
+	*ghz = bc->available && *cpu_s > 0 ? 1e-9 * (double)cycles / *cpu_s : 0.0;
+	*ipc = bc->available && cycles ? (double)instructions / (double)cycles : 0.0;
+	if (bc->fd_cycles >= 0)
+		close(bc->fd_cycles);
+	if (bc->fd_instructions >= 0)
+		close(bc->fd_instructions);
+	bc->fd_cycles = bc->fd_instructions = -1;
 }

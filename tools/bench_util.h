@@ -17,4 +17,18 @@ bench_reader *bench_reader_new(int threads); /* NULL: out of memory */
 double bench_reader_pass(bench_reader *b);   /* bytes/s */
 void bench_reader_free(bench_reader *b);
 
+/* The CPU's own counts for this process and every thread it starts after the call: cycles
+ * and instructions of user code (hardware counters), and CPU time. They say whether a
+ * slower run ran at a lower clock (GHz = cycles / CPU time) or did less per cycle (IPC).
+ * Where the CPU exposes no counters (most VMs) `available` is false and only the CPU time is
+ * kept. Read after the threads have been joined: a thread's counts join its parent's when it
+ * ends. */
+typedef struct bench_counters {
+	int fd_cycles, fd_instructions;
+	int available;
+} bench_counters;
+void bench_counters_start(bench_counters *bc);
+/* Fills cpu_s, ghz and ipc (ghz and ipc 0 when not available); closes the counters. */
+void bench_counters_stop(bench_counters *bc, double *cpu_s, double *ghz, double *ipc);
+
 #endif

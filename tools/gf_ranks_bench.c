@@ -7,8 +7,11 @@
  * usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T]
  *        [--chunk C] [--plan-workload I:D:C] [--seed S]
  * CACHE_DIR takes %r for the rank (or gets /rank<r> under MPI); it is emptied first by the
- * caller (tools/bench-ranks.sh).
+ * caller (tools/bench-ranks.sh). Every rank ends with a line on stderr: its user CPU time and,
+ * where the CPU has counters, the clock it ran at and its instructions per cycle (a rank
+ * that is slower than one process on the same blocks: a lower clock, or less done per cycle).
  */
+#include "bench_util.h"
 #include "ranks.h"
 #include "server_backend_mpi.h"
 
@@ -23,6 +26,17 @@ static double now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void print_counters(bench_counters *bc, int rank)
+{
+	double cpu, ghz, ipc;
+	bench_counters_stop(bc, &cpu, &ghz, &ipc);
+	if (ghz > 0)
+		fprintf(stderr, "rank %d: user CPU %.3f s at %.2f GHz, %.2f instructions per cycle\n",
+			rank, cpu, ghz, ipc);
+	else
+		fprintf(stderr, "rank %d: user CPU %.3f s (no hardware counters here)\n", rank, cpu);
 }
 
 int main(int argc, char **argv)
@@ -55,6 +69,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	bench_counters counters;
+	bench_counters_start(&counters);
 	gfd_ranks ranks;
 	if (gfd_ranks_start(&ranks, &lc, &w, err)) {
 		fprintf(stderr, "gf-ranks-bench: %s\n", err);
@@ -64,7 +80,9 @@ int main(int argc, char **argv)
 		int rc = gfd_ranks_serve(&ranks, err);
 		if (rc)
 			fprintf(stderr, "gf-ranks-bench: rank %d: %s\n", ranks.rank, err);
+		const int rank = ranks.rank;
 		gfd_ranks_end(&ranks);
+		print_counters(&counters, rank);
 		return rc ? 1 : 0;
 	}
 	gfd_backend be;
@@ -121,5 +139,6 @@ int main(int argc, char **argv)
 	free(tok);
 	gfd_backend_close(&be);
 	gfd_ranks_end(&ranks);
+	print_counters(&counters, 0);
 	return rc ? 1 : 0;
 }
