@@ -184,7 +184,8 @@ void gf_gguf_free(gf_gguf *g);
 
 /* ------------------------------------------------------------------------------------------
  * The model: configuration plus float32 weights. Weights stored as f32 in the GGUF are used
- * in place from the read-only mapping; bf16/f16 ones are upcast once at load.
+ * in place from the read-only mapping or copied into huge pages (gf_model_load_slice);
+ * bf16/f16 ones are upcast once at load.
  * Layout per the official names: nn.Linear weights [out][in]; LoRA matrices [in][out].
  */
 typedef struct gf_layer {
@@ -228,6 +229,13 @@ typedef struct gf_model {
 	gf_gguf gguf;                    /* the mapping the f32 weights live in */
 	float **upcast;                  /* weights upcast from bf16/f16, freed with the model */
 	int n_upcast;
+	/* With huge pages (see gf_model_load_slice) every bound weight is copied here, in
+	 * 2 MiB pages, instead of being read through the file mapping's 4 KiB ones. */
+	char *arena;
+	size_t arena_len, arena_used;
+	void *arena_map;                 /* the reservation the arena is aligned within */
+	size_t arena_map_len;
+	int arena_fd;                    /* the file, while loading: weights are read from it */
 } gf_model;
 
 /* Loads a GGUF written by gf-convert. The vocabulary stays in m->gguf.vocab. */
@@ -239,6 +247,13 @@ int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, 
  * every GOLD block takes (the embedding, ln0, w_kv_cache_b and each GOLD block's key/value
  * weights): for ranks that attend over spans of layers they do not own. */
 #define GF_LOAD_GOLD_KV 1u
+/* By default the weights a load binds are copied into memory the kernel backs with 2 MiB
+ * pages where it offers transparent huge pages: a decode step streams every weight once,
+ * and through 4 KiB pages of the file mapping it reads about a tenth slower (one TLB miss
+ * every 4 KiB). GF_LOAD_MAPPED keeps them in the read-only mapping instead (no copy, pages
+ * shared with every process mapping the file), as does GOLDFINCH_HUGE_PAGES=0 in the
+ * environment or a kernel with huge pages off. The bits computed are the same either way. */
+#define GF_LOAD_MAPPED 2u
 int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, unsigned flags,
 			char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */

@@ -1,8 +1,9 @@
 /*
  * model.c — binding named tensors to the model's weight fields, and the per-sequence state.
  *
- * f32 tensors are used where they lie (the GGUF mapping), so loading a model costs no copy;
- * bf16/f16 tensors are upcast once, since OpenBLAS has only float32 GEMM here.
+ * f32 tensors are used where they lie (the GGUF mapping), or copied once into an arena of
+ * huge pages (gf_model_load_slice's default, see goldfinch.h); bf16/f16 tensors are upcast
+ * once, since OpenBLAS has only float32 GEMM here.
  */
 #include "goldfinch.h"
 
@@ -11,6 +12,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* from_tensors' own flag: copy the weights into a huge-page arena (gf_model_load_slice
+ * decides, from GF_LOAD_MAPPED, the environment and the kernel). */
+#define GF_LOAD_HUGE_INTERNAL 0x80000000u
+
+/* Reads an f32 tensor's bytes from the file straight into dst, so that its pages of the
+ * mapping are never touched (they would count twice in this process's memory). False where
+ * that cannot be done; the caller then copies from the mapping. */
+static bool read_tensor(const gf_model *m, const gf_tensor_set *ts, const gf_tensor *t, void *dst)
+{
+	const char *base = ts->map, *at = t->data;
+	if (m->arena_fd < 0 || !base || at < base || at + t->nbytes > base + ts->map_len)
+		return false;
+	for (size_t done = 0; done < t->nbytes;) {
+		ssize_t n = pread(m->arena_fd, (char *)dst + done, t->nbytes - done,
+				  (off_t)(at - base) + (off_t)done);
+		if (n <= 0)
+			return false;
+		done += (size_t)n;
+	}
+	return true;
+}
 
 /* Returns the tensor as float32, upcasting into a block the model owns if needed. */
 static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *err,
@@ -29,6 +55,21 @@ static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *er
 		return NULL;
 	}
 	size_t n = t->nbytes / gf_dtype_size(t->dtype);
+	if (m->arena) {
+		/* 64-byte aligned, like the tensors in the file; the arena was sized for all. */
+		const size_t at = (m->arena_used + 63) & ~(size_t)63;
+		if (at + n * sizeof(float) > m->arena_len) {
+			*rc = gf_error(err, -EOVERFLOW, "tensor %s: weight arena overrun", name);
+			return NULL;
+		}
+		float *f = (float *)(m->arena + at);
+		m->arena_used = at + n * sizeof(float);
+		if (t->dtype != GF_DTYPE_F32)
+			gf_convert_to_f32(t->dtype, t->data, f, n);
+		else if (!read_tensor(m, ts, t, f))
+			memcpy(f, t->data, n * sizeof(float));
+		return f;
+	}
 	if (t->dtype == GF_DTYPE_F32 && ((uintptr_t)t->data % sizeof(float)) == 0)
 		return t->data;
 	float *f = malloc(n * sizeof(float) + 1);
@@ -63,8 +104,50 @@ static void bind_gold_kv(gf_model *m, const gf_tensor_set *ts, int b, int *rc, c
 	l->ln_v_b = bind(m, ts, rc, err, "blocks.%d.att.ln_v.bias", b);
 }
 
+/* Reserves room for every tensor of the set as float32 (only the pages written are ever
+ * backed), aligned to 2 MiB and marked for huge pages. No arena (not an error) where the
+ * reservation or the advice is refused: the weights then stay in the mapping. */
+static void arena_init(gf_model *m, const gf_tensor_set *ts)
+{
+	const size_t huge = (size_t)2 << 20;
+	size_t need = 0;
+	for (int i = 0; i < ts->n_tensors; i++)
+		need += ts->tensors[i].nbytes / gf_dtype_size(ts->tensors[i].dtype) * sizeof(float) + 64;
+	need = (need + huge - 1) & ~(huge - 1);
+	void *map = mmap(NULL, need + huge, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (map == MAP_FAILED)
+		return;
+	char *start = (char *)(((uintptr_t)map + huge - 1) & ~(uintptr_t)(huge - 1));
+	if (madvise(start, need, MADV_HUGEPAGE)) {
+		munmap(map, need + huge);
+		return;
+	}
+	m->arena_map = map;
+	m->arena_map_len = need + huge;
+	m->arena = start;
+	m->arena_len = need;
+}
+
+/* Huge pages are used unless the caller, the environment or the kernel says no. */
+static bool want_huge_pages(unsigned flags)
+{
+	if (flags & GF_LOAD_MAPPED)
+		return false;
+	const char *env = getenv("GOLDFINCH_HUGE_PAGES");
+	if (env && !strcmp(env, "0"))
+		return false;
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+	char mode[128] = "";
+	if (!f)
+		return false;
+	const bool ok = fgets(mode, sizeof(mode), f) && !strstr(mode, "[never]");
+	fclose(f);
+	return ok;
+}
+
 static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, int b0,
-			int b1, unsigned flags, char *err)
+			int b1, unsigned flags, int fd, char *err)
 {
 	if (b0 < 0 || b1 > cfg->n_layer || b0 >= b1)
 		return gf_error(err, -EINVAL, "blocks %d..%d: the model has blocks 0..%d", b0, b1 - 1,
@@ -84,6 +167,9 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 		rc = gf_error(err, -ENOMEM, "out of memory");
 		goto free_model;
 	}
+	m->arena_fd = fd;
+	if (flags & GF_LOAD_HUGE_INTERNAL)
+		arena_init(m, ts);
 	if (b0 == 0 || gold_kv) {
 		m->emb = bind(m, ts, &rc, err, "emb.weight");
 		m->ln0_w = bind(m, ts, &rc, err, "blocks.0.ln0.weight");
@@ -156,7 +242,7 @@ free_model:
 
 int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err)
 {
-	return from_tensors(out, cfg, ts, 0, cfg->n_layer, 0, err);
+	return from_tensors(out, cfg, ts, 0, cfg->n_layer, 0, -1, err);
 }
 
 int gf_model_load(gf_model **out, const char *gguf_path, char *err)
@@ -195,12 +281,22 @@ int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, u
 	inferred.rope_rescale = g.config.rope_rescale > 0 ? g.config.rope_rescale : 1.0f;
 	inferred.model_id = g.config.model_id;
 	gf_model *m;
-	rc = from_tensors(&m, &inferred, &g.tensors, b0, b1 < 0 ? inferred.n_layer : b1, flags, why);
+	int fd = -1;
+	if (want_huge_pages(flags)) {
+		flags |= GF_LOAD_HUGE_INTERNAL;
+		fd = open(gguf_path, O_RDONLY | O_CLOEXEC);
+	}
+	rc = from_tensors(&m, &inferred, &g.tensors, b0, b1 < 0 ? inferred.n_layer : b1, flags, fd,
+			  why);
+	if (fd >= 0)
+		close(fd);
+	if (!rc)
+		m->arena_fd = -1;
 	if (rc) {
 		gf_error(err, rc, "%s: %s", gguf_path, why);
 		goto free_gguf;
 	}
-	m->gguf = g; /* the model now owns the mapping its f32 weights point into */
+	m->gguf = g; /* the model now owns the mapping its f32 weights point into, if not copied */
 	*out = m;
 	return 0;
 free_gguf:
@@ -216,6 +312,8 @@ void gf_model_free(gf_model *m)
 		for (int i = 0; i < m->n_upcast; i++)
 			free(m->upcast[i]);
 	free(m->upcast);
+	if (m->arena_map)
+		munmap(m->arena_map, m->arena_map_len);
 	free(m->layers);
 	gf_gguf_free(&m->gguf);
 	free(m);

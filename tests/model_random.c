@@ -123,6 +123,30 @@ int main(int argc, char **argv)
 	}
 	int failures = 0;
 	double worst = 0;
+	/* Weights in the read-only mapping (GF_LOAD_MAPPED) and copied into huge pages (the
+	 * default where the kernel offers them) are the same numbers: the same bits out. */
+	{
+		gf_model *mapped;
+		float *again = malloc(sizeof(float) * (size_t)T * V);
+		if (!again || gf_model_load_slice(&mapped, argv[1], 0, -1, GF_LOAD_MAPPED, err) ||
+		    gf_forward_full(mapped, tok, T, again, NULL, NULL, NULL, err)) {
+			fprintf(stderr, "mapped load: %s\n", err);
+			return 1;
+		}
+		if (mapped->arena) {
+			fprintf(stderr, "FAIL: GF_LOAD_MAPPED copied the weights\n");
+			failures++;
+		}
+		if (memcmp(again, full, sizeof(float) * (size_t)T * V)) {
+			fprintf(stderr, "FAIL: logits from mapped weights differ from %s ones\n",
+				m->arena ? "huge-page" : "mapped");
+			failures++;
+		}
+		printf("weights: %s; mapped load gives the same bits\n",
+		       m->arena ? "copied into huge pages" : "in the mapping (no huge pages here)");
+		free(again);
+		gf_model_free(mapped);
+	}
 	for (int chunk = W; chunk <= W + 3; chunk += 3) {
 		gf_workspace *ws;
 		gf_state st;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -56,11 +57,16 @@ bench_reader *bench_reader_new(int threads)
 		return NULL;
 	b->n = (size_t)256 << 20; /* floats: 1 GiB, far beyond the caches */
 	b->threads = threads < 1 ? 1 : threads > 16 ? 16 : threads;
-	b->buf = malloc(b->n * sizeof(float));
-	if (!b->buf) {
+	/* In huge pages where the kernel gives them, like the engine's weights: a reference
+	 * read through 4 KiB pages would be a tenth slower than the machine can read. */
+	void *map = mmap(NULL, b->n * sizeof(float), PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED) {
 		free(b);
 		return NULL;
 	}
+	b->buf = map;
+	madvise(map, b->n * sizeof(float), MADV_HUGEPAGE); /* advice: refused is fine */
 	for (size_t i = 0; i < b->n; i++)
 		b->buf[i] = (float)(i & 15);
 	return b;
@@ -88,7 +94,7 @@ void bench_reader_free(bench_reader *b)
 {
 	if (!b)
 		return;
-	free(b->buf);
+	munmap(b->buf, b->n * sizeof(float));
 	free(b);
 }
 

@@ -6,7 +6,8 @@
 #define GF_BENCH_UTIL_H
 
 /* The machine's read bandwidth in bytes/s: `threads` readers (1..16) summing disjoint parts
- * of a 1 GiB buffer with the widest vectors the CPU has, best of four passes. 0 if the
+ * of a 1 GiB buffer (in huge pages where the kernel gives them, as the engine's weights are)
+ * with the widest vectors the CPU has, best of four passes. 0 if the
  * buffer cannot be allocated. */
 double bench_read_bandwidth(int threads);
 

@@ -13,6 +13,8 @@
  *   read_gbs              read bandwidth of this machine, same threads, in the windows just
  *                         before and after the decode round reported (the higher of the two)
  *   threads, peak_rss_bytes
+ *   weights_in_huge_pages  whether the load copied the weights into huge pages (goldfinch.h;
+ *                         GOLDFINCH_HUGE_PAGES=0 keeps them in the file mapping)
  * A benchmark, not a test: it asserts nothing.
  */
 #include "bench_util.h"
@@ -258,6 +260,7 @@ int main(int argc, char **argv)
 	cJSON_AddNumberToObject(j, "decode_gbs", decode_gbs);
 	cJSON_AddNumberToObject(j, "read_gbs", read_gbs);
 	cJSON_AddNumberToObject(j, "threads", threads);
+	cJSON_AddBoolToObject(j, "weights_in_huge_pages", m->arena != NULL);
 	cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)ru.ru_maxrss * 1024.0);
 	char *s = cJSON_PrintUnformatted(j);
 	printf("%s\n", s);
