@@ -24,7 +24,8 @@ done
 p=2
 while [ "$p" -le "$maxp" ]; do
 	rm -rf "$work/c"
-	mpirun --oversubscribe --bind-to "${BIND:-none}" -x GOLDFINCH_RANK_STATS -n "$p" \
+	# -x names a variable that must exist: pass the stats switch only when it is set.
+	mpirun --oversubscribe --bind-to "${BIND:-none}" ${GOLDFINCH_RANK_STATS:+-x GOLDFINCH_RANK_STATS} -n "$p" \
 		"$B/tools/gf-ranks-bench" "$model" "$work/c/%r" \
 		--tokens "$tokens" --threads 1 $plan
 	p=$((p * 2))
