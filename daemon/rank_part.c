@@ -153,10 +153,11 @@ void gfr_part_free(gfr_part *p)
 		struct timespec cpu;
 		getrusage(RUSAGE_THREAD, &ru);
 		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
-		fprintf(stderr, "rank %d stream %u: computing %.3f s (Finch blocks %.3f s over %llu chunks, GOLD tail %.3f s), waiting for work %.3f s, for room downstream %.3f s; thread CPU %.3f s, %ld+%ld context switches, %ld page faults\n",
+		fprintf(stderr, "rank %d stream %u: computing %.3f s (Finch blocks %.3f s over %llu chunks, GOLD tail %.3f s), waiting for work %.3f s, for room downstream %.3f s; thread CPU %.3f s (%.3f s in the kernel), %ld+%ld context switches, %ld page faults\n",
 			p->x->rank, p->stream, p->compute_ns * 1e-9, p->finch_ns * 1e-9,
 			(unsigned long long)p->chunks, p->tail_ns * 1e-9, p->idle_ns * 1e-9,
 			p->credit_ns * 1e-9, (double)cpu.tv_sec + 1e-9 * (double)cpu.tv_nsec,
+			(double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec,
 			ru.ru_nvcsw, ru.ru_nivcsw, ru.ru_minflt + ru.ru_majflt);
 	}
 	if (p->ps_ready) {

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static double now_s(void)
@@ -31,12 +32,16 @@ static double now_s(void)
 static void print_counters(bench_counters *bc, int rank)
 {
 	double cpu, ghz, ipc;
+	struct rusage ru;
 	bench_counters_stop(bc, &cpu, &ghz, &ipc);
+	getrusage(RUSAGE_SELF, &ru);
+	const double sys = (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 	if (ghz > 0)
-		fprintf(stderr, "rank %d: user CPU %.3f s at %.2f GHz, %.2f instructions per cycle\n",
-			rank, cpu, ghz, ipc);
+		fprintf(stderr, "rank %d: user CPU %.3f s at %.2f GHz, %.2f instructions per cycle; kernel %.3f s, %ld page faults\n",
+			rank, cpu, ghz, ipc, sys, ru.ru_minflt + ru.ru_majflt);
 	else
-		fprintf(stderr, "rank %d: user CPU %.3f s (no hardware counters here)\n", rank, cpu);
+		fprintf(stderr, "rank %d: user CPU %.3f s (no hardware counters here); kernel %.3f s, %ld page faults\n",
+			rank, cpu, sys, ru.ru_minflt + ru.ru_majflt);
 }
 
 int main(int argc, char **argv)
