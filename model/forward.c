@@ -162,12 +162,21 @@ struct gemv_job {
 	float beta;
 };
 
-/* Part `part` of n_parts takes a contiguous range of output rows (a multiple of 16). */
+/* Outputs [*o0, *o1) of `out` for part `part` of n_parts: contiguous, a multiple of 16 long
+ * (whole vectors), possibly empty for the last parts. */
+static void part_range(int out, int part, int n_parts, int *o0, int *o1)
+{
+	const int per = ((out + n_parts - 1) / n_parts + 15) & ~15;
+	*o0 = part * per < out ? part * per : out;
+	*o1 = *o0 + per < out ? *o0 + per : out;
+}
+
+/* Part `part` of n_parts takes a contiguous range of output rows. */
 static void gemv_part(void *arg, int part, int n_parts)
 {
 	const struct gemv_job *j = arg;
-	int per = ((j->out + n_parts - 1) / n_parts + 15) & ~15;
-	int o0 = part * per, o1 = o0 + per < j->out ? o0 + per : j->out;
+	int o0, o1;
+	part_range(j->out, part, n_parts, &o0, &o1);
 	if (o0 < o1)
 		gf_gemv_rows(j->W + (size_t)o0 * j->in, j->in, o1 - o0, j->x, j->ldx, j->n, j->beta,
 			     j->y + o0, j->ldy);
@@ -198,12 +207,12 @@ struct lora_job {
 	float beta;
 };
 
-/* Part `part` of n_parts takes a contiguous range of columns (a multiple of 16). */
+/* Part `part` of n_parts takes a contiguous range of columns. */
 static void lora_part(void *arg, int part, int n_parts)
 {
 	const struct lora_job *j = arg;
-	int per = ((j->out + n_parts - 1) / n_parts + 15) & ~15;
-	int o0 = part * per, o1 = o0 + per < j->out ? o0 + per : j->out;
+	int o0, o1;
+	part_range(j->out, part, n_parts, &o0, &o1);
 	if (o0 < o1)
 		gf_gemv_cols(j->W + o0, j->out, j->in, o1 - o0, j->x, j->beta, j->y + o0);
 }

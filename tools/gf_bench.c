@@ -30,9 +30,6 @@
 #include <sys/resource.h>
 #include <time.h>
 
-/* Mean read bandwidth (bytes/s) over passes filling at least `secs` (one pass at least). */
-static double read_window(bench_reader *reader, double secs);
-
 static double now(void)
 {
 	struct timespec ts;
@@ -40,6 +37,7 @@ static double now(void)
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Mean read bandwidth (bytes/s) over passes filling at least `secs` (one pass at least). */
 static double read_window(bench_reader *reader, double secs)
 {
 	double bytes_per_s = 0, spent = 0;
