@@ -6,7 +6,7 @@
  * IDLE_MAX_US at most; while none waits, the compute thread beside it has the core, so sleep
  * between polls, growing to IDLE_BUSY_US ($GOLDFINCH_LINK_IDLE_US). Polling without sleep
  * keeps a waiting rank's CPU busy between a pipeline's chunks: on a virtual machine an idle
- * CPU goes back to the host, and 8 ranks ingested 4% slower on average (daemon/README.md).
+ * CPU goes back to the host, and 8 ranks ingested 6% slower on average (daemon/README.md).
  */
 #include "mpi_link.h"
 
