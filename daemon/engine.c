@@ -183,7 +183,9 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	gf_blas_set_threads(cfg->threads);
 	if ((rc = gf_model_load_slice(&e->model, cfg->model_path, cfg->block_first,
 				      cfg->block_end > 0 ? cfg->block_end : -1,
-				      cfg->gold_kv_all ? GF_LOAD_GOLD_KV : 0, err)))
+				      (cfg->gold_kv_all ? GF_LOAD_GOLD_KV : 0) |
+					      (cfg->prev_ffn ? GF_LOAD_PREV_FFN : 0),
+				      err)))
 		goto fail_engine;
 	const gf_config *mc = &e->model->cfg;
 	e->slice = gfe_slice_code(mc, e->model->block_first, e->model->block_end);

@@ -52,6 +52,8 @@ typedef struct gfe_config {
 				      * through engine_internal.h; end 0 = every block */
 	bool gold_kv_all;            /* also the key/value weights of every GOLD block, so that
 				      * this rank can attend over spans of others' layers */
+	bool prev_ffn;               /* also the channel mix of the block before the slice, to
+				      * finish rows the previous rank left (rank_part.c) */
 } gfe_config;
 
 void gfe_config_defaults(gfe_config *cfg);

@@ -267,20 +267,22 @@ int gfm_link_size(const gfm_link *l)
 	return l->size;
 }
 
-int gfm_send2(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t alen,
-	      const void *b, size_t blen)
+int gfm_send3(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t alen,
+	      const void *b, size_t blen, const void *c, size_t clen)
 {
-	struct out_msg *o = malloc(sizeof(*o) + sizeof(*h) + alen + blen);
+	struct out_msg *o = malloc(sizeof(*o) + sizeof(*h) + alen + blen + clen);
 	if (!o)
 		return -ENOMEM;
 	o->dest = dest;
-	o->len = sizeof(*h) + alen + blen;
+	o->len = sizeof(*h) + alen + blen + clen;
 	o->next = NULL;
 	memcpy(o->buf, h, sizeof(*h));
 	if (alen)
 		memcpy(o->buf + sizeof(*h), a, alen);
 	if (blen)
 		memcpy(o->buf + sizeof(*h) + alen, b, blen);
+	if (clen)
+		memcpy(o->buf + sizeof(*h) + alen + blen, c, clen);
 	pthread_mutex_lock(&l->mu);
 	if (++l->sends == l->fail_send_at && !l->failure[0]) {
 		char why[256];
@@ -301,6 +303,12 @@ int gfm_send2(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t ale
 	pthread_cond_signal(&l->outbox_cond);
 	pthread_mutex_unlock(&l->mu);
 	return 0;
+}
+
+int gfm_send2(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t alen,
+	      const void *b, size_t blen)
+{
+	return gfm_send3(l, dest, h, a, alen, b, blen, NULL, 0);
 }
 
 int gfm_send(gfm_link *l, int dest, const gfm_hdr *h, const void *payload, size_t len)

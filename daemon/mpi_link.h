@@ -29,12 +29,15 @@ enum gfm_type {
 	GFM_BEGIN = 1,  /* open an ingest part: aux = rank 0's serial; payload: name (may be empty) */
 	GFM_RESUME,     /* reopen an ingest part at rank 0's checkpoint: aux = serial, pos = tokens */
 	GFM_OPEN,       /* open a session part: aux = serial */
-	GFM_CHUNK,      /* rows of the residual stream: pos, n, aux = mode; tok[n] + x[n][C] */
+	GFM_CHUNK,      /* rows of the residual stream: pos, n, aux = mode | (rows + 1) << 32;
+			 * tok[n] + x[n][C], + carry[C] when rows (the rows of the sender's last
+			 * block's channel mix it ran, the rest left to this rank) is given */
 	GFM_ROWS,       /* cache rows from the emitter: pos, n; tok[n] + c[n][Ck] (float32) */
 	GFM_MARK,       /* down the pipeline after the chunks up to pos: aux = mark kind */
 	GFM_TAILX,      /* the GOLD tail's window: pos = its first position, n; x[n][C] */
 	GFM_LOGITS,     /* last rank to rank 0: [V] floats */
-	GFM_CREDIT,     /* a chunk consumed: the sender may send one more */
+	GFM_CREDIT,     /* a chunk consumed: the sender may send one more; pos = the chunk's
+			 * compute time here (ns), aux = help ns << 16 | rows finished for it */
 	GFM_ACK,        /* to rank 0: status, pos; payload: the error text when status < 0 */
 	GFM_SEAL,       /* seal the part (phase one of the seal) */
 	GFM_CLOSE,      /* end of the stream: free the part (an ingest keeps its checkpoint) */
@@ -84,9 +87,11 @@ int gfm_link_size(const gfm_link *l);
 
 /* Queues a message (header + payload copied). 0, -ENOMEM, or -EPIPE once the link failed. */
 int gfm_send(gfm_link *l, int dest, const gfm_hdr *h, const void *payload, size_t len);
-/* Same with a payload in two parts (e.g. tokens then floats). */
+/* Same with a payload in two or three parts (e.g. tokens then floats). */
 int gfm_send2(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t alen,
 	      const void *b, size_t blen);
+int gfm_send3(gfm_link *l, int dest, const gfm_hdr *h, const void *a, size_t alen,
+	      const void *b, size_t blen, const void *c, size_t clen);
 
 /* The mailbox of stream id (created on first use); messages of a stream that has no box yet
  * wait in it until it is opened. gfm_box_close drops what is left. */

@@ -55,6 +55,18 @@ struct gfr_part {
 	uint64_t finch_ns, tail_ns;  /* of which: the Finch blocks; the GOLD tail */
 	uint64_t chunks;
 	uint64_t idle_ns, credit_ns; /* waiting for work; waiting for the successor's room */
+	/* The moving boundary (see gfr_part_chunk): this rank's side towards the next rank. */
+	int keep_rows;               /* rows of its last channel mix this rank runs, of a chunk */
+	double my_base_ns;           /* per chunk, without those rows (moving average; 0: none) */
+	double next_base_ns;         /* the next rank's, without the rows it finishes for this one */
+	double row_ns;               /* one row of that channel mix */
+	uint64_t split_chunks, split_kept; /* chunks sent; rows kept over them (stats) */
+	float *carry;                /* [C] */
+	/* ...and towards the previous rank, for the chunk in hand. */
+	int in_rows;                 /* rows it ran of its last channel mix (-1: all) */
+	const float *in_carry;
+	uint64_t last_ns, last_help_ns; /* this chunk's compute; of which finishing those rows */
+	int last_help_rows;
 	gfr_wait wait;
 	char err[GF_ERR_LEN];
 };
@@ -92,6 +104,25 @@ void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *pl
 	/* On unless turned off (to measure what it brings). */
 	env = getenv("GOLDFINCH_TAIL_SHARE");
 	x->share_tail = !(env && strcmp(env, "0") == 0);
+	/* The boundary moves where the next rank holds this rank's last channel mix and parts of
+	 * a chunk keep their bits (gf_split_step; one OpenBLAS thread, whose row tiles are then
+	 * the same in a part as in the whole). */
+	env = getenv("GOLDFINCH_BOUNDARY");
+	x->split_test = env && !strcmp(env, "test");
+	if (x->rank + 1 < x->size && x->rank < x->emitter && x->has_finch && e->cfg.threads == 1 &&
+	    gfr_takes_boundary(plan, x->rank + 1))
+		x->split_step = gf_split_step(&e->model->cfg);
+}
+
+bool gfr_takes_boundary(const part_plan *plan, int rank)
+{
+	const char *env = getenv("GOLDFINCH_BOUNDARY");
+	if ((env && !strcmp(env, "0")) || rank < 1 || rank >= plan->n_ranks)
+		return false;
+	int b0, b1;
+	part_rank_blocks(plan, rank, &b0, &b1);
+	/* Its predecessor's last block b0-1 is a Finch block before G-1: that rank sends chunks. */
+	return b0 < b1 && b0 < plan->first_gold;
 }
 
 void gfr_part_name(char *buf, size_t cap, uint64_t serial0)
@@ -125,9 +156,13 @@ static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, g
 	p->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
 	p->tok_u32 = malloc(ch * sizeof(uint32_t));
 	p->tail_x = malloc(ch * c->n_embd * sizeof(float));
+	p->carry = malloc((size_t)c->n_embd * sizeof(float));
+	p->keep_rows = e->cfg.chunk;
+	p->in_rows = -1;
 	p->snap = malloc(gfe_snapshot_size(c, gf_config_tail_window(c)));
 	p->wait.logits = malloc((size_t)c->vocab_size * sizeof(float));
-	if (rc || !p->c || !p->crow || !p->tok_u32 || !p->tail_x || !p->snap || !p->wait.logits) {
+	if (rc || !p->c || !p->crow || !p->tok_u32 || !p->tail_x || !p->carry || !p->snap ||
+	    !p->wait.logits) {
 		gfr_part_free(p);
 		return gf_error(err, -ENOMEM, "out of memory for a stream");
 	}
@@ -159,6 +194,11 @@ void gfr_part_free(gfr_part *p)
 			p->credit_ns * 1e-9, (double)cpu.tv_sec + 1e-9 * (double)cpu.tv_nsec,
 			(double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec,
 			ru.ru_nvcsw, ru.ru_nivcsw, ru.ru_minflt + ru.ru_majflt);
+		if (p->split_chunks)
+			fprintf(stderr, "rank %d stream %u: boundary with rank %d: kept %.1f of %d rows of block %d's channel mix on average over %llu chunks (%d at the end)\n",
+				p->x->rank, p->stream, p->x->rank + 1,
+				(double)p->split_kept / (double)p->split_chunks, p->x->e->cfg.chunk,
+				p->x->b1 - 1, (unsigned long long)p->split_chunks, p->keep_rows);
 	}
 	if (p->ps_ready) {
 		gfe_paged_free(&p->ps);
@@ -183,6 +223,7 @@ void gfr_part_free(gfr_part *p)
 	free(p->crow);
 	free(p->tok_u32);
 	free(p->tail_x);
+	free(p->carry);
 	free(p->snap);
 	free(p->wait.logits);
 	free(p);
@@ -580,6 +621,71 @@ static int shared_attend(gf_kv_source *src, gf_workspace *ws, int g, const float
 	return 0;
 }
 
+/* ---- the moving boundary ----------------------------------------------------------------
+ *
+ * A pipeline runs at the pace of its slowest rank, and on a shared host a rank's pace moves
+ * with its core's (daemon/README.md). So the boundary between a rank and the next moves too:
+ * the rank runs only the first `rows` rows of its last block's channel mix (the largest part
+ * of a Finch block) and the next rank, which also loads that block's channel mix, finishes
+ * the rest before its own blocks (gf_blocks_split, gf_channel_mix_rest: the bits are those
+ * of one process). Each credit brings back the next rank's compute time for a chunk and how
+ * long the rows it finished took; the sender then picks the rows that make the two ranks'
+ * times equal, from moving averages of both without the shared rows. */
+
+#define SPLIT_EMA 0.2
+
+static void ema(double *avg, double sample)
+{
+	*avg = *avg > 0 ? *avg + SPLIT_EMA * (sample - *avg) : sample;
+}
+
+/* Until the next rank has timed some rows: one row's share of this rank's own time, in the
+ * proportion of multiply-adds a channel mix has among its Finch blocks. */
+static double guess_row_ns(const gfr_part *p, double chunk_ns, int n)
+{
+	const gf_config *c = cfg_of(p);
+	const double cm = 2.0 * c->dim_ffn + c->n_embd, tm = 5.0 * c->dim_att;
+	const int blocks = p->x->b1 - p->x->b0;
+	return chunk_ns * cm / (cm + tm) / (double)(blocks > 0 ? blocks : 1) / (double)n;
+}
+
+/* After a full chunk of this rank's own: its time without the rows it kept. */
+static void learn_mine(gfr_part *p, int rows)
+{
+	const int n = p->x->e->cfg.chunk;
+	if (p->row_ns <= 0)
+		p->row_ns = guess_row_ns(p, (double)p->last_ns, n);
+	ema(&p->my_base_ns, (double)p->last_ns - rows * p->row_ns);
+}
+
+/* A credit's report: the next rank's time for a chunk, and for the rows it finished of it. */
+static void learn_next(gfr_part *p, uint64_t chunk_ns, int help_rows, uint64_t help_ns)
+{
+	if (!p->x->split_step)
+		return;
+	if (help_rows >= p->x->split_step && help_ns > 0)
+		ema(&p->row_ns, (double)help_ns / help_rows);
+	if (p->row_ns > 0)
+		ema(&p->next_base_ns, (double)chunk_ns - help_rows * p->row_ns);
+}
+
+/* The rows of this rank's last channel mix to run itself for the chunk at pos: those that
+ * even out the two ranks' times, in whole steps, changed only when off by most of a step. */
+static int choose_rows(gfr_part *p, uint64_t pos, int n)
+{
+	const int step = p->x->split_step;
+	if (p->x->split_test) /* every split, in an order that depends on pos only */
+		return (int)((pos / (uint64_t)n * 7 + 3) % (uint64_t)(n / step + 1)) * step;
+	if (n != p->x->e->cfg.chunk || p->my_base_ns <= 0 || p->next_base_ns <= 0 || p->row_ns <= 0)
+		return n < p->keep_rows ? n : p->keep_rows;
+	const double best = (p->next_base_ns - p->my_base_ns + n * p->row_ns) / (2 * p->row_ns);
+	if (best < p->keep_rows - 0.75 * step || best > p->keep_rows + 0.75 * step) {
+		const int r = (int)(best / step + 0.5) * step;
+		p->keep_rows = r < 0 ? 0 : r > n ? n : r;
+	}
+	return p->keep_rows;
+}
+
 /* Takes one message off the stream: the immediate kinds are handled, work is held. Tail
  * queries that came before this rank's commit are answered once it has committed. */
 static int pump(gfr_part *p, char *err)
@@ -624,6 +730,8 @@ static int pump(gfr_part *p, char *err)
 	}
 	case GFM_CREDIT:
 		p->credits += (int)m->h.n;
+		if (m->h.pos)
+			learn_next(p, m->h.pos, (int)(m->h.aux & 0xffff), m->h.aux >> 16);
 		break;
 	case GFM_ACK: {
 		gfr_wait *w = &p->wait;
@@ -712,7 +820,7 @@ int gfr_part_wait_logits(gfr_part *p, char *err)
 
 /* A chunk to the next rank, once it has room for one. */
 static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float *x, int n,
-		      int mode, char *err)
+		      int mode, int rows, char *err)
 {
 	const uint64_t t0 = p->credits <= 0 ? mono_ns() : 0;
 	while (p->credits <= 0) {
@@ -722,11 +830,13 @@ static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float
 	}
 	if (t0)
 		p->credit_ns += mono_ns() - t0;
+	const bool split = rows < n;
 	gfm_hdr h = { .type = GFM_CHUNK, .stream = p->stream, .n = (uint32_t)n, .pos = pos,
-		      .aux = (uint64_t)mode };
+		      .aux = (uint64_t)mode | (split ? (uint64_t)(rows + 1) << 32 : 0) };
 	p->credits--;
-	int rc = gfm_send2(p->x->link, p->x->rank + 1, &h, tok, sizeof(int32_t) * (size_t)n, x,
-			   sizeof(float) * (size_t)n * cfg_of(p)->n_embd);
+	const size_t C = (size_t)cfg_of(p)->n_embd;
+	int rc = gfm_send3(p->x->link, p->x->rank + 1, &h, tok, sizeof(int32_t) * (size_t)n, x,
+			   sizeof(float) * (size_t)n * C, p->carry, split ? sizeof(float) * C : 0);
 	return rc ? gf_error(err, rc, "%s", gfm_link_failure(p->x->link)) : 0;
 }
 
@@ -754,12 +864,33 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 		return gf_error(err, -EINVAL, "token outside the vocabulary (0..%d) near position %" PRIu64,
 				cf->vocab_size - 1, pos);
 	const uint64_t tf = mono_ns();
-	if (cx->has_finch &&
-	    (rc = gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0,
-			    cx->b1 < cx->G ? cx->b1 : cx->G)))
-		return gf_error(err, rc, "rank %d: Finch blocks failed", cx->rank);
+	p->last_help_rows = 0;
+	p->last_help_ns = 0;
+	if (p->in_rows >= 0 && p->in_rows < n) {
+		/* The rows of the previous rank's last channel mix it left to this rank. */
+		if ((rc = gf_channel_mix_rest(m, p->ws, cx->b0 - 1, x, n, p->in_rows, p->in_carry)))
+			return gf_error(err, rc == -EINVAL ? -EPROTO : rc,
+					"rank %d: cannot finish rows %d..%d of block %d's channel mix (not loaded here, or not a split of a %d-row chunk)",
+					cx->rank, p->in_rows, n - 1, cx->b0 - 1, n);
+		p->last_help_rows = n - p->in_rows;
+		p->last_help_ns = mono_ns() - tf;
+	}
+	const int fb1 = cx->b1 < cx->G ? cx->b1 : cx->G;
+	const bool splits = cx->split_step && mode != GFM_MODE_STEP && n % cx->split_step == 0;
+	const int rows = splits ? choose_rows(p, pos, n) : n;
+	if (cx->has_finch) {
+		rc = rows < n ? gf_blocks_split(m, p->ws, &p->st, x, (int64_t)pos, n, cx->b0, fb1, rows,
+						p->carry)
+			      : gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0, fb1);
+		if (rc)
+			return gf_error(err, rc, "rank %d: Finch blocks failed", cx->rank);
+	}
 	p->finch_ns += mono_ns() - tf;
 	p->chunks++;
+	if (splits) {
+		p->split_chunks++;
+		p->split_kept += (uint64_t)rows;
+	}
 	if (cx->rank == cx->emitter) {
 		gf_cache_rows(m, p->ws, x, n, p->c);
 		gfm_hdr h = { .type = GFM_ROWS, .stream = p->stream, .n = (uint32_t)n, .pos = pos };
@@ -787,14 +918,17 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 					p->ps.err[0] ? p->ps.err : "failed");
 	}
 	p->st.n_pos = (int64_t)(pos + (uint64_t)n);
+	p->last_ns = mode == GFM_MODE_STEP ? 0 : mono_ns() - t0;
 	p->compute_ns += mono_ns() - t0;
+	if (splits && n == cx->e->cfg.chunk)
+		learn_mine(p, rows);
 	if (mode == GFM_MODE_STEP) {
 		if (cx->rank == cx->size - 1)
 			return send_logits(p, x + (size_t)(n - 1) * cf->n_embd, err);
-		return send_chunk(p, pos, tok, x, n, mode, err);
+		return send_chunk(p, pos, tok, x, n, mode, n, err);
 	}
 	if (cx->rank < cx->emitter)
-		return send_chunk(p, pos, tok, x, n, mode, err);
+		return send_chunk(p, pos, tok, x, n, mode, rows, err);
 	return 0;
 }
 
@@ -938,13 +1072,20 @@ static int handle(gfr_part *p, gfm_msg *m, char *err)
 	int rc;
 	switch (m->h.type) {
 	case GFM_CHUNK: {
-		if (n < 1 || n > cx->e->cfg.chunk ||
-		    m->len != (size_t)n * (sizeof(int32_t) + sizeof(float) * cf->n_embd))
+		const uint32_t split = (uint32_t)(m->h.aux >> 32);
+		const size_t xbytes = sizeof(float) * (size_t)n * cf->n_embd;
+		if (n < 1 || n > cx->e->cfg.chunk || split > (uint32_t)n ||
+		    m->len != (size_t)n * sizeof(int32_t) + xbytes +
+				      (split ? sizeof(float) * (size_t)cf->n_embd : 0))
 			return gf_error(err, -EPROTO, "rank %d: malformed chunk", cx->rank);
-		rc = gfr_part_chunk(p, m->h.pos, m->payload,
-				    (float *)((int32_t *)m->payload + n), n, (int)m->h.aux, err);
-		/* Consumed: the sender may send another. */
-		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1 };
+		float *x = (float *)((int32_t *)m->payload + n);
+		p->in_rows = split ? (int)split - 1 : -1;
+		p->in_carry = split ? x + (size_t)n * cf->n_embd : NULL;
+		rc = gfr_part_chunk(p, m->h.pos, m->payload, x, n, (int)(m->h.aux & 0xffffffffu), err);
+		p->in_rows = -1;
+		/* Consumed: the sender may send another. With it, what the chunk cost here. */
+		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1, .pos = p->last_ns,
+			      .aux = p->last_help_ns << 16 | (uint64_t)(p->last_help_rows & 0xffff) };
 		gfm_send(cx->link, m->source, &h, NULL, 0);
 		return rc;
 	}

@@ -4,7 +4,9 @@
  * the same code; rank 0 additionally drives the streams (server_backend_mpi.c).
  *
  * The pipeline, per stream:
- *   - chunks of the residual stream flow down the ranks that own Finch blocks (rank 0 embeds);
+ *   - chunks of the residual stream flow down the ranks that own Finch blocks (rank 0 embeds),
+ *     each rank leaving rows of its last channel mix to the next as their paces require (the
+ *     moving boundary, rank_part.c);
  *     the emitter (owner of block G-1) turns each chunk into cache rows (c, tok) and sends
  *     them to every other rank in an ingest (each keeps a replica of the pages in its own
  *     store, so a rank's store is self-contained) and to the GOLD ranks in a session;
@@ -30,6 +32,10 @@
 
 #define GFR_CREDITS 8   /* default; GOLDFINCH_PIPELINE_CHUNKS overrides (1..64) */
 
+/* Whether rank `rank` of the plan finishes rows of its predecessor's last block (and so
+ * loads that block's channel mix): GOLDFINCH_BOUNDARY=0 turns the moving boundary off. */
+bool gfr_takes_boundary(const part_plan *plan, int rank);
+
 /* What every part of this process shares. */
 typedef struct gfr_ctx {
 	gfe_engine *e;          /* the engine over this rank's blocks and store */
@@ -43,6 +49,9 @@ typedef struct gfr_ctx {
 	bool has_finch;         /* b0 < G */
 	int credits;            /* chunks in flight between two ranks */
 	bool share_tail;        /* the ingest's GOLD tail shares its attention over every rank */
+	int split_step;         /* the boundary with the next rank moves in steps of this many
+				 * rows of a chunk (0: fixed); see rank_part.c */
+	bool split_test;        /* tests: move it every chunk, whatever the timings say */
 } gfr_ctx;
 
 void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *plan);

@@ -5,6 +5,7 @@
 #include "ranks.h"
 
 #include "engine_internal.h"
+#include "rank_part.h"
 #include "server_backend_mpi.h"
 
 #include <errno.h>
@@ -107,6 +108,8 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workloa
 	part_rank_blocks(&r->plan, r->rank, &ec.block_first, &ec.block_end);
 	/* Every rank helps with the ingest's GOLD tail (rank_part.c: a share of the spans). */
 	ec.gold_kv_all = r->size > 1;
+	/* A rank after a boundary that moves finishes its predecessor's last channel mix. */
+	ec.prev_ffn = gfr_takes_boundary(&r->plan, r->rank);
 	char why[GF_ERR_LEN];
 	rc = gfe_open(&r->e, &ec, why);
 	/* Every rank must get here, or the others would wait for it in the collectives below. */

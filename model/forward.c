@@ -321,21 +321,46 @@ static void rope_rows(const gf_config *c, const double *freq, float *x, int n, i
 
 /* ---- blocks ------------------------------------------------------------------------------- */
 
+/* linear() as a call over `whole` rows would compute it: the same kernel for a part of those
+ * rows, so that the part's rows get the bits they get in the whole (sgemm's rows do not
+ * depend on the other rows; tests/model_random.c checks it). */
+static void linear_part(gf_workspace *ws, const float *x, int ldx, int n, int whole,
+			const float *W, int in, int out, float *y, int ldy)
+{
+	if (whole > GF_GEMV_MAX_ROWS)
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, W,
+			    in, 0.0f, y, ldy);
+	else
+		linear(ws, x, ldx, n, W, in, out, 0.0f, y, ldy);
+}
+
+/* The channel mix's products for rows [r0, r1) of a chunk of `whole` rows, once ws->xln and
+ * ws->dx hold its input and shift difference: x += sigmoid(xr Wr) * (relu(xk Wk)^2 Wv). */
+static void channel_mix_rows(const gf_model *m, gf_workspace *ws, const gf_layer *l, int r0,
+			     int r1, int whole)
+{
+	const int C = m->cfg.n_embd, F = m->cfg.dim_ffn, n = r1 - r0;
+	const size_t o = (size_t)r0 * C;
+	float *xk = ws->mix, *xr = ws->mix + (size_t)n * C;
+	if (n < 1)
+		return;
+	mix_rows(xk, ws->xln + o, ws->dx + o, l->ffn_maa_k, NULL, n, C);
+	mix_rows(xr, ws->xln + o, ws->dx + o, l->ffn_maa_r, NULL, n, C);
+	linear_part(ws, xk, C, n, whole, l->ffn_key, C, F, ws->ffk, F);
+	gf_vrelu_sq(ws->ffk, (size_t)n * F);
+	linear_part(ws, xr, C, n, whole, l->ffn_receptance, C, C, ws->ffr, C);
+	gf_vsigmoid(ws->ffr, (size_t)n * C);
+	linear_part(ws, ws->ffk, F, n, whole, l->ffn_value, F, C, ws->out, C);
+	gf_vmul_add(ws->x + o, ws->ffr, ws->out, (size_t)n * C);
+}
+
 static void channel_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, float *shift,
 			int n)
 {
-	const int C = m->cfg.n_embd, F = m->cfg.dim_ffn;
-	float *xk = ws->mix, *xr = ws->mix + (size_t)n * C;
+	const int C = m->cfg.n_embd;
 	layernorm_rows(ws->xln, ws->x, n, C, l->ln2_w, l->ln2_b);
 	shift_diff(ws->dx, ws->xln, n, C, shift);
-	mix_rows(xk, ws->xln, ws->dx, l->ffn_maa_k, NULL, n, C);
-	mix_rows(xr, ws->xln, ws->dx, l->ffn_maa_r, NULL, n, C);
-	linear(ws, xk, C, n, l->ffn_key, C, F, 0.0f, ws->ffk, F);
-	gf_vrelu_sq(ws->ffk, (size_t)n * F);
-	linear(ws, xr, C, n, l->ffn_receptance, C, C, 0.0f, ws->ffr, C);
-	gf_vsigmoid(ws->ffr, (size_t)n * C);
-	linear(ws, ws->ffk, F, n, l->ffn_value, F, C, 0.0f, ws->out, C);
-	gf_vmul_add(ws->x, ws->ffr, ws->out, (size_t)n * C);
+	channel_mix_rows(m, ws, l, 0, n, n);
 }
 
 /* One head's WKV-6 recurrence over n tokens: y_i = sum_j r_j S[i][j], then
@@ -442,6 +467,71 @@ int gf_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *s
 	int rc = run_blocks(m, ws, st, src, p0, n, b0, b1);
 	memcpy(x, ws->x, bytes);
 	return rc;
+}
+
+int gf_split_step(const gf_config *c)
+{
+	/* Each part's products must take the kernel path the whole chunk's take: OpenBLAS
+	 * switches to other kernels for products under about 100^3 multiply-adds, and for a
+	 * part of fewer rows than its 16-row tiles. 64 rows of n_embd >= 256 stay clear of both. */
+	return c->n_embd >= 256 && c->dim_ffn >= c->n_embd ? GF_SPLIT_ROWS : 0;
+}
+
+/* Block b's channel mix can be shared by the rank that runs b and the next (a pipeline's
+ * boundary, moved to balance them): rows [0, rows) here, rows [rows, n) there. */
+static bool split_ok(const gf_model *m, int b, int n, int rows)
+{
+	const gf_layer *l = &m->layers[b];
+	const int step = gf_split_step(&m->cfg);
+	return step && b >= 0 && b < m->cfg.first_gold && n % step == 0 && rows % step == 0 &&
+	       rows >= 0 && rows <= n && l->ffn_key && l->ffn_value && l->ffn_receptance && l->ln2_w;
+}
+
+int gf_blocks_split(const gf_model *m, gf_workspace *ws, gf_state *st, float *x, int64_t p0,
+		    int n, int b0, int b1, int rows, float *carry)
+{
+	FLUSH_DENORMALS();
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, N = c->head_size, H = c->n_head;
+	if (n < 1 || n > ws->max_chunk || b0 < 0 || b0 >= b1 || b1 > c->first_gold ||
+	    b0 < m->block_first || b1 > m->block_end || !split_ok(m, b1 - 1, n, rows))
+		return -EINVAL;
+	const size_t bytes = sizeof(float) * (size_t)n * C;
+	memcpy(ws->x, x, bytes);
+	int rc = run_blocks(m, ws, st, NULL, p0, n, b0, b1 - 1);
+	if (rc)
+		return rc;
+	const int b = b1 - 1;
+	const gf_layer *l = &m->layers[b];
+	float *shift = st->shift + (size_t)b * 2 * C;
+	finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n);
+	layernorm_rows(ws->xln, ws->x, n, C, l->ln2_w, l->ln2_b);
+	/* The row before `rows` as its shift sees it: the carried state when rows is 0. */
+	memcpy(carry, rows ? ws->xln + (size_t)(rows - 1) * C : shift + C, sizeof(float) * (size_t)C);
+	shift_diff(ws->dx, ws->xln, n, C, shift + C);
+	channel_mix_rows(m, ws, l, 0, rows, n);
+	memcpy(x, ws->x, bytes);
+	return 0;
+}
+
+int gf_channel_mix_rest(const gf_model *m, gf_workspace *ws, int b, float *x, int n, int rows,
+			const float *carry)
+{
+	FLUSH_DENORMALS();
+	const int C = m->cfg.n_embd, k = n - rows;
+	if (n < 1 || n > ws->max_chunk || !split_ok(m, b, n, rows))
+		return -EINVAL;
+	if (k == 0)
+		return 0;
+	const gf_layer *l = &m->layers[b];
+	float *prev = ws->lora_in; /* shift_diff moves it along; the caller's stays as it is */
+	memcpy(prev, carry, sizeof(float) * (size_t)C);
+	memcpy(ws->x, x + (size_t)rows * C, sizeof(float) * (size_t)k * C);
+	layernorm_rows(ws->xln, ws->x, k, C, l->ln2_w, l->ln2_b);
+	shift_diff(ws->dx, ws->xln, k, C, prev);
+	channel_mix_rows(m, ws, l, 0, k, n);
+	memcpy(x + (size_t)rows * C, ws->x, sizeof(float) * (size_t)k * C);
+	return 0;
 }
 
 void gf_cache_rows(const gf_model *m, gf_workspace *ws, const float *x, int n, float *c_out)

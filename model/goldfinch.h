@@ -254,6 +254,9 @@ int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, 
  * shared with every process mapping the file), as does GOLDFINCH_HUGE_PAGES=0 in the
  * environment or a kernel with huge pages off. The bits computed are the same either way. */
 #define GF_LOAD_MAPPED 2u
+/* With GF_LOAD_PREV_FFN, also block b0-1's channel mix: the rank after a pipeline boundary
+ * finishes the rows the rank before it left (gf_blocks_split). */
+#define GF_LOAD_PREV_FFN 4u
 int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, unsigned flags,
 			char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
@@ -412,6 +415,20 @@ int gf_embed(const gf_model *m, const int32_t *tok, int n, float *x);
  * attend through src (may be NULL when the range holds no GOLD block). */
 int gf_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src, float *x,
 	      int64_t p0, int n, int b0, int b1);
+/* A pipeline boundary that moves (daemon/rank_part.c): block b1-1's channel mix shared by two
+ * ranks, with the bits of gf_blocks. gf_blocks_split runs Finch blocks [b0, b1) on x [n][C]
+ * and advances st as gf_blocks does, but runs block b1-1's channel mix on rows [0, rows)
+ * only: rows [rows, n) stay that block's time-mix output, and carry [C] gets what their
+ * shift needs. gf_channel_mix_rest completes rows [rows, n) of such an x, in place, in a
+ * model that holds block b's channel mix (GF_LOAD_PREV_FFN). n and rows are multiples of
+ * gf_split_step(), which is 0 for a model too small to split with the same bits (n_embd under
+ * 256); -EINVAL otherwise, and for a GOLD block or a block whose weights are not loaded. */
+#define GF_SPLIT_ROWS 64
+int gf_split_step(const gf_config *c);
+int gf_blocks_split(const gf_model *m, gf_workspace *ws, gf_state *st, float *x, int64_t p0,
+		    int n, int b0, int b1, int rows, float *carry);
+int gf_channel_mix_rest(const gf_model *m, gf_workspace *ws, int b, float *x, int n, int rows,
+			const float *carry);
 /* c [n][Ck] of the residual stream after block G-1. */
 void gf_cache_rows(const gf_model *m, gf_workspace *ws, const float *x, int n, float *c);
 /* logits [n][V] = head(ln_out(x)) for n <= max_chunk rows. */

@@ -228,6 +228,16 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 		l->ffn_receptance = bind(m, ts, &rc, err, "blocks.%d.ffn.receptance.weight", b);
 		l->ffn_value = bind(m, ts, &rc, err, "blocks.%d.ffn.value.weight", b);
 	}
+	if ((flags & GF_LOAD_PREV_FFN) && b0 > 0 && !rc) {
+		gf_layer *l = &m->layers[b0 - 1];
+		l->ln2_w = bind(m, ts, &rc, err, "blocks.%d.ln2.weight", b0 - 1);
+		l->ln2_b = bind(m, ts, &rc, err, "blocks.%d.ln2.bias", b0 - 1);
+		l->ffn_maa_k = bind(m, ts, &rc, err, "blocks.%d.ffn.time_maa_k", b0 - 1);
+		l->ffn_maa_r = bind(m, ts, &rc, err, "blocks.%d.ffn.time_maa_r", b0 - 1);
+		l->ffn_key = bind(m, ts, &rc, err, "blocks.%d.ffn.key.weight", b0 - 1);
+		l->ffn_receptance = bind(m, ts, &rc, err, "blocks.%d.ffn.receptance.weight", b0 - 1);
+		l->ffn_value = bind(m, ts, &rc, err, "blocks.%d.ffn.value.weight", b0 - 1);
+	}
 	for (int b = G; b < cfg->n_layer && !rc && (flags & GF_LOAD_GOLD_KV); b++)
 		if (b < b0 || b >= b1)
 			bind_gold_kv(m, ts, b, &rc, err);

@@ -32,3 +32,14 @@ gf_random_model_test(tiny3 --layers 3 --embd 64 --vocab 97 --ratio 2)
 gf_random_model_test(rope7 --layers 7 --embd 320 --vocab 1000 --ratio 3 --rope-base 10000)
 gf_random_model_test(head48 --layers 4 --embd 48 --vocab 50 --ratio 3 --seed 7)
 gf_random_model_test(bf16 --layers 6 --embd 128 --vocab 256 --ratio 3 --dtype bf16)
+
+# A pipeline boundary that moves between two ranks keeps the bits (issue 6).
+add_executable(model_split ${CMAKE_CURRENT_LIST_DIR}/model_split.c)
+target_link_libraries(model_split PRIVATE gfmodel)
+add_test(NAME model_split_make
+         COMMAND sh -c "mkdir -p ${GF_RANDOM_DIR} && \"$0\" --random \"$@\""
+                 $<TARGET_FILE:gf-convert> --layers 4 --embd 256 --vocab 300 --ratio 2 --seed 5
+                 ${GF_RANDOM_DIR}/split4.gguf)
+set_tests_properties(model_split_make PROPERTIES FIXTURES_SETUP random_split4)
+add_test(NAME model_split COMMAND model_split ${GF_RANDOM_DIR}/split4.gguf ${GF_RANDOM_DIR}/tiny3.gguf)
+set_tests_properties(model_split PROPERTIES FIXTURES_REQUIRED "random_split4;random_tiny3")

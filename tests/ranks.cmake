@@ -12,6 +12,10 @@ add_test(NAME ranks_exact_random
          COMMAND ${CMAKE_CURRENT_LIST_DIR}/ranks_exact.sh $<TARGET_FILE:ranks_exact>
                  $<TARGET_FILE:gf-convert> ${CMAKE_BINARY_DIR}/tests/ranks_random --random)
 set_tests_properties(ranks_exact_random PROPERTIES TIMEOUT 300 PROCESSORS 2)
+add_test(NAME ranks_exact_boundary
+         COMMAND ${CMAKE_CURRENT_LIST_DIR}/ranks_exact.sh $<TARGET_FILE:ranks_exact>
+                 $<TARGET_FILE:gf-convert> ${CMAKE_BINARY_DIR}/tests/ranks_boundary --boundary)
+set_tests_properties(ranks_exact_boundary PROPERTIES TIMEOUT 300 PROCESSORS 2)
 add_test(NAME ranks_daemon
          COMMAND ${CMAKE_CURRENT_LIST_DIR}/ranks_daemon.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR}
                  ${GF_TESTDATA}/tokenizer/rwkv_vocab_v20230424.txt

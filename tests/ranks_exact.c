@@ -101,6 +101,10 @@ int main(int argc, char **argv)
 		.c_dtype = ref_decode ? CS_DTYPE_F32 : CS_DTYPE_F16,
 		.checkpoint_tokens = 32, .threads = 1, .chunk = 16,
 	};
+	/* Chunks of a size a pipeline's boundary can split (the --boundary case of the script). */
+	const char *chunk = getenv("RANKS_EXACT_CHUNK");
+	if (chunk && atoi(chunk) > 0)
+		lc.chunk = lc.checkpoint_tokens = atoi(chunk);
 	gfd_ranks ranks;
 	int rc = gfd_ranks_start(&ranks, &lc, NULL, err);
 	if (rc) {

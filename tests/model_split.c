@@ -1,0 +1,117 @@
+/*
+ * model_split — a pipeline boundary that moves (gf_blocks_split + gf_channel_mix_rest) gives
+ * the bits of gf_blocks. For every Finch block b-1 of a model of n_embd >= 256, chunks of 256
+ * rows carrying their state: block b-1's channel mix split at every allowed row (0, 64, ..,
+ * 256) with the rest finished by a slice that starts at block b (GF_LOAD_PREV_FFN); outputs
+ * and state must equal those of one gf_blocks call, byte for byte. Refused: rows that are not
+ * a multiple of the step, a slice without block b-1's channel mix, a GOLD block, and any
+ * split of a model too small to split exactly (the second model). Exit 0 pass, 1 fail.
+ * usage: model_split MODEL.gguf SMALL_MODEL.gguf
+ */
+#include "goldfinch.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int main(int argc, char **argv)
+{
+	char err[GF_ERR_LEN];
+	gf_model *m, *small;
+	if (argc != 3) {
+		fprintf(stderr, "usage: model_split MODEL.gguf SMALL_MODEL.gguf\n");
+		return 1;
+	}
+	if (gf_model_load(&m, argv[1], err) || gf_model_load(&small, argv[2], err)) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	const gf_config *c = &m->cfg;
+	const int n = 256, C = c->n_embd, step = gf_split_step(c);
+	if (step != GF_SPLIT_ROWS || gf_split_step(&small->cfg) != 0) {
+		fprintf(stderr, "FAIL: split step %d for n_embd %d, %d for n_embd %d\n", step, C,
+			gf_split_step(&small->cfg), small->cfg.n_embd);
+		return 1;
+	}
+	int32_t *tok = malloc(sizeof(int32_t) * 3 * n);
+	float *xa = malloc(sizeof(float) * (size_t)n * C), *xb = malloc(sizeof(float) * (size_t)n * C);
+	float *carry = malloc(sizeof(float) * (size_t)C);
+	uint64_t r = 0x243f6a8885a308d3ull;
+	for (int t = 0; t < 3 * n; t++) {
+		r = r * 6364136223846793005ull + 1442695040888963407ull;
+		tok[t] = (int32_t)((r >> 33) % (uint64_t)c->vocab_size);
+	}
+	int failures = 0;
+	for (int b = 1; b <= c->first_gold; b++) {
+		gf_model *next, *plain;
+		gf_workspace *ws, *ws2;
+		gf_state sa, sb;
+		if (gf_model_load_slice(&next, argv[1], b, -1, GF_LOAD_PREV_FFN, err) ||
+		    gf_model_load_blocks(&plain, argv[1], b, -1, err) || gf_workspace_init(&ws, m, n) ||
+		    gf_workspace_init(&ws2, next, n) || gf_state_init(&sa, c) || gf_state_init(&sb, c)) {
+			fprintf(stderr, "boundary at block %d: %s\n", b, err);
+			return 1;
+		}
+		int same = 1, splits = 0;
+		for (int rows = 0; rows <= n; rows += step) {
+			gf_state_reset(&sa, c);
+			gf_state_reset(&sb, c);
+			for (int j = 0; j < 3; j++) {
+				/* Each chunk its own split: the rows given, then others. */
+				const int at = (rows + j * 3 * step) % (n + step);
+				if (gf_embed(m, tok + j * n, n, xa))
+					return 1;
+				memcpy(xb, xa, sizeof(float) * (size_t)n * C);
+				if (gf_blocks(m, ws, &sa, NULL, xa, (int64_t)j * n, n, 0, b) ||
+				    gf_blocks_split(m, ws, &sb, xb, (int64_t)j * n, n, 0, b, at, carry) ||
+				    gf_channel_mix_rest(next, ws2, b - 1, xb, n, at, carry)) {
+					fprintf(stderr, "FAIL: boundary after block %d: a split at row %d refused\n",
+						b - 1, at);
+					return 1;
+				}
+				same &= !memcmp(xa, xb, sizeof(float) * (size_t)n * C) &&
+					!memcmp(sa.shift, sb.shift, gf_state_floats(c) * sizeof(float));
+				splits++;
+			}
+		}
+		const int refused =
+			gf_channel_mix_rest(next, ws2, b - 1, xb, n, step / 2, carry) == -EINVAL &&
+			gf_channel_mix_rest(next, ws2, b - 1, xb, n, n + step, carry) == -EINVAL &&
+			gf_channel_mix_rest(plain, ws2, b - 1, xb, n, step, carry) == -EINVAL &&
+			gf_blocks_split(m, ws, &sb, xb, 0, n, 0, b, step + 1, carry) == -EINVAL &&
+			gf_blocks_split(m, ws, &sb, xb, 0, n, 0, c->first_gold + 1, step, carry) == -EINVAL;
+		printf("boundary after block %d: %d chunks split at rows 0..%d in steps of %d, rest on the next slice: %s; bad splits %s\n",
+		       b - 1, splits, n, step, same ? "bit-identical ok" : "FAIL",
+		       refused ? "refused ok" : "FAIL");
+		failures += !same || !refused;
+		gf_model_free(next);
+		gf_model_free(plain);
+		gf_workspace_free(ws);
+		gf_workspace_free(ws2);
+		gf_state_free(&sa);
+		gf_state_free(&sb);
+	}
+	/* A model under the size where parts keep their bits is never split. */
+	{
+		gf_workspace *ws;
+		gf_state st;
+		const int sn = 64;
+		float *x = calloc((size_t)sn * small->cfg.n_embd, sizeof(float));
+		float *cy = calloc((size_t)small->cfg.n_embd, sizeof(float));
+		if (!x || !cy || gf_workspace_init(&ws, small, sn) || gf_state_init(&st, &small->cfg))
+			return 1;
+		const int rc = gf_blocks_split(small, ws, &st, x, 0, sn, 0, 1, 0, cy);
+		printf("n_embd %d: %s\n", small->cfg.n_embd, rc == -EINVAL ? "never split ok" : "FAIL");
+		failures += rc != -EINVAL;
+		gf_workspace_free(ws);
+		gf_state_free(&st);
+		free(x), free(cy);
+	}
+	free(tok), free(xa), free(xb), free(carry);
+	gf_model_free(m);
+	gf_model_free(small);
+	printf("%s\n", failures ? "FAIL" : "ok");
+	return failures != 0;
+}
