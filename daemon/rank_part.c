@@ -157,7 +157,8 @@ static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, g
 	p->tok_u32 = malloc(ch * sizeof(uint32_t));
 	p->tail_x = malloc(ch * c->n_embd * sizeof(float));
 	p->carry = malloc((size_t)c->n_embd * sizeof(float));
-	p->keep_rows = e->cfg.chunk;
+	/* Half: from there the boundary can move either way, towards the rank that is slower. */
+	p->keep_rows = x->split_step ? e->cfg.chunk / 2 / x->split_step * x->split_step : e->cfg.chunk;
 	p->in_rows = -1;
 	p->snap = malloc(gfe_snapshot_size(c, gf_config_tail_window(c)));
 	p->wait.logits = malloc((size_t)c->vocab_size * sizeof(float));
