@@ -679,11 +679,8 @@ static int choose_rows(gfr_part *p, uint64_t pos, int n)
 		return (int)((pos / (uint64_t)n * 7 + 3) % (uint64_t)(n / step + 1)) * step;
 	if (n != p->x->e->cfg.chunk || p->my_base_ns <= 0 || p->next_base_ns <= 0 || p->row_ns <= 0)
 		return n < p->keep_rows ? n : p->keep_rows;
-	const double best = (p->next_base_ns - p->my_base_ns + n * p->row_ns) / (2 * p->row_ns);
-	if (best < p->keep_rows - 0.75 * step || best > p->keep_rows + 0.75 * step) {
-		const int r = (int)(best / step + 0.5) * step;
-		p->keep_rows = r < 0 ? 0 : r > n ? n : r;
-	}
+	p->keep_rows = part_boundary_rows(p->my_base_ns, p->next_base_ns, p->row_ns, p->keep_rows, n,
+					  step);
 	return p->keep_rows;
 }
 

@@ -197,3 +197,16 @@ void part_plan_print(const part_plan *p, const part_shape *s, FILE *f)
 			100.0 * p->cost[r] / p->total_cost, roles);
 	}
 }
+
+int part_boundary_rows(double mine_ns, double next_ns, double row_ns, int keep, int n, int step)
+{
+	if (row_ns <= 0 || step < 1 || n < step)
+		return keep;
+	/* mine + rows * row = next + (n - rows) * row */
+	const double best = (next_ns - mine_ns + n * row_ns) / (2 * row_ns);
+	if (best >= keep - 0.75 * step && best <= keep + 0.75 * step)
+		return keep;
+	const double r = best < 0 ? 0 : best > n ? n : best;
+	const int rows = (int)(r / step + 0.5) * step;
+	return rows > n ? n / step * step : rows;
+}

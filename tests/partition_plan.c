@@ -125,6 +125,19 @@ int main(void)
 	CHECK(part_plan_make(&p, &small, &w, 2, bad, err) == -EINVAL && strstr(err, "rank 1"),
 	      "negative weight: %s", err);
 
+	/* The moving boundary's rows (256-row chunks, steps of 64, a row costs 1). */
+	CHECK(part_boundary_rows(1000, 1000, 1, 128, 256, 64) == 128, "even: stays");
+	CHECK(part_boundary_rows(1000, 1128, 1, 128, 256, 64) == 192,
+	      "next slower by 128 rows: keeps 64 more, got %d", part_boundary_rows(1000, 1128, 1, 128, 256, 64));
+	CHECK(part_boundary_rows(1128, 1000, 1, 128, 256, 64) == 64, "this slower: gives 64");
+	CHECK(part_boundary_rows(1000, 1080, 1, 128, 256, 64) == 128, "within 3/4 step: stays");
+	CHECK(part_boundary_rows(1000, 1100, 1, 128, 256, 64) == 192, "past 3/4 step: moves");
+	CHECK(part_boundary_rows(1000, 9000, 1, 128, 256, 64) == 256, "next far slower: all kept");
+	CHECK(part_boundary_rows(9000, 1000, 1, 128, 256, 64) == 0, "this far slower: none kept");
+	CHECK(part_boundary_rows(1000, 1128, 0, 128, 256, 64) == 128, "no row time yet: stays");
+	CHECK(part_boundary_rows(2000, 2000, 2, 0, 256, 64) == 128, "even, from 0: to the middle");
+	CHECK(part_boundary_rows(2000, 2256, 2, 0, 256, 64) == 192, "row cost 2: next slower by 128 rows");
+
 	part_plan_make(&p, &small, &w, 4, NULL, err);
 	part_plan_print(&p, &small, stdout);
 	printf("%s\n", failures ? "FAIL" : "PASS");
