@@ -323,7 +323,7 @@ static void rope_rows(const gf_config *c, const double *freq, float *x, int n, i
 
 /* linear() as a call over `whole` rows would compute it: the same kernel for a part of those
  * rows, so that the part's rows get the bits they get in the whole (sgemm's rows do not
- * depend on the other rows; tests/model_random.c checks it). */
+ * depend on the other rows; tests/model_split.c checks it). */
 static void linear_part(gf_workspace *ws, const float *x, int ldx, int n, int whole,
 			const float *W, int in, int out, float *y, int ldy)
 {
@@ -354,13 +354,26 @@ static void channel_mix_rows(const gf_model *m, gf_workspace *ws, const gf_layer
 	gf_vmul_add(ws->x + o, ws->ffr, ws->out, (size_t)n * C);
 }
 
-static void channel_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, float *shift,
-			int n)
+/* The channel mix of n rows of ws->x whose shift state is *shift (moved to the last row's),
+ * its products on the first `rows` of them only. A chunk's rows may be split in two (a
+ * pipeline boundary, gf_blocks_split): `whole` is the chunk's row count, and carry, when
+ * not NULL, gets the input row before row `rows` as the other part's shift needs it. */
+static void channel_mix_part(const gf_model *m, gf_workspace *ws, const gf_layer *l,
+			     float *shift, int n, int rows, int whole, float *carry)
 {
 	const int C = m->cfg.n_embd;
 	layernorm_rows(ws->xln, ws->x, n, C, l->ln2_w, l->ln2_b);
+	if (carry)
+		memcpy(carry, rows ? ws->xln + (size_t)(rows - 1) * C : shift,
+		       sizeof(float) * (size_t)C);
 	shift_diff(ws->dx, ws->xln, n, C, shift);
-	channel_mix_rows(m, ws, l, 0, n, n);
+	channel_mix_rows(m, ws, l, 0, rows, whole);
+}
+
+static void channel_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, float *shift,
+			int n)
+{
+	channel_mix_part(m, ws, l, shift, n, n, n, NULL);
 }
 
 /* One head's WKV-6 recurrence over n tokens: y_i = sum_j r_j S[i][j], then
@@ -505,11 +518,7 @@ int gf_blocks_split(const gf_model *m, gf_workspace *ws, gf_state *st, float *x,
 	const gf_layer *l = &m->layers[b];
 	float *shift = st->shift + (size_t)b * 2 * C;
 	finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n);
-	layernorm_rows(ws->xln, ws->x, n, C, l->ln2_w, l->ln2_b);
-	/* The row before `rows` as its shift sees it: the carried state when rows is 0. */
-	memcpy(carry, rows ? ws->xln + (size_t)(rows - 1) * C : shift + C, sizeof(float) * (size_t)C);
-	shift_diff(ws->dx, ws->xln, n, C, shift + C);
-	channel_mix_rows(m, ws, l, 0, rows, n);
+	channel_mix_part(m, ws, l, shift + C, n, rows, n, carry);
 	memcpy(x, ws->x, bytes);
 	return 0;
 }
@@ -523,13 +532,10 @@ int gf_channel_mix_rest(const gf_model *m, gf_workspace *ws, int b, float *x, in
 		return -EINVAL;
 	if (k == 0)
 		return 0;
-	const gf_layer *l = &m->layers[b];
-	float *prev = ws->lora_in; /* shift_diff moves it along; the caller's stays as it is */
+	float *prev = ws->lora_in; /* the part's shift state, moved along; carry stays as it is */
 	memcpy(prev, carry, sizeof(float) * (size_t)C);
 	memcpy(ws->x, x + (size_t)rows * C, sizeof(float) * (size_t)k * C);
-	layernorm_rows(ws->xln, ws->x, k, C, l->ln2_w, l->ln2_b);
-	shift_diff(ws->dx, ws->xln, k, C, prev);
-	channel_mix_rows(m, ws, l, 0, k, n);
+	channel_mix_part(m, ws, &m->layers[b], prev, k, k, n, NULL);
 	memcpy(x + (size_t)rows * C, ws->x, sizeof(float) * (size_t)k * C);
 	return 0;
 }

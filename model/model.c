@@ -104,6 +104,18 @@ static void bind_gold_kv(gf_model *m, const gf_tensor_set *ts, int b, int *rc, c
 	l->ln_v_b = bind(m, ts, rc, err, "blocks.%d.att.ln_v.bias", b);
 }
 
+static void bind_channel_mix(gf_model *m, const gf_tensor_set *ts, int b, int *rc, char *err)
+{
+	gf_layer *l = &m->layers[b];
+	l->ln2_w = bind(m, ts, rc, err, "blocks.%d.ln2.weight", b);
+	l->ln2_b = bind(m, ts, rc, err, "blocks.%d.ln2.bias", b);
+	l->ffn_maa_k = bind(m, ts, rc, err, "blocks.%d.ffn.time_maa_k", b);
+	l->ffn_maa_r = bind(m, ts, rc, err, "blocks.%d.ffn.time_maa_r", b);
+	l->ffn_key = bind(m, ts, rc, err, "blocks.%d.ffn.key.weight", b);
+	l->ffn_receptance = bind(m, ts, rc, err, "blocks.%d.ffn.receptance.weight", b);
+	l->ffn_value = bind(m, ts, rc, err, "blocks.%d.ffn.value.weight", b);
+}
+
 /* Reserves room for every tensor of the set as float32 (only the pages written are ever
  * backed), aligned to 2 MiB and marked for huge pages. No arena (not an error) where the
  * reservation or the advice is refused: the weights then stay in the mapping. */
@@ -190,8 +202,6 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 		gf_layer *l = &m->layers[b];
 		l->ln1_w = bind(m, ts, &rc, err, "blocks.%d.ln1.weight", b);
 		l->ln1_b = bind(m, ts, &rc, err, "blocks.%d.ln1.bias", b);
-		l->ln2_w = bind(m, ts, &rc, err, "blocks.%d.ln2.weight", b);
-		l->ln2_b = bind(m, ts, &rc, err, "blocks.%d.ln2.bias", b);
 		if (!l->is_gold) {
 			l->maa_x = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_x", b);
 			l->maa_r = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_r", b);
@@ -222,22 +232,10 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 		l->att_output = bind(m, ts, &rc, err, "blocks.%d.att.output.weight", b);
 		l->ln_x_w = bind(m, ts, &rc, err, "blocks.%d.att.ln_x.weight", b);
 		l->ln_x_b = bind(m, ts, &rc, err, "blocks.%d.att.ln_x.bias", b);
-		l->ffn_maa_k = bind(m, ts, &rc, err, "blocks.%d.ffn.time_maa_k", b);
-		l->ffn_maa_r = bind(m, ts, &rc, err, "blocks.%d.ffn.time_maa_r", b);
-		l->ffn_key = bind(m, ts, &rc, err, "blocks.%d.ffn.key.weight", b);
-		l->ffn_receptance = bind(m, ts, &rc, err, "blocks.%d.ffn.receptance.weight", b);
-		l->ffn_value = bind(m, ts, &rc, err, "blocks.%d.ffn.value.weight", b);
+		bind_channel_mix(m, ts, b, &rc, err);
 	}
-	if ((flags & GF_LOAD_PREV_FFN) && b0 > 0 && !rc) {
-		gf_layer *l = &m->layers[b0 - 1];
-		l->ln2_w = bind(m, ts, &rc, err, "blocks.%d.ln2.weight", b0 - 1);
-		l->ln2_b = bind(m, ts, &rc, err, "blocks.%d.ln2.bias", b0 - 1);
-		l->ffn_maa_k = bind(m, ts, &rc, err, "blocks.%d.ffn.time_maa_k", b0 - 1);
-		l->ffn_maa_r = bind(m, ts, &rc, err, "blocks.%d.ffn.time_maa_r", b0 - 1);
-		l->ffn_key = bind(m, ts, &rc, err, "blocks.%d.ffn.key.weight", b0 - 1);
-		l->ffn_receptance = bind(m, ts, &rc, err, "blocks.%d.ffn.receptance.weight", b0 - 1);
-		l->ffn_value = bind(m, ts, &rc, err, "blocks.%d.ffn.value.weight", b0 - 1);
-	}
+	if ((flags & GF_LOAD_PREV_FFN) && b0 > 0 && !rc)
+		bind_channel_mix(m, ts, b0 - 1, &rc, err);
 	for (int b = G; b < cfg->n_layer && !rc && (flags & GF_LOAD_GOLD_KV); b++)
 		if (b < b0 || b >= b1)
 			bind_gold_kv(m, ts, b, &rc, err);
