@@ -535,14 +535,12 @@ static void *link_thread(void *arg)
 		}
 		pthread_mutex_lock(&l->mu);
 		/* Only while every stream of the rank waits: none computes beside the polls. */
-		const bool spin = l->waiters && l->waiters >= l->streams && l->spin_ns && !l->outbox &&
-				  !l->stop;
-		pthread_mutex_unlock(&l->mu);
-		if (spin) {
+		if (l->waiters && l->waiters >= l->streams && l->spin_ns && !l->outbox && !l->stop) {
 			const int64_t now = mono_ns();
 			if (!spin_from)
 				spin_from = now;
 			if (now - spin_from < l->spin_ns) {
+				pthread_mutex_unlock(&l->mu);
 				spins++;
 				sched_yield(); /* the compute thread, once woken, gets the core at once */
 				continue;
@@ -555,7 +553,6 @@ static void *link_thread(void *arg)
 		 * rank's compute thread (they share it), so while no stream waits for a message
 		 * the polls are sparse (idle_max_us); a thread that starts waiting wakes this one
 		 * and the pace is fast again (IDLE_MAX_US). */
-		pthread_mutex_lock(&l->mu);
 		const int cap = l->waiters ? IDLE_MAX_US : l->idle_max_us;
 		idle_us = idle_us ? (idle_us * 2 > cap ? cap : idle_us * 2) : 5;
 		wakes++;
