@@ -57,6 +57,7 @@ struct gfr_part {
 	uint64_t idle_ns, credit_ns; /* waiting for work; waiting for the successor's room */
 	/* The moving boundary (see gfr_part_chunk): this rank's side towards the next rank. */
 	int keep_rows;               /* rows of its last channel mix this rank runs, of a chunk */
+	double keep_residue;         /* what rounding keep_rows to a step left out, carried */
 	double my_base_ns;           /* per chunk, without those rows (moving average; 0: none) */
 	double next_base_ns;         /* the next rank's, without the rows it finishes for this one */
 	double row_ns;               /* one row of that channel mix */
@@ -671,7 +672,7 @@ static void learn_next(gfr_part *p, uint64_t chunk_ns, int help_rows, uint64_t h
 }
 
 /* The rows of this rank's last channel mix to run itself for the chunk at pos: those that
- * even out the two ranks' times, in whole steps, changed only when off by most of a step. */
+ * even out the two ranks' times, in whole steps that average the even split over chunks. */
 static int choose_rows(gfr_part *p, uint64_t pos, int n)
 {
 	const int step = p->x->split_step;
@@ -679,8 +680,8 @@ static int choose_rows(gfr_part *p, uint64_t pos, int n)
 		return (int)((pos / (uint64_t)n * 7 + 3) % (uint64_t)(n / step + 1)) * step;
 	if (n != p->x->e->cfg.chunk || p->my_base_ns <= 0 || p->next_base_ns <= 0 || p->row_ns <= 0)
 		return n < p->keep_rows ? n : p->keep_rows;
-	p->keep_rows = part_boundary_rows(p->my_base_ns, p->next_base_ns, p->row_ns, p->keep_rows, n,
-					  step);
+	p->keep_rows = part_boundary_rows(p->my_base_ns, p->next_base_ns, p->row_ns, p->keep_rows,
+					  &p->keep_residue, n, step);
 	return p->keep_rows;
 }
 

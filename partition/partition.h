@@ -75,9 +75,11 @@ double part_imbalance(const part_plan *p);
 /* A boundary that moves between rank r and r+1 (daemon/rank_part.c): rank r runs `keep` of
  * the n rows of its last block's channel mix, rank r+1 the rest. From the two ranks' times
  * per chunk without those rows (mine_ns, next_ns) and one row's time, the rows that make
- * the two equal, a multiple of step within 0..n; keep itself while that is within 3/4 of a
- * step (a measurement's noise does not move it back and forth). */
-int part_boundary_rows(double mine_ns, double next_ns, double row_ns, int keep, int n, int step);
+ * the two equal, rounded to a multiple of step within 0..n. The rounding's error is carried
+ * in *residue (0 to start) to the next chunk's choice, so that over chunks the rows average
+ * the even split rather than the nearest step. Returns keep while no row time is known. */
+int part_boundary_rows(double mine_ns, double next_ns, double row_ns, int keep, double *residue,
+		       int n, int step);
 
 /* A table of the plan, one line per rank, for --print-plan. */
 void part_plan_print(const part_plan *p, const part_shape *s, FILE *f);

@@ -126,17 +126,33 @@ int main(void)
 	      "negative weight: %s", err);
 
 	/* The moving boundary's rows (256-row chunks, steps of 64, a row costs 1). */
-	CHECK(part_boundary_rows(1000, 1000, 1, 128, 256, 64) == 128, "even: stays");
-	CHECK(part_boundary_rows(1000, 1128, 1, 128, 256, 64) == 192,
-	      "next slower by 128 rows: keeps 64 more, got %d", part_boundary_rows(1000, 1128, 1, 128, 256, 64));
-	CHECK(part_boundary_rows(1128, 1000, 1, 128, 256, 64) == 64, "this slower: gives 64");
-	CHECK(part_boundary_rows(1000, 1080, 1, 128, 256, 64) == 128, "within 3/4 step: stays");
-	CHECK(part_boundary_rows(1000, 1100, 1, 128, 256, 64) == 192, "past 3/4 step: moves");
-	CHECK(part_boundary_rows(1000, 9000, 1, 128, 256, 64) == 256, "next far slower: all kept");
-	CHECK(part_boundary_rows(9000, 1000, 1, 128, 256, 64) == 0, "this far slower: none kept");
-	CHECK(part_boundary_rows(1000, 1128, 0, 128, 256, 64) == 128, "no row time yet: stays");
-	CHECK(part_boundary_rows(2000, 2000, 2, 0, 256, 64) == 128, "even, from 0: to the middle");
-	CHECK(part_boundary_rows(2000, 2256, 2, 0, 256, 64) == 192, "row cost 2: next slower by 128 rows");
+	double res = 0;
+	CHECK(part_boundary_rows(1000, 1000, 1, 128, &res, 256, 64) == 128 && res == 0, "even: the middle");
+	int rows = part_boundary_rows(1000, 1128, 1, 128, &res, 256, 64);
+	CHECK(rows == 192 && res == 0, "next slower by 128 rows: keeps 64 more, got %d", rows);
+	CHECK(part_boundary_rows(1128, 1000, 1, 128, &res, 256, 64) == 64, "this slower: gives 64");
+	CHECK(part_boundary_rows(1000, 9000, 1, 128, &res, 256, 64) == 256, "next far slower: all kept");
+	CHECK(part_boundary_rows(9000, 1000, 1, 128, &res, 256, 64) == 0, "this far slower: none kept");
+	CHECK(part_boundary_rows(1000, 1128, 0, 128, &res, 256, 64) == 128 && res == 0,
+	      "no row time yet: stays");
+	CHECK(part_boundary_rows(2000, 2256, 2, 0, &res, 256, 64) == 192, "row cost 2: next slower by 128 rows");
+	/* An even split between steps (168 rows): whole steps each chunk, averaging 168. */
+	long sum = 0;
+	int lo = 256, hi = 0;
+	for (int i = 0; i < 100; i++) {
+		rows = part_boundary_rows(1000, 1080, 1, 128, &res, 256, 64);
+		sum += rows;
+		lo = rows < lo ? rows : lo;
+		hi = rows > hi ? rows : hi;
+		CHECK(rows % 64 == 0 && res >= -32 && res <= 32, "chunk %d: %d rows, residue %g", i, rows, res);
+	}
+	CHECK(lo == 128 && hi == 192 && fabs(sum / 100.0 - 168) < 0.33,
+	      "168 between steps: rows %d..%d, average %g", lo, hi, sum / 100.0);
+	/* Held at a clamp, the residue does not wind up: back to even, back to the middle. */
+	for (int i = 0; i < 50; i++)
+		part_boundary_rows(1000, 9000, 1, 128, &res, 256, 64);
+	rows = part_boundary_rows(1000, 1000, 1, 128, &res, 256, 64);
+	CHECK(rows == 128, "after the clamp, even: %d rows (residue %g)", rows, res);
 
 	part_plan_make(&p, &small, &w, 4, NULL, err);
 	part_plan_print(&p, &small, stdout);
