@@ -6,6 +6,13 @@
 # BIND=core pins each rank to a core (a host with a core per rank: issue 6's 16-core host ran
 # `BIND=core tools/bench-ranks.sh build 8 32768 24 1024`); the default leaves placement to the
 # OS (a small machine, oversubscribed). GOLDFINCH_RANK_STATS=1 adds each rank's breakdown.
+#
+# SCALE=1 measures the speed-up itself on a host whose pace drifts (the lent 16-core one drifts
+# by up to 30% within minutes): each P = 2, 4, .. MAX_RANKS run sits between two one-process
+# runs of P1_TOKENS (default 4096) tokens and is divided by their mean; then MAX_RANKS
+# independent one-process runs start together (pinned with BIND=core), no MPI: what the cores
+# give with that many busy, the ceiling for the pipeline. Issue 6's figures:
+# `SCALE=1 BIND=core tools/bench-ranks.sh build 8 65536 24 1024`.
 set -eu
 B=${1:-build} maxp=${2:-2} tokens=${3:-32768} layers=${4:-12} embd=${5:-512}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
@@ -17,6 +24,49 @@ model=$work/m.gguf
 "$B/tools/gf-convert" --random --layers "$layers" --embd "$embd" --vocab 4096 --seed 1 "$model" >/dev/null
 # The plan balances ingest only: that is what this measures.
 plan="--plan-workload 1:0:1"
+rate() { sed -n 's/.*"tokens_per_s":\([0-9.]*\).*/\1/p'; }
+if [ "${SCALE:-0}" = 1 ]; then
+	p1=${P1_TOKENS:-4096}
+	pin0=
+	[ "${BIND:-none}" = core ] && pin0="taskset -c 0"
+	# One process's per-rank lines go to a file, shown when it fails.
+	one() {
+		rm -rf "$work/c"
+		r=$($pin0 "$B/tools/gf-ranks-bench" "$model" "$work/c" --tokens "$p1" --threads 1 2>"$work/one.err" | rate)
+		[ -n "$r" ] || { cat "$work/one.err" >&2; echo "bench-ranks.sh: one process failed" >&2; exit 1; }
+		echo "$r"
+	}
+	before=$(one)
+	echo "P=1: $before tokens/s ($p1 tokens)"
+	p=2
+	while [ "$p" -le "$maxp" ]; do
+		rm -rf "$work/c"
+		line=$(mpirun --oversubscribe --bind-to "${BIND:-none}" ${GOLDFINCH_RANK_STATS:+-x GOLDFINCH_RANK_STATS} \
+			-n "$p" "$B/tools/gf-ranks-bench" "$model" "$work/c/%r" --tokens "$tokens" --threads 1 $plan)
+		echo "$line"
+		after=$(one)
+		echo "$line" | rate | awk -v p="$p" -v a="$before" -v b="$after" -v n="$p1" '{
+			m = (a + b) / 2; printf "P=%d: %s tokens/s, %.2fx one process (%s and %s tokens/s at %d tokens, before and after), %.2f of P\n", p, $1, $1 / m, a, b, n, $1 / m / p }'
+		before=$after
+		p=$((p * 2))
+	done
+	k=0
+	while [ "$k" -lt "$maxp" ]; do
+		rm -rf "$work/i$k"
+		pin=
+		[ "${BIND:-none}" = core ] && pin="taskset -c $k"
+		($pin "$B/tools/gf-ranks-bench" "$model" "$work/i$k" --tokens "$p1" --threads 1 2>"$work/i$k.err" |
+			rate > "$work/i$k.rate") &
+		k=$((k + 1))
+	done
+	wait
+	for f in "$work"/i*.rate; do
+		[ -s "$f" ] || { cat "${f%.rate}.err" >&2; echo "bench-ranks.sh: an independent process failed" >&2; exit 1; }
+	done
+	cat "$work"/i*.rate | awk -v n="$maxp" -v one="$before" '{ s += $1; l = l " " $1 } END {
+		printf "%d independent processes together, no MPI:%s; sum %.1f tokens/s, %.2fx the last one-process run\n", n, l, s, s / one }'
+	exit 0
+fi
 for t in 1 2; do
 	rm -rf "$work/c"
 	OPENBLAS_NUM_THREADS=$t "$B/tools/gf-ranks-bench" "$model" "$work/c" --tokens "$tokens" --threads "$t"
