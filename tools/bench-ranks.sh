@@ -25,24 +25,33 @@ model=$work/m.gguf
 # The plan balances ingest only: that is what this measures.
 plan="--plan-workload 1:0:1"
 rate() { sed -n 's/.*"tokens_per_s":\([0-9.]*\).*/\1/p'; }
+# P ranks of one thread each over $tokens tokens.
+ranks() {
+	rm -rf "$work/c"
+	# -x names a variable that must exist: pass the stats switch only when it is set.
+	mpirun --oversubscribe --bind-to "${BIND:-none}" ${GOLDFINCH_RANK_STATS:+-x GOLDFINCH_RANK_STATS} -n "$1" \
+		"$B/tools/gf-ranks-bench" "$model" "$work/c/%r" --tokens "$tokens" --threads 1 $plan
+}
+# One process of one thread over $p1 tokens in cache dir $2, on core $1 where BIND=core.
+one_on() {
+	pin=
+	if [ "${BIND:-none}" = core ]; then pin="taskset -c $1"; fi
+	rm -rf "$work/$2"
+	$pin "$B/tools/gf-ranks-bench" "$model" "$work/$2" --tokens "$p1" --threads 1 2>"$work/$2.err" | rate
+}
 if [ "${SCALE:-0}" = 1 ]; then
 	p1=${P1_TOKENS:-4096}
-	pin0=
-	[ "${BIND:-none}" = core ] && pin0="taskset -c 0"
-	# One process's per-rank lines go to a file, shown when it fails.
+	# Its own lines go to a file, shown when it fails.
 	one() {
-		rm -rf "$work/c"
-		r=$($pin0 "$B/tools/gf-ranks-bench" "$model" "$work/c" --tokens "$p1" --threads 1 2>"$work/one.err" | rate)
-		[ -n "$r" ] || { cat "$work/one.err" >&2; echo "bench-ranks.sh: one process failed" >&2; exit 1; }
+		r=$(one_on 0 c1)
+		[ -n "$r" ] || { cat "$work/c1.err" >&2; echo "bench-ranks.sh: one process failed" >&2; exit 1; }
 		echo "$r"
 	}
 	before=$(one)
 	echo "P=1: $before tokens/s ($p1 tokens)"
 	p=2
 	while [ "$p" -le "$maxp" ]; do
-		rm -rf "$work/c"
-		line=$(mpirun --oversubscribe --bind-to "${BIND:-none}" ${GOLDFINCH_RANK_STATS:+-x GOLDFINCH_RANK_STATS} \
-			-n "$p" "$B/tools/gf-ranks-bench" "$model" "$work/c/%r" --tokens "$tokens" --threads 1 $plan)
+		line=$(ranks "$p")
 		echo "$line"
 		after=$(one)
 		echo "$line" | rate | awk -v p="$p" -v a="$before" -v b="$after" -v n="$p1" '{
@@ -52,11 +61,7 @@ if [ "${SCALE:-0}" = 1 ]; then
 	done
 	k=0
 	while [ "$k" -lt "$maxp" ]; do
-		rm -rf "$work/i$k"
-		pin=
-		[ "${BIND:-none}" = core ] && pin="taskset -c $k"
-		($pin "$B/tools/gf-ranks-bench" "$model" "$work/i$k" --tokens "$p1" --threads 1 2>"$work/i$k.err" |
-			rate > "$work/i$k.rate") &
+		one_on "$k" "i$k" > "$work/i$k.rate" &
 		k=$((k + 1))
 	done
 	wait
@@ -73,10 +78,6 @@ for t in 1 2; do
 done
 p=2
 while [ "$p" -le "$maxp" ]; do
-	rm -rf "$work/c"
-	# -x names a variable that must exist: pass the stats switch only when it is set.
-	mpirun --oversubscribe --bind-to "${BIND:-none}" ${GOLDFINCH_RANK_STATS:+-x GOLDFINCH_RANK_STATS} -n "$p" \
-		"$B/tools/gf-ranks-bench" "$model" "$work/c/%r" \
-		--tokens "$tokens" --threads 1 $plan
+	ranks "$p"
 	p=$((p * 2))
 done
