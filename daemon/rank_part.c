@@ -11,6 +11,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
+/* What a chunk carries after its rows: the bases of the ranks before the receiver summed
+ * (see choose_rows), then, where the sender split its last channel mix, the shift carry. */
+typedef struct gfr_edge {
+	double above_ns;
+	float carry[]; /* [C] */
+} gfr_edge;
+
 struct gfr_part {
 	gfr_ctx *x;
 	uint32_t stream;
@@ -58,14 +65,18 @@ struct gfr_part {
 	/* The moving boundary (see gfr_part_chunk): this rank's side towards the next rank. */
 	int keep_rows;               /* rows of its last channel mix this rank runs, of a chunk */
 	double keep_residue;         /* what rounding keep_rows to a step left out, carried */
-	double my_base_ns;           /* per chunk, without those rows (moving average; 0: none) */
-	double next_base_ns;         /* the next rank's, without the rows it finishes for this one */
+	double base_ns;              /* this rank's time a chunk without any boundary's rows
+				      * (moving average; 0: not known yet) */
+	double below_ns;             /* the chain's work after that channel mix (0: not known
+				      * yet), as the last credit brought it (see choose_rows) */
 	double row_ns;               /* one row of that channel mix */
 	uint64_t split_chunks, split_kept; /* chunks sent; rows kept over them (stats) */
-	float *carry;                /* [C] */
+	gfr_edge *edge;              /* the next chunk's, its carry [C] */
 	/* ...and towards the previous rank, for the chunk in hand. */
 	int in_rows;                 /* rows it ran of its last channel mix (-1: all) */
 	const float *in_carry;
+	double in_above_ns;          /* the chain's work before this rank's own (0: not known) */
+	double in_row_ns;            /* one row of the previous rank's last channel mix here */
 	uint64_t last_ns, last_help_ns; /* this chunk's compute; of which finishing those rows */
 	int last_help_rows;
 	gfr_wait wait;
@@ -157,13 +168,13 @@ static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, g
 	p->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
 	p->tok_u32 = malloc(ch * sizeof(uint32_t));
 	p->tail_x = malloc(ch * c->n_embd * sizeof(float));
-	p->carry = malloc((size_t)c->n_embd * sizeof(float));
-	/* Half: from there the boundary can move either way, towards the rank that is slower. */
-	p->keep_rows = x->split_step ? e->cfg.chunk / 2 / x->split_step * x->split_step : e->cfg.chunk;
+	p->edge = malloc(sizeof(gfr_edge) + (size_t)c->n_embd * sizeof(float));
+	/* All: where ranks of the same pace balance (see choose_rows). */
+	p->keep_rows = e->cfg.chunk;
 	p->in_rows = -1;
 	p->snap = malloc(gfe_snapshot_size(c, gf_config_tail_window(c)));
 	p->wait.logits = malloc((size_t)c->vocab_size * sizeof(float));
-	if (rc || !p->c || !p->crow || !p->tok_u32 || !p->tail_x || !p->carry || !p->snap ||
+	if (rc || !p->c || !p->crow || !p->tok_u32 || !p->tail_x || !p->edge || !p->snap ||
 	    !p->wait.logits) {
 		gfr_part_free(p);
 		return gf_error(err, -ENOMEM, "out of memory for a stream");
@@ -225,7 +236,7 @@ void gfr_part_free(gfr_part *p)
 	free(p->crow);
 	free(p->tok_u32);
 	free(p->tail_x);
-	free(p->carry);
+	free(p->edge);
 	free(p->snap);
 	free(p->wait.logits);
 	free(p);
@@ -651,37 +662,68 @@ static double guess_row_ns(const gfr_part *p, double chunk_ns, int n)
 	return chunk_ns * cm / (cm + tm) / (double)(blocks > 0 ? blocks : 1) / (double)n;
 }
 
-/* After a full chunk of this rank's own: its time without the rows it kept. */
-static void learn_mine(gfr_part *p, int rows)
+/* After a full ingest chunk: this rank's base, its time without the rows of either boundary,
+ * each priced at its row time. Priced (not timed) on both sides, so that the model gives back
+ * the measured time at the boundaries as they were: where they stay, the ranks' measured
+ * times are what comes out even, however far the linear model is off (a split's fixed cost,
+ * a row time learnt from another core). */
+static void learn_base(gfr_part *p, int rows)
 {
 	const int n = p->x->e->cfg.chunk;
-	if (p->row_ns <= 0)
-		p->row_ns = guess_row_ns(p, (double)p->last_ns, n);
-	ema(&p->my_base_ns, (double)p->last_ns - rows * p->row_ns);
+	double shared = 0;
+	if (p->x->split_step) {
+		if (p->row_ns <= 0)
+			p->row_ns = guess_row_ns(p, (double)p->last_ns, n);
+		shared += rows * p->row_ns;
+	}
+	if (p->last_help_rows >= GF_SPLIT_ROWS && p->last_help_ns > 0)
+		ema(&p->in_row_ns, (double)p->last_help_ns / p->last_help_rows);
+	shared += p->last_help_rows * p->in_row_ns;
+	const double base = (double)p->last_ns - shared;
+	ema(&p->base_ns, base > 1 ? base : 1);
 }
 
-/* A credit's report: the next rank's time for a chunk, and for the rows it finished of it. */
-static void learn_next(gfr_part *p, uint64_t chunk_ns, int help_rows, uint64_t help_ns)
+/* The whole of this rank's boundary with the next, priced (0: none that moves). */
+static double boundary_ns(const gfr_part *p)
 {
-	if (!p->x->split_step)
-		return;
-	if (help_rows >= p->x->split_step && help_ns > 0)
-		ema(&p->row_ns, (double)help_ns / help_rows);
-	if (p->row_ns > 0)
-		ema(&p->next_base_ns, (double)chunk_ns - help_rows * p->row_ns);
+	return p->x->split_step ? p->x->e->cfg.chunk * p->row_ns : 0;
 }
 
-/* The rows of this rank's last channel mix to run itself for the chunk at pos: those that
- * even out the two ranks' times, in whole steps that average the even split over chunks. */
+/* A credit's report: the time the next rank took for the rows it finished of this rank's
+ * chunk, and the chain's work after this rank's boundary. */
+static void learn_next(gfr_part *p, int help_rows, uint64_t help_ns, double below_ns)
+{
+	if (p->x->split_step && help_rows >= p->x->split_step && help_ns > 0)
+		ema(&p->row_ns, (double)help_ns / help_rows);
+	if (below_ns > 0)
+		p->below_ns = below_ns;
+}
+
+/* The chain's work up to this rank's boundary with the next: the ranks before it, the
+ * boundaries between them whole, and this rank's base (0: not known yet). */
+static double above_boundary(const gfr_part *p)
+{
+	if (p->base_ns <= 0 || (p->x->rank > 0 && p->in_above_ns <= 0))
+		return 0;
+	return p->in_above_ns + p->base_ns;
+}
+
+/* The rows of this rank's last channel mix to run itself for the chunk at pos. Each rank of
+ * the pipeline's chain (ranks 0 to the emitter) learns the work before its boundary (it
+ * comes down with the chunks) and after it (up with the credits), so each boundary is set
+ * where the whole chain balances (part_boundary_target), not only its two ranks: balancing
+ * pairs alone, a difference at one end of 8 ranks takes hundreds of chunks to spread. */
 static int choose_rows(gfr_part *p, uint64_t pos, int n)
 {
 	const int step = p->x->split_step;
 	if (p->x->split_test) /* every split, in an order that depends on pos only */
 		return (int)((pos / (uint64_t)n * 7 + 3) % (uint64_t)(n / step + 1)) * step;
-	if (n != p->x->e->cfg.chunk || p->my_base_ns <= 0 || p->next_base_ns <= 0 || p->row_ns <= 0)
+	const double above = above_boundary(p);
+	if (n != p->x->e->cfg.chunk || above <= 0 || p->below_ns <= 0 || p->row_ns <= 0)
 		return n < p->keep_rows ? n : p->keep_rows;
-	p->keep_rows = part_boundary_rows(p->my_base_ns, p->next_base_ns, p->row_ns, p->keep_rows,
-					  &p->keep_residue, n, step);
+	const double target = part_boundary_target(above, p->below_ns, p->row_ns, p->x->rank,
+						   p->x->emitter + 1, n);
+	p->keep_rows = part_boundary_rows(target, &p->keep_residue, n, step);
 	return p->keep_rows;
 }
 
@@ -729,8 +771,11 @@ static int pump(gfr_part *p, char *err)
 	}
 	case GFM_CREDIT:
 		p->credits += (int)m->h.n;
-		if (m->h.pos)
-			learn_next(p, m->h.pos, (int)(m->h.aux & 0xffff), m->h.aux >> 16);
+		if (m->len == sizeof(double)) {
+			double below;
+			memcpy(&below, m->payload, sizeof(below));
+			learn_next(p, (int)(m->h.aux & 0xffff), m->h.aux >> 16, below);
+		}
 		break;
 	case GFM_ACK: {
 		gfr_wait *w = &p->wait;
@@ -834,8 +879,12 @@ static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float
 		      .aux = (uint64_t)mode | (split ? (uint64_t)(rows + 1) << 32 : 0) };
 	p->credits--;
 	const size_t C = (size_t)cfg_of(p)->n_embd;
+	/* After the rows: the bases of the ranks up to this one, then the shift carry of a split. */
+	const double above = above_boundary(p);
+	p->edge->above_ns = above > 0 && (!p->x->split_step || p->row_ns > 0) ? above + boundary_ns(p) : 0;
 	int rc = gfm_send3(p->x->link, p->x->rank + 1, &h, tok, sizeof(int32_t) * (size_t)n, x,
-			   sizeof(float) * (size_t)n * C, p->carry, split ? sizeof(float) * C : 0);
+			   sizeof(float) * (size_t)n * C, p->edge,
+			   sizeof(*p->edge) + (split ? sizeof(float) * C : 0));
 	return rc ? gf_error(err, rc, "%s", gfm_link_failure(p->x->link)) : 0;
 }
 
@@ -879,7 +928,7 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 	const int rows = splits ? choose_rows(p, pos, n) : n;
 	if (cx->has_finch) {
 		rc = rows < n ? gf_blocks_split(m, p->ws, &p->st, x, (int64_t)pos, n, cx->b0, fb1, rows,
-						p->carry)
+						p->edge->carry)
 			      : gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0, fb1);
 		if (rc)
 			return gf_error(err, rc, "rank %d: Finch blocks failed", cx->rank);
@@ -919,8 +968,8 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 	p->st.n_pos = (int64_t)(pos + (uint64_t)n);
 	p->last_ns = mode == GFM_MODE_STEP ? 0 : mono_ns() - t0;
 	p->compute_ns += mono_ns() - t0;
-	if (splits && n == cx->e->cfg.chunk)
-		learn_mine(p, rows);
+	if (mode != GFM_MODE_STEP && n == cx->e->cfg.chunk && cx->has_finch && cx->rank <= cx->emitter)
+		learn_base(p, rows);
 	if (mode == GFM_MODE_STEP) {
 		if (cx->rank == cx->size - 1)
 			return send_logits(p, x + (size_t)(n - 1) * cf->n_embd, err);
@@ -1074,18 +1123,25 @@ static int handle(gfr_part *p, gfm_msg *m, char *err)
 		const uint32_t split = (uint32_t)(m->h.aux >> 32);
 		const size_t xbytes = sizeof(float) * (size_t)n * cf->n_embd;
 		if (n < 1 || n > cx->e->cfg.chunk || split > (uint32_t)n ||
-		    m->len != (size_t)n * sizeof(int32_t) + xbytes +
+		    m->len != (size_t)n * sizeof(int32_t) + xbytes + sizeof(gfr_edge) +
 				      (split ? sizeof(float) * (size_t)cf->n_embd : 0))
 			return gf_error(err, -EPROTO, "rank %d: malformed chunk", cx->rank);
 		float *x = (float *)((int32_t *)m->payload + n);
+		gfr_edge edge;
+		memcpy(&edge, (char *)x + xbytes, sizeof(edge));
+		p->in_above_ns = edge.above_ns;
 		p->in_rows = split ? (int)split - 1 : -1;
-		p->in_carry = split ? x + (size_t)n * cf->n_embd : NULL;
+		p->in_carry = split ? (const float *)((char *)x + xbytes + sizeof(edge)) : NULL;
 		rc = gfr_part_chunk(p, m->h.pos, m->payload, x, n, (int)(m->h.aux & 0xffffffffu), err);
 		p->in_rows = -1;
-		/* Consumed: the sender may send another. With it, what the chunk cost here. */
-		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1, .pos = p->last_ns,
+		/* Consumed: the sender may send another. With it, what the chunk cost here (for the
+		 * rows it finished for the sender) and the bases from here to the chain's end. */
+		double below = p->base_ns;
+		if (cx->rank < cx->emitter)
+			below = p->below_ns > 0 ? below + boundary_ns(p) + p->below_ns : 0;
+		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1,
 			      .aux = p->last_help_ns << 16 | (uint64_t)(p->last_help_rows & 0xffff) };
-		gfm_send(cx->link, m->source, &h, NULL, 0);
+		gfm_send(cx->link, m->source, &h, &below, sizeof(below));
 		return rc;
 	}
 	case GFM_MARK:

@@ -198,14 +198,16 @@ void part_plan_print(const part_plan *p, const part_shape *s, FILE *f)
 	}
 }
 
-int part_boundary_rows(double mine_ns, double next_ns, double row_ns, int keep, double *residue,
-		       int n, int step)
+double part_boundary_target(double above_ns, double below_ns, double row_ns, int r, int chain,
+			    int n)
 {
-	if (row_ns <= 0 || step < 1 || n < step)
-		return keep;
-	/* mine + rows * row = next + (n - rows) * row */
-	double best = (next_ns - mine_ns + n * row_ns) / (2 * row_ns);
-	best = best < 0 ? 0 : best > n ? n : best;
+	const double whole = above_ns + n * row_ns + below_ns;
+	return ((double)(r + 1) / chain * whole - above_ns) / row_ns;
+}
+
+int part_boundary_rows(double target, double *residue, int n, int step)
+{
+	const double best = target < 0 ? 0 : target > n ? n : target;
 	/* A step is a large share of a rank's work (at 8 ranks of a 24-layer model, about 6%):
 	 * held to whole steps, a pair stays up to half a step apart, and a row of 8 ranks the sum
 	 * of such gaps. Carrying what rounding left out makes the average the even split. */

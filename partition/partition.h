@@ -72,14 +72,20 @@ int part_has_gold(const part_plan *p, int r);
 /* max over ranks of cost/weight, divided by its ideal (total / total weight): 1 is perfect. */
 double part_imbalance(const part_plan *p);
 
-/* A boundary that moves between rank r and r+1 (daemon/rank_part.c): rank r runs `keep` of
- * the n rows of its last block's channel mix, rank r+1 the rest. From the two ranks' times
- * per chunk without those rows (mine_ns, next_ns) and one row's time, the rows that make
- * the two equal, rounded to a multiple of step within 0..n. The rounding's error is carried
- * in *residue (0 to start) to the next chunk's choice, so that over chunks the rows average
- * the even split rather than the nearest step. Returns keep while no row time is known. */
-int part_boundary_rows(double mine_ns, double next_ns, double row_ns, int keep, double *residue,
-		       int n, int step);
+/* Moving boundaries (daemon/rank_part.c). In a chain of pipeline ranks 0..chain-1, boundary r
+ * is the n rows of one channel mix, row_ns each: rank r runs the first `keep` of them, rank
+ * r+1 the rest. above_ns is the chain's work before those rows (ranks 0..r without their
+ * boundaries' rows, and every boundary before r whole), below_ns its work after them. The
+ * keep that gives ranks 0..r their even share of the whole, (r + 1) / chain: every boundary
+ * set this way from the same figures makes every rank's time the same at once. A real number,
+ * outside 0..n where that share cannot be reached. */
+double part_boundary_target(double above_ns, double below_ns, double row_ns, int r, int chain,
+			    int n);
+
+/* The target (clamped to 0..n) as a multiple of step (n a multiple of step): what rounding
+ * leaves out is carried in *residue (0 to start) to the next chunk's choice, so that over
+ * chunks the rows average the target rather than the nearest step. */
+int part_boundary_rows(double target, double *residue, int n, int step);
 
 /* A table of the plan, one line per rank, for --print-plan. */
 void part_plan_print(const part_plan *p, const part_shape *s, FILE *f);

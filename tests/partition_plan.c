@@ -125,22 +125,60 @@ int main(void)
 	CHECK(part_plan_make(&p, &small, &w, 2, bad, err) == -EINVAL && strstr(err, "rank 1"),
 	      "negative weight: %s", err);
 
-	/* The moving boundary's rows (256-row chunks, steps of 64, a row costs 1). */
+	/* Moving boundaries: a chain of 8 ranks, 256-row channel mixes. Bases made from chosen
+	 * keeps and an even time of 1000 a rank give those keeps back, each from its prefix. */
+	enum { CHAIN = 8, ROWS = 256 };
+	const int want_keep[CHAIN - 1] = { 200, 150, 230, 100, 180, 64, 128 };
+	for (int pass = 0; pass < 2; pass++) {
+		const double row = pass ? 2.0 : 1.0, even = 1000 * row;
+		double base[CHAIN], prefix = 0, total = 0;
+		for (int r = 0; r < CHAIN; r++) {
+			const double kept = r < CHAIN - 1 ? want_keep[r] : 0;
+			const double helped = r > 0 ? ROWS - want_keep[r - 1] : 0;
+			base[r] = even - (kept + helped) * row;
+			total += base[r];
+		}
+		for (int r = 0; r < CHAIN - 1; r++) {
+			prefix += base[r];
+			const double above = prefix + r * ROWS * row;
+			const double below = total - prefix + (CHAIN - 2 - r) * ROWS * row;
+			const double t = part_boundary_target(above, below, row, r, CHAIN, ROWS);
+			CHECK(fabs(t - want_keep[r]) < 1e-9, "row cost %g, boundary %d: %g rows, want %d",
+			      row, r, t, want_keep[r]);
+		}
+	}
+	/* Equal ranks: each runs its own blocks whole (the last has no boundary rows of its own
+	 * to give away, so its base is a whole channel mix more). */
+	{
+		double prefix = 0, total = 7 * 744.0 + 1000;
+		for (int r = 0; r < CHAIN - 1; r++) {
+			prefix += 744;
+			const double t = part_boundary_target(prefix + r * ROWS, total - prefix + (CHAIN - 2 - r) * ROWS, 1, r, CHAIN, ROWS);
+			CHECK(fabs(t - ROWS) < 1e-9, "equal ranks, boundary %d: %g rows, want all", r, t);
+		}
+	}
+	/* The last rank twice as slow as the rest: out of reach, every boundary above all rows. */
+	{
+		double prefix = 0, total = 7 * 744.0 + 2000;
+		for (int r = 0; r < CHAIN - 1; r++) {
+			prefix += 744;
+			const double t = part_boundary_target(prefix + r * ROWS, total - prefix + (CHAIN - 2 - r) * ROWS, 1, r, CHAIN, ROWS);
+			CHECK(t > ROWS, "slow last rank, boundary %d: %g rows, want over %d", r, t, ROWS);
+		}
+	}
+
+	/* Rounding the target to steps of 64. */
 	double res = 0;
-	CHECK(part_boundary_rows(1000, 1000, 1, 128, &res, 256, 64) == 128 && res == 0, "even: the middle");
-	int rows = part_boundary_rows(1000, 1128, 1, 128, &res, 256, 64);
-	CHECK(rows == 192 && res == 0, "next slower by 128 rows: keeps 64 more, got %d", rows);
-	CHECK(part_boundary_rows(1128, 1000, 1, 128, &res, 256, 64) == 64, "this slower: gives 64");
-	CHECK(part_boundary_rows(1000, 9000, 1, 128, &res, 256, 64) == 256, "next far slower: all kept");
-	CHECK(part_boundary_rows(9000, 1000, 1, 128, &res, 256, 64) == 0, "this far slower: none kept");
-	CHECK(part_boundary_rows(1000, 1128, 0, 128, &res, 256, 64) == 128 && res == 0,
-	      "no row time yet: stays");
-	CHECK(part_boundary_rows(2000, 2256, 2, 0, &res, 256, 64) == 192, "row cost 2: next slower by 128 rows");
-	/* An even split between steps (168 rows): whole steps each chunk, averaging 168. */
+	CHECK(part_boundary_rows(128, &res, 256, 64) == 128 && res == 0, "a step: as it is");
+	CHECK(part_boundary_rows(9000, &res, 256, 64) == 256, "far over: all rows");
+	res = 0;
+	CHECK(part_boundary_rows(-500, &res, 256, 64) == 0, "far under: none");
+	res = 0;
+	/* Between steps (168 rows): whole steps each chunk, averaging 168. */
 	long sum = 0;
-	int lo = 256, hi = 0;
+	int lo = 256, hi = 0, rows;
 	for (int i = 0; i < 100; i++) {
-		rows = part_boundary_rows(1000, 1080, 1, 128, &res, 256, 64);
+		rows = part_boundary_rows(168, &res, 256, 64);
 		sum += rows;
 		lo = rows < lo ? rows : lo;
 		hi = rows > hi ? rows : hi;
@@ -148,11 +186,11 @@ int main(void)
 	}
 	CHECK(lo == 128 && hi == 192 && fabs(sum / 100.0 - 168) < 0.33,
 	      "168 between steps: rows %d..%d, average %g", lo, hi, sum / 100.0);
-	/* Held at a clamp, the residue does not wind up: back to even, back to the middle. */
+	/* Held at a clamp, the residue does not wind up: back to the middle at once. */
 	for (int i = 0; i < 50; i++)
-		part_boundary_rows(1000, 9000, 1, 128, &res, 256, 64);
-	rows = part_boundary_rows(1000, 1000, 1, 128, &res, 256, 64);
-	CHECK(rows == 128, "after the clamp, even: %d rows (residue %g)", rows, res);
+		part_boundary_rows(9000, &res, 256, 64);
+	rows = part_boundary_rows(128, &res, 256, 64);
+	CHECK(rows == 128, "after the clamp: %d rows (residue %g)", rows, res);
 
 	part_plan_make(&p, &small, &w, 4, NULL, err);
 	part_plan_print(&p, &small, stdout);
