@@ -69,6 +69,8 @@ struct gfr_part {
 				      * (moving average; 0: not known yet) */
 	double below_ns;             /* the chain's work after that channel mix (0: not known
 				      * yet), as the last credit brought it (see choose_rows) */
+	double next_ns;              /* the next rank's time a chunk without that channel mix's
+				      * rows, as the last credit brought it */
 	double row_ns;               /* one row of that channel mix */
 	uint64_t split_chunks, split_kept; /* chunks sent; rows kept over them (stats) */
 	gfr_edge *edge;              /* the next chunk's, its carry [C] */
@@ -192,6 +194,8 @@ static void help_close(gfr_part *p)
 	p->help_ready = false;
 }
 
+static double above_boundary(const gfr_part *p);
+
 void gfr_part_free(gfr_part *p)
 {
 	if (!p)
@@ -212,6 +216,11 @@ void gfr_part_free(gfr_part *p)
 				p->x->rank, p->stream, p->x->rank + 1,
 				(double)p->split_kept / (double)p->split_chunks, p->x->e->cfg.chunk,
 				p->x->b1 - 1, (unsigned long long)p->split_chunks, p->keep_rows);
+		if (p->base_ns > 0)
+			fprintf(stderr, "rank %d stream %u: at the end, a chunk's base %.1f ms, rows of its boundary %.1f us (of the previous one's %.1f us); the chain's work before its boundary %.1f ms, after it %.1f ms (the next rank's own %.1f ms)\n",
+				p->x->rank, p->stream, p->base_ns * 1e-6, p->row_ns * 1e-3,
+				p->in_row_ns * 1e-3, above_boundary(p) * 1e-6, p->below_ns * 1e-6,
+				p->next_ns * 1e-6);
 	}
 	if (p->ps_ready) {
 		gfe_paged_free(&p->ps);
@@ -691,12 +700,14 @@ static double boundary_ns(const gfr_part *p)
 
 /* A credit's report: the time the next rank took for the rows it finished of this rank's
  * chunk, and the chain's work after this rank's boundary. */
-static void learn_next(gfr_part *p, int help_rows, uint64_t help_ns, double below_ns)
+static void learn_next(gfr_part *p, int help_rows, uint64_t help_ns, const double report[2])
 {
 	if (p->x->split_step && help_rows >= p->x->split_step && help_ns > 0)
 		ema(&p->row_ns, (double)help_ns / help_rows);
-	if (below_ns > 0)
-		p->below_ns = below_ns;
+	if (report[0] > 0 && report[1] > 0) {
+		p->below_ns = report[0];
+		p->next_ns = report[1];
+	}
 }
 
 /* The chain's work up to this rank's boundary with the next: the ranks before it, the
@@ -721,8 +732,9 @@ static int choose_rows(gfr_part *p, uint64_t pos, int n)
 	const double above = above_boundary(p);
 	if (n != p->x->e->cfg.chunk || above <= 0 || p->below_ns <= 0 || p->row_ns <= 0)
 		return n < p->keep_rows ? n : p->keep_rows;
-	const double target = part_boundary_target(above, p->below_ns, p->row_ns, p->x->rank,
-						   p->x->emitter + 1, n);
+	const double mine = p->base_ns + p->last_help_rows * p->in_row_ns;
+	const double target = part_boundary_target(above, p->below_ns, mine, p->next_ns, p->row_ns,
+						   p->x->rank, p->x->emitter + 1, n);
 	p->keep_rows = part_boundary_rows(target, &p->keep_residue, n, step);
 	return p->keep_rows;
 }
@@ -771,10 +783,10 @@ static int pump(gfr_part *p, char *err)
 	}
 	case GFM_CREDIT:
 		p->credits += (int)m->h.n;
-		if (m->len == sizeof(double)) {
-			double below;
-			memcpy(&below, m->payload, sizeof(below));
-			learn_next(p, (int)(m->h.aux & 0xffff), m->h.aux >> 16, below);
+		if (m->len == 2 * sizeof(double)) {
+			double report[2];
+			memcpy(report, m->payload, sizeof(report));
+			learn_next(p, (int)(m->h.aux & 0xffff), m->h.aux >> 16, report);
 		}
 		break;
 	case GFM_ACK: {
@@ -1136,12 +1148,14 @@ static int handle(gfr_part *p, gfm_msg *m, char *err)
 		p->in_rows = -1;
 		/* Consumed: the sender may send another. With it, what the chunk cost here (for the
 		 * rows it finished for the sender) and the bases from here to the chain's end. */
-		double below = p->base_ns;
-		if (cx->rank < cx->emitter)
-			below = p->below_ns > 0 ? below + boundary_ns(p) + p->below_ns : 0;
+		double report[2] = { p->base_ns, p->base_ns }; /* from here down; here */
+		if (cx->rank < cx->emitter) {
+			report[0] = p->below_ns > 0 ? report[0] + boundary_ns(p) + p->below_ns : 0;
+			report[1] += p->x->split_step ? p->keep_rows * p->row_ns : 0;
+		}
 		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1,
 			      .aux = p->last_help_ns << 16 | (uint64_t)(p->last_help_rows & 0xffff) };
-		gfm_send(cx->link, m->source, &h, &below, sizeof(below));
+		gfm_send(cx->link, m->source, &h, report, sizeof(report));
 		return rc;
 	}
 	case GFM_MARK:

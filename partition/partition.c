@@ -198,11 +198,14 @@ void part_plan_print(const part_plan *p, const part_shape *s, FILE *f)
 	}
 }
 
-double part_boundary_target(double above_ns, double below_ns, double row_ns, int r, int chain,
-			    int n)
+double part_boundary_target(double above_ns, double below_ns, double mine_ns, double next_ns,
+			    double row_ns, int r, int chain, int n)
 {
 	const double whole = above_ns + n * row_ns + below_ns;
-	return ((double)(r + 1) / chain * whole - above_ns) / row_ns;
+	const double chain_rows = ((double)(r + 1) / chain * whole - above_ns) / row_ns;
+	/* mine + rows * row = next + (n - rows) * row */
+	const double pair_rows = (next_ns - mine_ns + n * row_ns) / (2 * row_ns);
+	return chain_rows < pair_rows ? chain_rows : pair_rows;
 }
 
 int part_boundary_rows(double target, double *residue, int n, int step)

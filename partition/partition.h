@@ -75,12 +75,16 @@ double part_imbalance(const part_plan *p);
 /* Moving boundaries (daemon/rank_part.c). In a chain of pipeline ranks 0..chain-1, boundary r
  * is the n rows of one channel mix, row_ns each: rank r runs the first `keep` of them, rank
  * r+1 the rest. above_ns is the chain's work before those rows (ranks 0..r without their
- * boundaries' rows, and every boundary before r whole), below_ns its work after them. The
- * keep that gives ranks 0..r their even share of the whole, (r + 1) / chain: every boundary
- * set this way from the same figures makes every rank's time the same at once. A real number,
- * outside 0..n where that share cannot be reached. */
-double part_boundary_target(double above_ns, double below_ns, double row_ns, int r, int chain,
-			    int n);
+ * boundaries' rows, and every boundary before r whole), below_ns its work after them;
+ * mine_ns and next_ns are ranks r's and r+1's own, without those rows. The keep that gives
+ * ranks 0..r their even share of the whole, (r + 1) / chain: every boundary set this way
+ * from the same figures makes every rank's time the same at once. But work moves down the
+ * chain only (a rank's boundary is its own last rows): where a rank is slower than those
+ * before it can make up for, that share would leave it the slowest, so the keep is at most
+ * the one that makes ranks r and r+1 equal. A real number, outside 0..n where no keep in
+ * range reaches it. */
+double part_boundary_target(double above_ns, double below_ns, double mine_ns, double next_ns,
+			    double row_ns, int r, int chain, int n);
 
 /* The target (clamped to 0..n) as a multiple of step (n a multiple of step): what rounding
  * leaves out is carried in *residue (0 to start) to the next chunk's choice, so that over

@@ -142,7 +142,10 @@ int main(void)
 			prefix += base[r];
 			const double above = prefix + r * ROWS * row;
 			const double below = total - prefix + (CHAIN - 2 - r) * ROWS * row;
-			const double t = part_boundary_target(above, below, row, r, CHAIN, ROWS);
+			/* Ranks r and r+1 without boundary r's rows. */
+			const double mine = even - want_keep[r] * row;
+			const double next = even - (ROWS - want_keep[r]) * row;
+			const double t = part_boundary_target(above, below, mine, next, row, r, CHAIN, ROWS);
 			CHECK(fabs(t - want_keep[r]) < 1e-9, "row cost %g, boundary %d: %g rows, want %d",
 			      row, r, t, want_keep[r]);
 		}
@@ -153,7 +156,9 @@ int main(void)
 		double prefix = 0, total = 7 * 744.0 + 1000;
 		for (int r = 0; r < CHAIN - 1; r++) {
 			prefix += 744;
-			const double t = part_boundary_target(prefix + r * ROWS, total - prefix + (CHAIN - 2 - r) * ROWS, 1, r, CHAIN, ROWS);
+			const double t = part_boundary_target(prefix + r * ROWS,
+							      total - prefix + (CHAIN - 2 - r) * ROWS, 744,
+							      1000, 1, r, CHAIN, ROWS);
 			CHECK(fabs(t - ROWS) < 1e-9, "equal ranks, boundary %d: %g rows, want all", r, t);
 		}
 	}
@@ -162,8 +167,31 @@ int main(void)
 		double prefix = 0, total = 7 * 744.0 + 2000;
 		for (int r = 0; r < CHAIN - 1; r++) {
 			prefix += 744;
-			const double t = part_boundary_target(prefix + r * ROWS, total - prefix + (CHAIN - 2 - r) * ROWS, 1, r, CHAIN, ROWS);
-			CHECK(t > ROWS, "slow last rank, boundary %d: %g rows, want over %d", r, t, ROWS);
+			const double t = part_boundary_target(prefix + r * ROWS,
+							      total - prefix + (CHAIN - 2 - r) * ROWS, 744,
+							      r == CHAIN - 2 ? 2000 : 1000, 1, r, CHAIN, ROWS);
+			CHECK(t >= ROWS, "slow last rank, boundary %d: %g rows, want all %d", r, t, ROWS);
+		}
+	}
+	/* Rank 5 of 8 30% slower: the ranks before it cannot take its work (work moves down
+	 * only), so its even share of the chain would leave it the slowest; it gives the next
+	 * rank what makes the two equal, and those before it keep all their rows. */
+	{
+		double base[CHAIN], total = 0, prefix = 0;
+		for (int r = 0; r < CHAIN; r++) {
+			base[r] = r == CHAIN - 1 ? 1000 : r == 5 ? 1.3 * 744 : 744;
+			total += base[r];
+		}
+		for (int r = 0; r < CHAIN - 1; r++) {
+			prefix += base[r];
+			const double above = prefix + r * ROWS, below = total - prefix + (CHAIN - 2 - r) * ROWS;
+			const double next = base[r + 1] + (r + 1 < CHAIN - 1 ? ROWS : 0);
+			const double t = part_boundary_target(above, below, base[r], next, 1, r, CHAIN, ROWS);
+			if (r < 5)
+				CHECK(t >= ROWS, "slow rank 5, boundary %d: %g rows, want all", r, t);
+			else if (r == 5)
+				CHECK(fabs(t - (1000 - 1.3 * 744 + ROWS) / 2) < 1e-9,
+				      "slow rank 5, its boundary: %g rows, want rank 6's time", t);
 		}
 	}
 
