@@ -30,14 +30,16 @@ enum gfm_type {
 	GFM_RESUME,     /* reopen an ingest part at rank 0's checkpoint: aux = serial, pos = tokens */
 	GFM_OPEN,       /* open a session part: aux = serial */
 	GFM_CHUNK,      /* rows of the residual stream: pos, n, aux = mode | (rows + 1) << 32;
-			 * tok[n] + x[n][C], + carry[C] when rows (the rows of the sender's last
-			 * block's channel mix it ran, the rest left to this rank) is given */
+			 * tok[n] + x[n][C] + the chain's work before this rank (a double, ns),
+			 * + carry[C] when rows (the rows of the sender's last block's channel mix
+			 * it ran, the rest left to this rank) is given */
 	GFM_ROWS,       /* cache rows from the emitter: pos, n; tok[n] + c[n][Ck] (float32) */
 	GFM_MARK,       /* down the pipeline after the chunks up to pos: aux = mark kind */
 	GFM_TAILX,      /* the GOLD tail's window: pos = its first position, n; x[n][C] */
 	GFM_LOGITS,     /* last rank to rank 0: [V] floats */
-	GFM_CREDIT,     /* a chunk consumed: the sender may send one more; pos = the chunk's
-			 * compute time here (ns), aux = help ns << 16 | rows finished for it */
+	GFM_CREDIT,     /* a chunk consumed: the sender may send one more; payload (or none):
+			 * 3 doubles, the chain's work from here down, this rank's own, and the
+			 * time here of one row of the sender's last channel mix (ns, 0: unknown) */
 	GFM_ACK,        /* to rank 0: status, pos; payload: the error text when status < 0 */
 	GFM_SEAL,       /* seal the part (phase one of the seal) */
 	GFM_CLOSE,      /* end of the stream: free the part (an ingest keeps its checkpoint) */

@@ -11,8 +11,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
-/* What a chunk carries after its rows: the bases of the ranks before the receiver summed
- * (see choose_rows), then, where the sender split its last channel mix, the shift carry. */
+/* What a chunk carries after its rows: the chain's work before the receiver's own (see
+ * choose_rows), then, where the sender split its last channel mix, the shift carry. */
 typedef struct gfr_edge {
 	double above_ns;
 	float carry[]; /* [C] */
@@ -685,7 +685,7 @@ static void learn_base(gfr_part *p, int rows)
 			p->row_ns = guess_row_ns(p, (double)p->last_ns, n);
 		shared += rows * p->row_ns;
 	}
-	if (p->last_help_rows >= GF_SPLIT_ROWS && p->last_help_ns > 0)
+	if (p->last_help_rows > 0 && p->last_help_ns > 0)
 		ema(&p->in_row_ns, (double)p->last_help_ns / p->last_help_rows);
 	shared += p->last_help_rows * p->in_row_ns;
 	const double base = (double)p->last_ns - shared;
@@ -698,12 +698,13 @@ static double boundary_ns(const gfr_part *p)
 	return p->x->split_step ? p->x->e->cfg.chunk * p->row_ns : 0;
 }
 
-/* A credit's report: the time the next rank took for the rows it finished of this rank's
- * chunk, and the chain's work after this rank's boundary. */
-static void learn_next(gfr_part *p, int help_rows, uint64_t help_ns, const double report[2])
+/* A credit's report: the chain's work after this rank's boundary, the next rank's own, and
+ * what one row of this rank's last channel mix takes there (timed where it finishes them,
+ * so both ranks price the boundary alike). */
+static void learn_next(gfr_part *p, const double report[3])
 {
-	if (p->x->split_step && help_rows >= p->x->split_step && help_ns > 0)
-		ema(&p->row_ns, (double)help_ns / help_rows);
+	if (p->x->split_step && report[2] > 0)
+		p->row_ns = report[2];
 	if (report[0] > 0 && report[1] > 0) {
 		p->below_ns = report[0];
 		p->next_ns = report[1];
@@ -783,10 +784,10 @@ static int pump(gfr_part *p, char *err)
 	}
 	case GFM_CREDIT:
 		p->credits += (int)m->h.n;
-		if (m->len == 2 * sizeof(double)) {
-			double report[2];
+		if (m->len == 3 * sizeof(double)) {
+			double report[3];
 			memcpy(report, m->payload, sizeof(report));
-			learn_next(p, (int)(m->h.aux & 0xffff), m->h.aux >> 16, report);
+			learn_next(p, report);
 		}
 		break;
 	case GFM_ACK: {
@@ -891,9 +892,9 @@ static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float
 		      .aux = (uint64_t)mode | (split ? (uint64_t)(rows + 1) << 32 : 0) };
 	p->credits--;
 	const size_t C = (size_t)cfg_of(p)->n_embd;
-	/* After the rows: the bases of the ranks up to this one, then the shift carry of a split. */
+	/* After the rows: the chain's work before the next rank's own, then a split's carry. */
 	const double above = above_boundary(p);
-	p->edge->above_ns = above > 0 && (!p->x->split_step || p->row_ns > 0) ? above + boundary_ns(p) : 0;
+	p->edge->above_ns = above > 0 ? above + boundary_ns(p) : 0;
 	int rc = gfm_send3(p->x->link, p->x->rank + 1, &h, tok, sizeof(int32_t) * (size_t)n, x,
 			   sizeof(float) * (size_t)n * C, p->edge,
 			   sizeof(*p->edge) + (split ? sizeof(float) * C : 0));
@@ -1146,15 +1147,14 @@ static int handle(gfr_part *p, gfm_msg *m, char *err)
 		p->in_carry = split ? (const float *)((char *)x + xbytes + sizeof(edge)) : NULL;
 		rc = gfr_part_chunk(p, m->h.pos, m->payload, x, n, (int)(m->h.aux & 0xffffffffu), err);
 		p->in_rows = -1;
-		/* Consumed: the sender may send another. With it, what the chunk cost here (for the
-		 * rows it finished for the sender) and the bases from here to the chain's end. */
-		double report[2] = { p->base_ns, p->base_ns }; /* from here down; here */
+		/* Consumed: the sender may send another. With it, what the sender's boundary needs
+		 * (learn_next): the chain's work from here down, this rank's own, a row's time. */
+		double report[3] = { p->base_ns, p->base_ns, p->in_row_ns };
 		if (cx->rank < cx->emitter) {
 			report[0] = p->below_ns > 0 ? report[0] + boundary_ns(p) + p->below_ns : 0;
-			report[1] += p->x->split_step ? p->keep_rows * p->row_ns : 0;
+			report[1] += boundary_ns(p) ? p->keep_rows * p->row_ns : 0;
 		}
-		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1,
-			      .aux = p->last_help_ns << 16 | (uint64_t)(p->last_help_rows & 0xffff) };
+		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1 };
 		gfm_send(cx->link, m->source, &h, report, sizeof(report));
 		return rc;
 	}
