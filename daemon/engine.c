@@ -184,7 +184,8 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	if ((rc = gf_model_load_slice(&e->model, cfg->model_path, cfg->block_first,
 				      cfg->block_end > 0 ? cfg->block_end : -1,
 				      (cfg->gold_kv_all ? GF_LOAD_GOLD_KV : 0) |
-					      (cfg->prev_ffn ? GF_LOAD_PREV_FFN : 0),
+					      (cfg->prev_ffn ? GF_LOAD_PREV_FFN : 0) |
+					      (cfg->next_att ? GF_LOAD_NEXT_ATT : 0),
 				      err)))
 		goto fail_engine;
 	const gf_config *mc = &e->model->cfg;

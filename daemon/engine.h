@@ -54,6 +54,8 @@ typedef struct gfe_config {
 				      * this rank can attend over spans of others' layers */
 	bool prev_ffn;               /* also the channel mix of the block before the slice, to
 				      * finish rows the previous rank left (rank_part.c) */
+	bool next_att;               /* also the inputs of the time mix of the block after it, to
+				      * compute rows of them for the next rank (rank_part.c) */
 } gfe_config;
 
 void gfe_config_defaults(gfe_config *cfg);

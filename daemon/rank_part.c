@@ -12,10 +12,13 @@
 #include <time.h>
 
 /* What a chunk carries after its rows: the chain's work before the receiver's own (see
- * choose_rows), then, where the sender split its last channel mix, the shift carry. */
+ * choose_position), the sender's time for a row of the receiver's first time-mix products
+ * (0: it computes none), then where the sender split its last channel mix the shift carry
+ * [C], or where it computed rows of those products, those (gf_time_mix_ahead). */
 typedef struct gfr_edge {
 	double above_ns;
-	float carry[]; /* [C] */
+	double ahead_row_ns;
+	float rows[];
 } gfr_edge;
 
 struct gfr_part {
@@ -62,9 +65,12 @@ struct gfr_part {
 	uint64_t finch_ns, tail_ns;  /* of which: the Finch blocks; the GOLD tail */
 	uint64_t chunks;
 	uint64_t idle_ns, credit_ns; /* waiting for work; waiting for the successor's room */
+	uint64_t pages_ns, help_ns;  /* appending rows to the store; others' tail queries (stats) */
 	/* The moving boundary (see gfr_part_chunk): this rank's side towards the next rank. */
 	int keep_rows;               /* rows of its last channel mix this rank runs, of a chunk */
-	double keep_residue;         /* what rounding keep_rows to a step left out, carried */
+	int ahead_rows;              /* rows of the next rank's first time-mix products it runs
+				      * (then keep_rows is the whole chunk) */
+	double keep_residue;         /* what rounding the position to a step left out, carried */
 	double base_ns;              /* this rank's time a chunk without any boundary's rows
 				      * (moving average; 0: not known yet) */
 	double below_ns;             /* the chain's work after that channel mix (0: not known
@@ -72,15 +78,21 @@ struct gfr_part {
 	double next_ns;              /* the next rank's time a chunk without that channel mix's
 				      * rows, as the last credit brought it */
 	double row_ns;               /* one row of that channel mix */
-	uint64_t split_chunks, split_kept; /* chunks sent; rows kept over them (stats) */
-	gfr_edge *edge;              /* the next chunk's, its carry [C] */
+	double ahead_row_ns;         /* one row of the next rank's first time-mix products */
+	uint64_t split_chunks, split_kept, split_ahead; /* chunks sent; rows kept, ahead (stats) */
+	gfr_edge *edge;              /* the next chunk's, with its carry or rows ahead */
 	/* ...and towards the previous rank, for the chunk in hand. */
 	int in_rows;                 /* rows it ran of its last channel mix (-1: all) */
 	const float *in_carry;
+	int in_ahead;                /* rows of this rank's first time-mix products it ran */
+	const float *in_ahead_rows;  /* and those products */
+	double in_ahead_row_ns;      /* a row of them there (0: it runs none) */
 	double in_above_ns;          /* the chain's work before this rank's own (0: not known) */
 	double in_row_ns;            /* one row of the previous rank's last channel mix here */
 	uint64_t last_ns, last_help_ns; /* this chunk's compute; of which finishing those rows */
 	int last_help_rows;
+	int last_own_ahead;          /* rows of its first time-mix products it ran that the rank
+				      * before could have run (priced at in_ahead_row_ns) */
 	gfr_wait wait;
 	char err[GF_ERR_LEN];
 };
@@ -124,8 +136,17 @@ void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *pl
 	env = getenv("GOLDFINCH_BOUNDARY");
 	x->split_test = env && !strcmp(env, "test");
 	if (x->rank + 1 < x->size && x->rank < x->emitter && x->has_finch && e->cfg.threads == 1 &&
-	    gfr_takes_boundary(plan, x->rank + 1))
+	    gfr_takes_boundary(plan, x->rank + 1) && e->cfg.chunk <= 32768)
 		x->split_step = gf_split_step(&e->model->cfg);
+	x->ahead = x->split_step && gfr_gives_ahead(plan, x->rank) &&
+		   e->model->layers[x->b1].att_key;
+}
+
+bool gfr_gives_ahead(const part_plan *plan, int rank)
+{
+	const char *env = getenv("GOLDFINCH_BOUNDARY");
+	return !(env && !strcmp(env, "down")) && gfr_takes_boundary(plan, rank + 1) &&
+	       rank < part_emitter(plan);
 }
 
 bool gfr_takes_boundary(const part_plan *plan, int rank)
@@ -170,7 +191,8 @@ static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, g
 	p->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
 	p->tok_u32 = malloc(ch * sizeof(uint32_t));
 	p->tail_x = malloc(ch * c->n_embd * sizeof(float));
-	p->edge = malloc(sizeof(gfr_edge) + (size_t)c->n_embd * sizeof(float));
+	p->edge = malloc(sizeof(gfr_edge) +
+			 sizeof(float) * (x->ahead ? gf_ahead_floats(c, (int)ch) : (size_t)c->n_embd));
 	/* All: where ranks of the same pace balance (see choose_rows). */
 	p->keep_rows = e->cfg.chunk;
 	p->in_rows = -1;
@@ -195,6 +217,7 @@ static void help_close(gfr_part *p)
 }
 
 static double above_boundary(const gfr_part *p);
+static double ahead_price(const gfr_part *p);
 
 void gfr_part_free(gfr_part *p)
 {
@@ -205,22 +228,26 @@ void gfr_part_free(gfr_part *p)
 		struct timespec cpu;
 		getrusage(RUSAGE_THREAD, &ru);
 		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
-		fprintf(stderr, "rank %d stream %u: computing %.3f s (Finch blocks %.3f s over %llu chunks, GOLD tail %.3f s), waiting for work %.3f s, for room downstream %.3f s; thread CPU %.3f s (%.3f s in the kernel), %ld+%ld context switches, %ld page faults\n",
+		fprintf(stderr, "rank %d stream %u: computing %.3f s (Finch blocks %.3f s over %llu chunks, GOLD tail %.3f s, others' tail queries %.3f s), appending pages %.3f s, waiting for work %.3f s, for room downstream %.3f s; thread CPU %.3f s (%.3f s in the kernel), %ld+%ld context switches, %ld page faults\n",
 			p->x->rank, p->stream, p->compute_ns * 1e-9, p->finch_ns * 1e-9,
-			(unsigned long long)p->chunks, p->tail_ns * 1e-9, p->idle_ns * 1e-9,
+			(unsigned long long)p->chunks, p->tail_ns * 1e-9, p->help_ns * 1e-9,
+			p->pages_ns * 1e-9, p->idle_ns * 1e-9,
 			p->credit_ns * 1e-9, (double)cpu.tv_sec + 1e-9 * (double)cpu.tv_nsec,
 			(double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec,
 			ru.ru_nvcsw, ru.ru_nivcsw, ru.ru_minflt + ru.ru_majflt);
 		if (p->split_chunks)
-			fprintf(stderr, "rank %d stream %u: boundary with rank %d: kept %.1f of %d rows of block %d's channel mix on average over %llu chunks (%d at the end)\n",
+			fprintf(stderr, "rank %d stream %u: boundary with rank %d: kept %.1f of %d rows of block %d's channel mix and ran %.1f of block %d's time mix on average over %llu chunks (%d and %d at the end)\n",
 				p->x->rank, p->stream, p->x->rank + 1,
 				(double)p->split_kept / (double)p->split_chunks, p->x->e->cfg.chunk,
-				p->x->b1 - 1, (unsigned long long)p->split_chunks, p->keep_rows);
+				p->x->b1 - 1, (double)p->split_ahead / (double)p->split_chunks,
+				p->x->b1, (unsigned long long)p->split_chunks, p->keep_rows,
+				p->ahead_rows);
 		if (p->base_ns > 0)
-			fprintf(stderr, "rank %d stream %u: at the end, a chunk's base %.1f ms, rows of its boundary %.1f us (of the previous one's %.1f us); the chain's work before its boundary %.1f ms, after it %.1f ms (the next rank's own %.1f ms)\n",
+			fprintf(stderr, "rank %d stream %u: at the end, a chunk's base %.1f ms, rows of its boundary %.1f us and %.1f us (of the previous one's %.1f us and %.1f us); the chain's work before its boundary %.1f ms, after it %.1f ms (the next rank's own %.1f ms)\n",
 				p->x->rank, p->stream, p->base_ns * 1e-6, p->row_ns * 1e-3,
-				p->in_row_ns * 1e-3, above_boundary(p) * 1e-6, p->below_ns * 1e-6,
-				p->next_ns * 1e-6);
+				p->x->ahead ? ahead_price(p) * 1e-3 : 0.0, p->in_row_ns * 1e-3,
+				p->in_ahead_row_ns * 1e-3, above_boundary(p) * 1e-6,
+				p->below_ns * 1e-6, p->next_ns * 1e-6);
 	}
 	if (p->ps_ready) {
 		gfe_paged_free(&p->ps);
@@ -443,11 +470,13 @@ static int append_rows(gfr_part *p, uint64_t pos, const int32_t *tok, const floa
 	if (pos != p->rows)
 		return gf_error(err, -EPROTO, "rank %d: rows for position %" PRIu64 " arrived, expected %" PRIu64,
 				p->x->rank, pos, p->rows);
+	const uint64_t t0 = mono_ns();
 	gfe_c_to_storage(p->x->e->cfg.c_dtype, c, p->crow, (size_t)n * cf->ckv_dim);
 	for (int i = 0; i < n; i++)
 		p->tok_u32[i] = (uint32_t)tok[i];
 	int rc = p->session ? cs_branch_append(p->branch, p->crow, p->tok_u32, (size_t)n, err)
 			    : cs_writer_append(p->w, p->crow, p->tok_u32, (size_t)n, err);
+	p->pages_ns += mono_ns() - t0;
 	if (rc)
 		return rc;
 	p->rows += (uint64_t)n;
@@ -541,6 +570,7 @@ static int serve_tailq(gfr_part *p, const gfm_msg *m, char *err)
 				 s1 - 1, p->help_ps.err[0] ? p->help_ps.err : "failed");
 	}
 	p->compute_ns += mono_ns() - t0;
+	p->help_ns += mono_ns() - t0;
 	gfm_hdr h = { .type = GFM_TAILP, .stream = p->stream, .status = rc, .n = m->h.n,
 		      .pos = m->h.pos, .aux = m->h.aux };
 	int sent = rc ? gfm_send(cx->link, m->source, &h, why, strlen(why) + 1)
@@ -646,13 +676,19 @@ static int shared_attend(gf_kv_source *src, gf_workspace *ws, int g, const float
 /* ---- the moving boundary ----------------------------------------------------------------
  *
  * A pipeline runs at the pace of its slowest rank, and on a shared host a rank's pace moves
- * with its core's (daemon/README.md). So the boundary between a rank and the next moves too:
- * the rank runs only the first `rows` rows of its last block's channel mix (the largest part
- * of a Finch block) and the next rank, which also loads that block's channel mix, finishes
- * the rest before its own blocks (gf_blocks_split, gf_channel_mix_rest: the bits are those
- * of one process). Each credit brings back the next rank's compute time for a chunk and how
- * long the rows it finished took; the sender then picks the rows that make the two ranks'
- * times equal, from moving averages of both without the shared rows. */
+ * with its core's (daemon/README.md). So the boundary between a rank and the next moves too.
+ * It is a stretch of row-parallel work that either rank can run, a row at a time (in steps
+ * of gf_split_step rows), with the bits of one process: first the channel mix of this
+ * rank's last block (gf_blocks_split runs its first `keep` rows, gf_channel_mix_rest on the
+ * next rank the rest), then the products of the next rank's first time mix before its
+ * recurrence (gf_time_mix_ahead runs its last `ahead` rows here, the next rank takes them).
+ * A position q in 0 .. n + u rows says where: keep = min(q, n), ahead = q - n beyond n,
+ * with u = n - step (the next rank always runs the first step rows of its time mix: their
+ * token shift needs its state). The channel mix alone lets work move down the chain only;
+ * with the time mix a rank slower than those before it hands work up too. Each credit brings
+ * back the next rank's time for a chunk and how long the channel-mix rows it finished took;
+ * each chunk brings down the sender's time for a row of time-mix products; the sender then
+ * picks the position that evens the whole chain (see choose_position). */
 
 #define SPLIT_EMA 0.2
 
@@ -661,33 +697,60 @@ static void ema(double *avg, double sample)
 	*avg = *avg > 0 ? *avg + SPLIT_EMA * (sample - *avg) : sample;
 }
 
+/* Multiply-adds of a row of a channel mix and of a time mix's products, over n_embd. */
+static double cm_work(const gf_config *c)
+{
+	return 2.0 * c->dim_ffn + c->n_embd;
+}
+
+static double tm_work(const gf_config *c)
+{
+	return 4.0 * c->dim_att + 10.0 * c->lora_maa + 2.0 * c->lora_value2 + 2.0 * c->lora_decay;
+}
+
 /* Until the next rank has timed some rows: one row's share of this rank's own time, in the
  * proportion of multiply-adds a channel mix has among its Finch blocks. */
 static double guess_row_ns(const gfr_part *p, double chunk_ns, int n)
 {
 	const gf_config *c = cfg_of(p);
-	const double cm = 2.0 * c->dim_ffn + c->n_embd, tm = 5.0 * c->dim_att;
+	const double cm = cm_work(c), tm = 5.0 * c->dim_att;
 	const int blocks = p->x->b1 - p->x->b0;
 	return chunk_ns * cm / (cm + tm) / (double)(blocks > 0 ? blocks : 1) / (double)n;
+}
+
+/* Rows of the next rank's time-mix products this rank may run: all but the first step. */
+static int ahead_max(const gfr_part *p)
+{
+	return p->x->ahead ? p->x->e->cfg.chunk - p->x->split_step : 0;
+}
+
+/* One row of those, priced: as timed here, or until it has run some, in proportion to a
+ * channel-mix row. */
+static double ahead_price(const gfr_part *p)
+{
+	if (p->ahead_row_ns > 0)
+		return p->ahead_row_ns;
+	const gf_config *c = cfg_of(p);
+	return p->row_ns * tm_work(c) / cm_work(c);
 }
 
 /* After a full ingest chunk: this rank's base, its time without the rows of either boundary,
  * each priced at its row time. Priced (not timed) on both sides, so that the model gives back
  * the measured time at the boundaries as they were: where they stay, the ranks' measured
  * times are what comes out even, however far the linear model is off (a split's fixed cost,
- * a row time learnt from another core). */
-static void learn_base(gfr_part *p, int rows)
+ * a row time learnt on another core). */
+static void learn_base(gfr_part *p, int keep, int ahead)
 {
 	const int n = p->x->e->cfg.chunk;
 	double shared = 0;
 	if (p->x->split_step) {
 		if (p->row_ns <= 0)
 			p->row_ns = guess_row_ns(p, (double)p->last_ns, n);
-		shared += rows * p->row_ns;
+		shared += keep * p->row_ns + ahead * ahead_price(p);
 	}
 	if (p->last_help_rows > 0 && p->last_help_ns > 0)
 		ema(&p->in_row_ns, (double)p->last_help_ns / p->last_help_rows);
-	shared += p->last_help_rows * p->in_row_ns;
+	shared += p->last_help_rows * p->in_row_ns + p->last_own_ahead * p->in_ahead_row_ns;
 	const double base = (double)p->last_ns - shared;
 	ema(&p->base_ns, base > 1 ? base : 1);
 }
@@ -695,7 +758,13 @@ static void learn_base(gfr_part *p, int rows)
 /* The whole of this rank's boundary with the next, priced (0: none that moves). */
 static double boundary_ns(const gfr_part *p)
 {
-	return p->x->split_step ? p->x->e->cfg.chunk * p->row_ns : 0;
+	return p->x->split_step ? p->x->e->cfg.chunk * p->row_ns + ahead_max(p) * ahead_price(p) : 0;
+}
+
+/* Of it, what this rank ran of the last chunk. */
+static double kept_ns(const gfr_part *p)
+{
+	return p->x->split_step ? p->keep_rows * p->row_ns + p->ahead_rows * ahead_price(p) : 0;
 }
 
 /* A credit's report: the chain's work after this rank's boundary, the next rank's own, and
@@ -720,28 +789,38 @@ static double above_boundary(const gfr_part *p)
 	return p->in_above_ns + p->base_ns;
 }
 
-/* The rows of this rank's last channel mix to run itself for the chunk at pos. Each rank of
- * the pipeline's chain (ranks 0 to the emitter) learns the work before its boundary (it
- * comes down with the chunks) and after it (up with the credits), so each boundary is set
- * where the whole chain balances (part_boundary_target), not only its two ranks: balancing
- * pairs alone, a difference at one end of 8 ranks takes hundreds of chunks to spread. */
-static int choose_rows(gfr_part *p, uint64_t pos, int n)
+/* The position of this rank's boundary with the next for the chunk at pos: sets keep_rows and
+ * ahead_rows. Each rank of the pipeline's chain (ranks 0 to the emitter) learns the work
+ * before its boundary (it comes down with the chunks) and after it (up with the credits), so
+ * each boundary is set where the whole chain balances (part_boundary_target), not only its
+ * two ranks: balancing pairs alone, a difference at one end of 8 ranks takes hundreds of
+ * chunks to spread. */
+static void choose_position(gfr_part *p, uint64_t pos, int n)
 {
-	const int step = p->x->split_step;
-	if (p->x->split_test) /* every split, in an order that depends on pos only */
-		return (int)((pos / (uint64_t)n * 7 + 3) % (uint64_t)(n / step + 1)) * step;
-	const double above = above_boundary(p);
-	if (n != p->x->e->cfg.chunk || above <= 0 || p->below_ns <= 0 || p->row_ns <= 0)
-		return n < p->keep_rows ? n : p->keep_rows;
-	const double mine = p->base_ns + p->last_help_rows * p->in_row_ns;
-	const double target = part_boundary_target(above, p->below_ns, mine, p->next_ns, p->row_ns,
-						   p->x->rank, p->x->emitter + 1, n);
-	p->keep_rows = part_boundary_rows(target, &p->keep_residue, n, step);
-	return p->keep_rows;
+	const int step = p->x->split_step, chunk = p->x->e->cfg.chunk;
+	const int u = n == chunk ? ahead_max(p) : 0;
+	int q;
+	if (p->x->split_test) { /* every position, in an order that depends on pos only */
+		q = (int)((pos / (uint64_t)n * 7 + 3) % (uint64_t)((n + u) / step + 1)) * step;
+	} else {
+		const double above = above_boundary(p);
+		if (n != chunk || above <= 0 || p->below_ns <= 0 || p->row_ns <= 0) {
+			p->keep_rows = n < p->keep_rows ? n : p->keep_rows;
+			p->ahead_rows = n == chunk ? p->ahead_rows : 0;
+			return;
+		}
+		const double mine = p->base_ns + p->last_help_rows * p->in_row_ns +
+				    p->last_own_ahead * p->in_ahead_row_ns;
+		const double work = part_boundary_target(above, p->below_ns, mine, p->next_ns,
+							 boundary_ns(p), p->x->rank,
+							 p->x->emitter + 1);
+		const double at = part_boundary_position(work, n, p->row_ns, u, ahead_price(p));
+		q = part_boundary_rows(at, &p->keep_residue, n + u, step);
+	}
+	p->keep_rows = q < n ? q : n;
+	p->ahead_rows = q > n ? q - n : 0;
 }
 
-/* Takes one message off the stream: the immediate kinds are handled, work is held. Tail
- * queries that came before this rank's commit are answered once it has committed. */
 static int pump(gfr_part *p, char *err)
 {
 	gfm_msg *m;
@@ -877,7 +956,7 @@ int gfr_part_wait_logits(gfr_part *p, char *err)
 
 /* A chunk to the next rank, once it has room for one. */
 static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float *x, int n,
-		      int mode, int rows, char *err)
+		      int mode, int rows, int ahead, char *err)
 {
 	const uint64_t t0 = p->credits <= 0 ? mono_ns() : 0;
 	while (p->credits <= 0) {
@@ -889,15 +968,20 @@ static int send_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, const float
 		p->credit_ns += mono_ns() - t0;
 	const bool split = rows < n;
 	gfm_hdr h = { .type = GFM_CHUNK, .stream = p->stream, .n = (uint32_t)n, .pos = pos,
-		      .aux = (uint64_t)mode | (split ? (uint64_t)(rows + 1) << 32 : 0) };
+		      .aux = (uint64_t)mode | (split ? (uint64_t)(rows + 1) << 32 : 0) |
+			     (uint64_t)ahead << 48 };
 	p->credits--;
-	const size_t C = (size_t)cfg_of(p)->n_embd;
-	/* After the rows: the chain's work before the next rank's own, then a split's carry. */
+	const gf_config *cf = cfg_of(p);
+	const size_t C = (size_t)cf->n_embd;
+	/* After the rows: the chain's work before the next rank's own, a row of its time-mix
+	 * products here, then a split's carry or those products' rows run here. */
 	const double above = above_boundary(p);
 	p->edge->above_ns = above > 0 ? above + boundary_ns(p) : 0;
+	p->edge->ahead_row_ns = p->x->ahead && mode != GFM_MODE_STEP ? ahead_price(p) : 0;
+	const size_t extra = split ? C : ahead ? gf_ahead_floats(cf, ahead) : 0;
 	int rc = gfm_send3(p->x->link, p->x->rank + 1, &h, tok, sizeof(int32_t) * (size_t)n, x,
 			   sizeof(float) * (size_t)n * C, p->edge,
-			   sizeof(*p->edge) + (split ? sizeof(float) * C : 0));
+			   sizeof(*p->edge) + sizeof(float) * extra);
 	return rc ? gf_error(err, rc, "%s", gfm_link_failure(p->x->link)) : 0;
 }
 
@@ -927,6 +1011,11 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 	const uint64_t tf = mono_ns();
 	p->last_help_rows = 0;
 	p->last_help_ns = 0;
+	/* The rows of its first time mix's products the rank before could have run and did not:
+	 * the boundary's share here (ahead_max there). */
+	p->last_own_ahead = p->in_ahead_row_ns > 0 && n == cx->e->cfg.chunk && mode != GFM_MODE_STEP
+				    ? n - gf_split_step(cf) - p->in_ahead
+				    : 0;
 	if (p->in_rows >= 0 && p->in_rows < n) {
 		/* The rows of the previous rank's last channel mix it left to this rank. */
 		if ((rc = gf_channel_mix_rest(m, p->ws, cx->b0 - 1, x, n, p->in_rows, p->in_carry)))
@@ -938,19 +1027,33 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 	}
 	const int fb1 = cx->b1 < cx->G ? cx->b1 : cx->G;
 	const bool splits = cx->split_step && mode != GFM_MODE_STEP && n % cx->split_step == 0;
-	const int rows = splits ? choose_rows(p, pos, n) : n;
+	if (splits)
+		choose_position(p, pos, n);
+	const int rows = splits ? p->keep_rows : n, ahead = splits ? p->ahead_rows : 0;
 	if (cx->has_finch) {
-		rc = rows < n ? gf_blocks_split(m, p->ws, &p->st, x, (int64_t)pos, n, cx->b0, fb1, rows,
-						p->edge->carry)
-			      : gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0, fb1);
+		const gf_split s = { .keep = rows, .carry = p->edge->rows, .ahead_from = n - p->in_ahead,
+				     .ahead = p->in_ahead ? p->in_ahead_rows : NULL };
+		rc = rows < n || s.ahead
+			     ? gf_blocks_split(m, p->ws, &p->st, x, (int64_t)pos, n, cx->b0, fb1, &s)
+			     : gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0, fb1);
 		if (rc)
-			return gf_error(err, rc, "rank %d: Finch blocks failed", cx->rank);
+			return gf_error(err, rc == -EINVAL ? -EPROTO : rc,
+					"rank %d: Finch blocks failed (a boundary this rank cannot take: %d rows kept, %d of its time mix given?)",
+					cx->rank, rows, p->in_ahead);
+		if (ahead) {
+			const uint64_t ta = mono_ns();
+			if ((rc = gf_time_mix_ahead(m, p->ws, cx->b1, x, n, n - ahead, p->edge->rows)))
+				return gf_error(err, rc, "rank %d: rows %d.. of block %d's time mix failed",
+						cx->rank, n - ahead, cx->b1);
+			ema(&p->ahead_row_ns, (double)(mono_ns() - ta) / ahead);
+		}
 	}
 	p->finch_ns += mono_ns() - tf;
 	p->chunks++;
 	if (splits) {
 		p->split_chunks++;
 		p->split_kept += (uint64_t)rows;
+		p->split_ahead += (uint64_t)ahead;
 	}
 	if (cx->rank == cx->emitter) {
 		gf_cache_rows(m, p->ws, x, n, p->c);
@@ -982,14 +1085,14 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 	p->last_ns = mode == GFM_MODE_STEP ? 0 : mono_ns() - t0;
 	p->compute_ns += mono_ns() - t0;
 	if (mode != GFM_MODE_STEP && n == cx->e->cfg.chunk && cx->has_finch && cx->rank <= cx->emitter)
-		learn_base(p, rows);
+		learn_base(p, rows, ahead);
 	if (mode == GFM_MODE_STEP) {
 		if (cx->rank == cx->size - 1)
 			return send_logits(p, x + (size_t)(n - 1) * cf->n_embd, err);
-		return send_chunk(p, pos, tok, x, n, mode, n, err);
+		return send_chunk(p, pos, tok, x, n, mode, n, 0, err);
 	}
 	if (cx->rank < cx->emitter)
-		return send_chunk(p, pos, tok, x, n, mode, rows, err);
+		return send_chunk(p, pos, tok, x, n, mode, rows, ahead, err);
 	return 0;
 }
 
@@ -1133,26 +1236,36 @@ static int handle(gfr_part *p, gfm_msg *m, char *err)
 	int rc;
 	switch (m->h.type) {
 	case GFM_CHUNK: {
-		const uint32_t split = (uint32_t)(m->h.aux >> 32);
+		const uint32_t split = (uint32_t)(m->h.aux >> 32 & 0xffff);
+		const uint32_t ahead = (uint32_t)(m->h.aux >> 48);
 		const size_t xbytes = sizeof(float) * (size_t)n * cf->n_embd;
-		if (n < 1 || n > cx->e->cfg.chunk || split > (uint32_t)n ||
+		if (n < 1 || n > cx->e->cfg.chunk || split > (uint32_t)n || ahead >= (uint32_t)n ||
+		    (split && ahead) ||
 		    m->len != (size_t)n * sizeof(int32_t) + xbytes + sizeof(gfr_edge) +
-				      (split ? sizeof(float) * (size_t)cf->n_embd : 0))
+				      sizeof(float) * (split	? (size_t)cf->n_embd
+							: ahead ? gf_ahead_floats(cf, (int)ahead)
+								: 0))
 			return gf_error(err, -EPROTO, "rank %d: malformed chunk", cx->rank);
 		float *x = (float *)((int32_t *)m->payload + n);
 		gfr_edge edge;
 		memcpy(&edge, (char *)x + xbytes, sizeof(edge));
+		const float *after = (const float *)((char *)x + xbytes + sizeof(edge));
 		p->in_above_ns = edge.above_ns;
+		p->in_ahead_row_ns = edge.ahead_row_ns > 0 ? edge.ahead_row_ns : 0;
 		p->in_rows = split ? (int)split - 1 : -1;
-		p->in_carry = split ? (const float *)((char *)x + xbytes + sizeof(edge)) : NULL;
+		p->in_carry = split ? after : NULL;
+		p->in_ahead = (int)ahead;
+		p->in_ahead_rows = ahead ? after : NULL;
 		rc = gfr_part_chunk(p, m->h.pos, m->payload, x, n, (int)(m->h.aux & 0xffffffffu), err);
 		p->in_rows = -1;
+		p->in_ahead = 0;
+		p->in_ahead_rows = NULL;
 		/* Consumed: the sender may send another. With it, what the sender's boundary needs
 		 * (learn_next): the chain's work from here down, this rank's own, a row's time. */
 		double report[3] = { p->base_ns, p->base_ns, p->in_row_ns };
 		if (cx->rank < cx->emitter) {
 			report[0] = p->below_ns > 0 ? report[0] + boundary_ns(p) + p->below_ns : 0;
-			report[1] += boundary_ns(p) ? p->keep_rows * p->row_ns : 0;
+			report[1] += kept_ns(p);
 		}
 		gfm_hdr h = { .type = GFM_CREDIT, .stream = p->stream, .n = 1 };
 		gfm_send(cx->link, m->source, &h, report, sizeof(report));

@@ -35,6 +35,10 @@
 /* Whether rank `rank` of the plan finishes rows of its predecessor's last block (and so
  * loads that block's channel mix): GOLDFINCH_BOUNDARY=0 turns the moving boundary off. */
 bool gfr_takes_boundary(const part_plan *plan, int rank);
+/* Whether rank `rank` may also compute rows of the next rank's first time mix (and so loads
+ * that time mix's inputs): the boundary's range upwards. GOLDFINCH_BOUNDARY=down keeps it
+ * to the channel mix (work moves down the chain only). */
+bool gfr_gives_ahead(const part_plan *plan, int rank);
 
 /* What every part of this process shares. */
 typedef struct gfr_ctx {
@@ -51,6 +55,7 @@ typedef struct gfr_ctx {
 	bool share_tail;        /* the ingest's GOLD tail shares its attention over every rank */
 	int split_step;         /* the boundary with the next rank moves in steps of this many
 				 * rows of a chunk (0: fixed); see rank_part.c */
+	bool ahead;             /* ...into the next rank's first time mix too */
 	bool split_test;        /* tests: move it every chunk, whatever the timings say */
 } gfr_ctx;
 

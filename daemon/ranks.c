@@ -110,6 +110,8 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workloa
 	ec.gold_kv_all = r->size > 1;
 	/* A rank after a boundary that moves finishes its predecessor's last channel mix. */
 	ec.prev_ffn = gfr_takes_boundary(&r->plan, r->rank);
+	/* ...and one before it computes rows of that rank's first time mix. */
+	ec.next_att = gfr_gives_ahead(&r->plan, r->rank);
 	char why[GF_ERR_LEN];
 	rc = gfe_open(&r->e, &ec, why);
 	/* Every rank must get here, or the others would wait for it in the collectives below. */

@@ -387,47 +387,77 @@ static void wkv_head(float *S, const float *r, const float *k, const float *v, c
 	}
 }
 
-static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, float *shift,
-			   float *S, int n)
+/* A time mix's products before its recurrence, for k rows whose ln1 output and shift
+ * difference are xln and dx [k][C]: receptance r, key k (already scaled by 1 - decay), value
+ * v and value2 v2, decay w, each [k][A]. `whole` is the row count of the chunk the rows belong
+ * to (the same kernels for a part as for the whole, see linear_part): these products are
+ * row-parallel, so a pipeline rank may compute some rows of the next rank's (gf_time_mix_ahead). */
+static void tm_project(const gf_model *m, gf_workspace *ws, const gf_layer *l, const float *xln,
+		       const float *dx, int k, int whole, float *r, float *kk, float *v, float *v2,
+		       float *w)
 {
 	const gf_config *c = &m->cfg;
-	const int C = c->n_embd, A = c->dim_att, N = c->head_size, H = c->n_head;
-	const int Dm = c->lora_maa;
-	const size_t nC = (size_t)n * C, nA = (size_t)n * A;
-
-	layernorm_rows(ws->xln, ws->x, n, C, l->ln1_w, l->ln1_b);
-	shift_diff(ws->dx, ws->xln, n, C, shift);
+	const int C = c->n_embd, A = c->dim_att, Dm = c->lora_maa;
+	const size_t kC = (size_t)k * C, kA = (size_t)k * A;
 
 	/* Five data-dependent token-shift mixes from one LoRA: slices r, k, v, w, v2. */
-	mix_rows(ws->lora_in, ws->xln, ws->dx, l->maa_x, NULL, n, C);
-	lora(ws, ws->lora_in, C, n, l->maa_w1, C, 5 * Dm, 0.0f, ws->lora_h, 5 * Dm);
-	gf_vtanh(ws->lora_h, (size_t)n * 5 * Dm);
+	mix_rows(ws->lora_in, xln, dx, l->maa_x, NULL, k, C);
+	lora(ws, ws->lora_in, C, k, l->maa_w1, C, 5 * Dm, 0.0f, ws->lora_h, 5 * Dm);
+	gf_vtanh(ws->lora_h, (size_t)k * 5 * Dm);
 	/* Buffer order r, k, w, v, v2 keeps v and v2 adjacent for one value GEMM. */
 	static const int slot[5] = { 0, 1, 3, 2, 4 }; /* slice j -> buffer */
 	const float *mu[5] = { l->maa_r, l->maa_k, l->maa_v, l->maa_w, l->maa_v2 };
 	for (int j = 0; j < 5; j++) {
-		float *dst = ws->mix + (size_t)slot[j] * nC;
-		lora(ws, ws->lora_h + j * Dm, 5 * Dm, n, l->maa_w2 + (size_t)j * Dm * C, Dm, C, 0.0f, dst, C);
-		mix_rows(dst, ws->xln, ws->dx, mu[j], dst, n, C);
+		float *dst = ws->mix + (size_t)slot[j] * kC;
+		lora(ws, ws->lora_h + j * Dm, 5 * Dm, k, l->maa_w2 + (size_t)j * Dm * C, Dm, C, 0.0f, dst, C);
+		mix_rows(dst, xln, dx, mu[j], dst, k, C);
 	}
-	float *xr = ws->mix, *xk = ws->mix + nC, *xw = ws->mix + 2 * nC;
-	float *xv = ws->mix + 3 * nC, *xv2 = ws->mix + 4 * nC;
-	float *v = ws->v, *v2 = ws->v + nA;
+	const float *xr = ws->mix, *xk = ws->mix + kC, *xw = ws->mix + 2 * kC;
+	const float *xv = ws->mix + 3 * kC, *xv2 = ws->mix + 4 * kC;
 
-	linear(ws, xr, C, n, l->att_receptance, C, A, 0.0f, ws->r, A);
-	linear(ws, xk, C, n, l->att_key, C, A, 0.0f, ws->k, A);
-	linear(ws, xv, C, 2 * n, l->att_value, C, A, 0.0f, v, A); /* v and v2's linear part */
-	lora(ws, xv2, C, n, l->value2_w1, C, c->lora_value2, 0.0f, ws->lora_h, c->lora_value2);
-	gf_vtanh(ws->lora_h, (size_t)n * c->lora_value2);
-	lora(ws, ws->lora_h, c->lora_value2, n, l->value2_w2, c->lora_value2, A, 1.0f, v2, A);
+	linear_part(ws, xr, C, k, whole, l->att_receptance, C, A, r, A);
+	linear_part(ws, xk, C, k, whole, l->att_key, C, A, kk, A);
+	if (v2 == v + kA) { /* v and v2's linear part */
+		linear_part(ws, xv, C, 2 * k, 2 * whole, l->att_value, C, A, v, A);
+	} else {
+		linear_part(ws, xv, C, k, whole, l->att_value, C, A, v, A);
+		linear_part(ws, xv2, C, k, whole, l->att_value, C, A, v2, A);
+	}
+	lora(ws, xv2, C, k, l->value2_w1, C, c->lora_value2, 0.0f, ws->lora_h, c->lora_value2);
+	gf_vtanh(ws->lora_h, (size_t)k * c->lora_value2);
+	lora(ws, ws->lora_h, c->lora_value2, k, l->value2_w2, c->lora_value2, A, 1.0f, v2, A);
 
 	/* w = time_decay + LoRA; decay = exp(-exp(w)); k *= 1 - decay. */
-	lora(ws, xw, C, n, l->decay_w1, C, c->lora_decay, 0.0f, ws->lora_h, c->lora_decay);
-	gf_vtanh(ws->lora_h, (size_t)n * c->lora_decay);
-	for (int t = 0; t < n; t++)
-		memcpy(ws->w + (size_t)t * A, l->time_decay, sizeof(float) * (size_t)A);
-	lora(ws, ws->lora_h, c->lora_decay, n, l->decay_w2, c->lora_decay, A, 1.0f, ws->w, A);
-	gf_vdecay(ws->w, ws->k, nA);
+	lora(ws, xw, C, k, l->decay_w1, C, c->lora_decay, 0.0f, ws->lora_h, c->lora_decay);
+	gf_vtanh(ws->lora_h, (size_t)k * c->lora_decay);
+	for (int t = 0; t < k; t++)
+		memcpy(w + (size_t)t * A, l->time_decay, sizeof(float) * (size_t)A);
+	lora(ws, ws->lora_h, c->lora_decay, k, l->decay_w2, c->lora_decay, A, 1.0f, w, A);
+	gf_vdecay(w, kk, kA);
+}
+
+/* The Finch time mix of n rows of ws->x. Where `ahead` is not NULL, rows [from, n) of its
+ * products came computed by the rank before (gf_time_mix_ahead: planes r, k, v, v2, w of
+ * n - from rows each) and only rows [0, from) are computed here. */
+static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l, float *shift,
+			   float *S, int n, int from, const float *ahead)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, A = c->dim_att, N = c->head_size, H = c->n_head;
+	const size_t nA = (size_t)n * A;
+	float *v = ws->v, *v2 = ws->v + nA;
+
+	layernorm_rows(ws->xln, ws->x, n, C, l->ln1_w, l->ln1_b);
+	shift_diff(ws->dx, ws->xln, n, C, shift);
+	if (!ahead || from >= n) {
+		tm_project(m, ws, l, ws->xln, ws->dx, n, n, ws->r, ws->k, v, v2, ws->w);
+	} else {
+		tm_project(m, ws, l, ws->xln, ws->dx, from, n, ws->r, ws->k, v, v2, ws->w);
+		const size_t o = (size_t)from * A, kA = (size_t)(n - from) * A;
+		float *dst[5] = { ws->r + o, ws->k + o, v + o, v2 + o, ws->w + o };
+		for (int j = 0; j < 5; j++)
+			memcpy(dst[j], ahead + j * kA, sizeof(float) * kA);
+	}
 
 	for (int h = 0; h < H; h++)
 		wkv_head(S + (size_t)h * N * N, ws->r + h * N, ws->k + h * N, v + h * N,
@@ -500,26 +530,69 @@ static bool split_ok(const gf_model *m, int b, int n, int rows)
 	       rows >= 0 && rows <= n && l->ffn_key && l->ffn_value && l->ffn_receptance && l->ln2_w;
 }
 
+/* Block b's time-mix products can be computed for rows [from, n) of a chunk by the rank
+ * before (gf_time_mix_ahead), the rest by the rank that runs b. */
+static bool ahead_ok(const gf_model *m, int b, int n, int from)
+{
+	const int step = gf_split_step(&m->cfg);
+	if (!step || b < 0 || b >= m->cfg.first_gold || n % step || from % step || from < step ||
+	    from > n)
+		return false;
+	const gf_layer *l = &m->layers[b];
+	return l->ln1_w && l->maa_x && l->maa_w1 && l->maa_w2 && l->decay_w1 && l->value2_w1 &&
+	       l->att_receptance && l->att_key && l->att_value;
+}
+
 int gf_blocks_split(const gf_model *m, gf_workspace *ws, gf_state *st, float *x, int64_t p0,
-		    int n, int b0, int b1, int rows, float *carry)
+		    int n, int b0, int b1, const gf_split *s)
 {
 	FLUSH_DENORMALS();
 	const gf_config *c = &m->cfg;
 	const int C = c->n_embd, N = c->head_size, H = c->n_head;
 	if (n < 1 || n > ws->max_chunk || b0 < 0 || b0 >= b1 || b1 > c->first_gold ||
-	    b0 < m->block_first || b1 > m->block_end || !split_ok(m, b1 - 1, n, rows))
+	    b0 < m->block_first || b1 > m->block_end || !split_ok(m, b1 - 1, n, s->keep) ||
+	    (s->ahead && !ahead_ok(m, b0, n, s->ahead_from)))
 		return -EINVAL;
+	(void)p0; /* as gf_blocks takes it: Finch blocks do not use positions */
 	const size_t bytes = sizeof(float) * (size_t)n * C;
 	memcpy(ws->x, x, bytes);
-	int rc = run_blocks(m, ws, st, NULL, p0, n, b0, b1 - 1);
-	if (rc)
-		return rc;
-	const int b = b1 - 1;
-	const gf_layer *l = &m->layers[b];
-	float *shift = st->shift + (size_t)b * 2 * C;
-	finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n);
-	channel_mix_part(m, ws, l, shift + C, n, rows, n, carry);
+	for (int b = b0; b < b1; b++) {
+		const gf_layer *l = &m->layers[b];
+		float *shift = st->shift + (size_t)b * 2 * C;
+		const bool given = b == b0 && s->ahead;
+		finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n,
+			       given ? s->ahead_from : n, given ? s->ahead : NULL);
+		if (b < b1 - 1)
+			channel_mix(m, ws, l, shift + C, n);
+		else
+			channel_mix_part(m, ws, l, shift + C, n, s->keep, n, s->carry);
+	}
 	memcpy(x, ws->x, bytes);
+	return 0;
+}
+
+size_t gf_ahead_floats(const gf_config *c, int rows)
+{
+	return 5 * (size_t)rows * (size_t)c->dim_att;
+}
+
+int gf_time_mix_ahead(const gf_model *m, gf_workspace *ws, int b, const float *x, int n, int from,
+		      float *ahead)
+{
+	FLUSH_DENORMALS();
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd;
+	if (n < 1 || n > ws->max_chunk || from >= n || !ahead_ok(m, b, n, from))
+		return -EINVAL;
+	const gf_layer *l = &m->layers[b];
+	const int k = n - from;
+	const size_t kA = (size_t)k * c->dim_att;
+	/* Row from-1 too: the first row's token shift. ws->out holds its normed row. */
+	layernorm_rows(ws->xln, x + (size_t)(from - 1) * C, k + 1, C, l->ln1_w, l->ln1_b);
+	memcpy(ws->out, ws->xln, sizeof(float) * (size_t)C);
+	shift_diff(ws->dx, ws->xln + C, k, C, ws->out);
+	tm_project(m, ws, l, ws->xln + C, ws->dx, k, n, ahead, ahead + kA, ahead + 2 * kA,
+		   ahead + 3 * kA, ahead + 4 * kA);
 	return 0;
 }
 
@@ -1086,7 +1159,7 @@ static int run_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_s
 		const gf_layer *l = &m->layers[b];
 		float *shift = st->shift + (size_t)b * 2 * C;
 		if (!l->is_gold) {
-			finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n);
+			finch_time_mix(m, ws, l, shift, st->wkv + (size_t)b * H * N * N, n, n, NULL);
 		} else {
 			int rc = gold_time_mix(m, ws, l, b - c->first_gold, shift, src, p0, n);
 			if (rc)

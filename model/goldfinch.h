@@ -257,6 +257,9 @@ int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, 
 /* With GF_LOAD_PREV_FFN, also block b0-1's channel mix: the rank after a pipeline boundary
  * finishes the rows the rank before it left (gf_blocks_split). */
 #define GF_LOAD_PREV_FFN 4u
+/* With GF_LOAD_NEXT_ATT, also the inputs of block b1's time mix (a Finch block): the rank
+ * before a pipeline boundary computes rows of them for the next (gf_time_mix_ahead). */
+#define GF_LOAD_NEXT_ATT 8u
 int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, unsigned flags,
 			char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
@@ -415,20 +418,37 @@ int gf_embed(const gf_model *m, const int32_t *tok, int n, float *x);
  * attend through src (may be NULL when the range holds no GOLD block). */
 int gf_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *src, float *x,
 	      int64_t p0, int n, int b0, int b1);
-/* A pipeline boundary that moves (daemon/rank_part.c): block b1-1's channel mix shared by two
- * ranks, with the bits of gf_blocks. gf_blocks_split runs Finch blocks [b0, b1) on x [n][C]
- * and advances st as gf_blocks does, but runs block b1-1's channel mix on rows [0, rows)
- * only: rows [rows, n) stay that block's time-mix output, and carry [C] gets what their
- * shift needs. gf_channel_mix_rest completes rows [rows, n) of such an x, in place, in a
- * model that holds block b's channel mix (GF_LOAD_PREV_FFN). n and rows are multiples of
- * gf_split_step(), which is 0 for a model too small to split with the same bits (n_embd under
- * 256); -EINVAL otherwise, and for a GOLD block or a block whose weights are not loaded. */
+/* A pipeline boundary that moves (daemon/rank_part.c), with the bits of gf_blocks. Rows of two
+ * stretches of work can go either side of it: the channel mix of the sending rank's last
+ * block, and the row-parallel products of the next rank's first time mix.
+ * gf_blocks_split runs Finch blocks [b0, b1) on x [n][C] and advances st as gf_blocks does,
+ * but: block b1-1's channel mix runs on rows [0, keep) only (rows [keep, n) stay that
+ * block's time-mix output, and carry [C], unless NULL, gets what their shift needs; keep = n
+ * for all of them), and where ahead is not NULL, block b0's time-mix products for rows
+ * [ahead_from, n) are taken from it instead of computed. gf_channel_mix_rest completes rows
+ * [rows, n) of such an x, in place, in a model that holds block b's channel mix
+ * (GF_LOAD_PREV_FFN). gf_time_mix_ahead computes the products of block b's time mix for rows
+ * [from, n) of its input x [n][C] (the rank before b's output) into ahead, of
+ * gf_ahead_floats(n - from) floats, in a model that holds that time mix
+ * (GF_LOAD_NEXT_ATT); from >= 1 (its first row's token shift is row from-1). n, keep and
+ * from are multiples of gf_split_step(), which is 0 for a model too small to split with the
+ * same bits (n_embd under 256); -EINVAL otherwise, and for a GOLD block or a block whose
+ * weights are not loaded. */
 #define GF_SPLIT_ROWS 64
+typedef struct gf_split {
+	int keep;           /* rows of block b1-1's channel mix run here (n: all) */
+	float *carry;       /* [C] or NULL */
+	int ahead_from;     /* rows [ahead_from, n) of block b0's time-mix products given */
+	const float *ahead; /* from gf_time_mix_ahead, or NULL: none given */
+} gf_split;
 int gf_split_step(const gf_config *c);
 int gf_blocks_split(const gf_model *m, gf_workspace *ws, gf_state *st, float *x, int64_t p0,
-		    int n, int b0, int b1, int rows, float *carry);
+		    int n, int b0, int b1, const gf_split *s);
 int gf_channel_mix_rest(const gf_model *m, gf_workspace *ws, int b, float *x, int n, int rows,
 			const float *carry);
+size_t gf_ahead_floats(const gf_config *c, int rows);
+int gf_time_mix_ahead(const gf_model *m, gf_workspace *ws, int b, const float *x, int n, int from,
+		      float *ahead);
 /* c [n][Ck] of the residual stream after block G-1. */
 void gf_cache_rows(const gf_model *m, gf_workspace *ws, const float *x, int n, float *c);
 /* logits [n][V] = head(ln_out(x)) for n <= max_chunk rows. */

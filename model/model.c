@@ -158,6 +158,31 @@ static bool want_huge_pages(unsigned flags)
 	return ok;
 }
 
+/* What a Finch time mix reads before its recurrence: ln1, the token-shift mixes, and the
+ * receptance, key, value, value2 and decay products. */
+static void bind_finch_att_in(gf_model *m, const gf_tensor_set *ts, int b, int *rc, char *err)
+{
+	gf_layer *l = &m->layers[b];
+	l->ln1_w = bind(m, ts, rc, err, "blocks.%d.ln1.weight", b);
+	l->ln1_b = bind(m, ts, rc, err, "blocks.%d.ln1.bias", b);
+	l->maa_x = bind(m, ts, rc, err, "blocks.%d.att.time_maa_x", b);
+	l->maa_r = bind(m, ts, rc, err, "blocks.%d.att.time_maa_r", b);
+	l->maa_k = bind(m, ts, rc, err, "blocks.%d.att.time_maa_k", b);
+	l->maa_v = bind(m, ts, rc, err, "blocks.%d.att.time_maa_v", b);
+	l->maa_w = bind(m, ts, rc, err, "blocks.%d.att.time_maa_w", b);
+	l->maa_v2 = bind(m, ts, rc, err, "blocks.%d.att.time_maa_v2", b);
+	l->maa_w1 = bind(m, ts, rc, err, "blocks.%d.att.time_maa_w1", b);
+	l->maa_w2 = bind(m, ts, rc, err, "blocks.%d.att.time_maa_w2", b);
+	l->time_decay = bind(m, ts, rc, err, "blocks.%d.att.time_decay", b);
+	l->decay_w1 = bind(m, ts, rc, err, "blocks.%d.att.time_decay_w1", b);
+	l->decay_w2 = bind(m, ts, rc, err, "blocks.%d.att.time_decay_w2", b);
+	l->value2_w1 = bind(m, ts, rc, err, "blocks.%d.att.time_value2_w1", b);
+	l->value2_w2 = bind(m, ts, rc, err, "blocks.%d.att.time_value2_w2", b);
+	l->att_receptance = bind(m, ts, rc, err, "blocks.%d.att.receptance.weight", b);
+	l->att_key = bind(m, ts, rc, err, "blocks.%d.att.key.weight", b);
+	l->att_value = bind(m, ts, rc, err, "blocks.%d.att.value.weight", b);
+}
+
 static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, int b0,
 			int b1, unsigned flags, int fd, char *err)
 {
@@ -200,26 +225,11 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 		m->layers[b].is_gold = b >= G;
 	for (int b = b0; b < b1 && !rc; b++) {
 		gf_layer *l = &m->layers[b];
-		l->ln1_w = bind(m, ts, &rc, err, "blocks.%d.ln1.weight", b);
-		l->ln1_b = bind(m, ts, &rc, err, "blocks.%d.ln1.bias", b);
 		if (!l->is_gold) {
-			l->maa_x = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_x", b);
-			l->maa_r = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_r", b);
-			l->maa_k = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_k", b);
-			l->maa_v = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_v", b);
-			l->maa_w = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_w", b);
-			l->maa_v2 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_v2", b);
-			l->maa_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_w1", b);
-			l->maa_w2 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_w2", b);
-			l->time_decay = bind(m, ts, &rc, err, "blocks.%d.att.time_decay", b);
-			l->decay_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_decay_w1", b);
-			l->decay_w2 = bind(m, ts, &rc, err, "blocks.%d.att.time_decay_w2", b);
-			l->value2_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_value2_w1", b);
-			l->value2_w2 = bind(m, ts, &rc, err, "blocks.%d.att.time_value2_w2", b);
-			l->att_receptance = bind(m, ts, &rc, err, "blocks.%d.att.receptance.weight", b);
-			l->att_key = bind(m, ts, &rc, err, "blocks.%d.att.key.weight", b);
-			l->att_value = bind(m, ts, &rc, err, "blocks.%d.att.value.weight", b);
+			bind_finch_att_in(m, ts, b, &rc, err);
 		} else {
+			l->ln1_w = bind(m, ts, &rc, err, "blocks.%d.ln1.weight", b);
+			l->ln1_b = bind(m, ts, &rc, err, "blocks.%d.ln1.bias", b);
 			l->maa_x = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_x", b);
 			l->maa_q = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_q", b);
 			l->maa_q_w1 = bind(m, ts, &rc, err, "blocks.%d.att.time_maa_q_w1", b);
@@ -236,6 +246,8 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 	}
 	if ((flags & GF_LOAD_PREV_FFN) && b0 > 0 && !rc)
 		bind_channel_mix(m, ts, b0 - 1, &rc, err);
+	if ((flags & GF_LOAD_NEXT_ATT) && b1 < G && !rc)
+		bind_finch_att_in(m, ts, b1, &rc, err);
 	for (int b = G; b < cfg->n_layer && !rc && (flags & GF_LOAD_GOLD_KV); b++)
 		if (b < b0 || b >= b1)
 			bind_gold_kv(m, ts, b, &rc, err);

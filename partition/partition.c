@@ -199,13 +199,23 @@ void part_plan_print(const part_plan *p, const part_shape *s, FILE *f)
 }
 
 double part_boundary_target(double above_ns, double below_ns, double mine_ns, double next_ns,
-			    double row_ns, int r, int chain, int n)
+			    double boundary_ns, int r, int chain)
 {
-	const double whole = above_ns + n * row_ns + below_ns;
-	const double chain_rows = ((double)(r + 1) / chain * whole - above_ns) / row_ns;
-	/* mine + rows * row = next + (n - rows) * row */
-	const double pair_rows = (next_ns - mine_ns + n * row_ns) / (2 * row_ns);
-	return chain_rows < pair_rows ? chain_rows : pair_rows;
+	const double whole = above_ns + boundary_ns + below_ns;
+	const double chain_work = (double)(r + 1) / chain * whole - above_ns;
+	/* mine + work = next + (boundary - work) */
+	const double pair_work = (next_ns - mine_ns + boundary_ns) / 2;
+	return chain_work < pair_work ? chain_work : pair_work;
+}
+
+double part_boundary_position(double work, int n, double row_ns, int u, double ahead_ns)
+{
+	if (work <= 0 || row_ns <= 0)
+		return 0;
+	if (work <= n * row_ns || u <= 0 || ahead_ns <= 0)
+		return work / row_ns < n ? work / row_ns : n;
+	const double more = (work - n * row_ns) / ahead_ns;
+	return n + (more < u ? more : u);
 }
 
 int part_boundary_rows(double target, double *residue, int n, int step)

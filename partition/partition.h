@@ -73,20 +73,24 @@ int part_has_gold(const part_plan *p, int r);
 double part_imbalance(const part_plan *p);
 
 /* Moving boundaries (daemon/rank_part.c). In a chain of pipeline ranks 0..chain-1, boundary r
- * is the n rows of one channel mix, row_ns each: rank r runs the first `keep` of them, rank
- * r+1 the rest. above_ns is the chain's work before those rows (ranks 0..r without their
- * boundaries' rows, and every boundary before r whole), below_ns its work after them;
- * mine_ns and next_ns are ranks r's and r+1's own, without those rows. The keep that gives
- * ranks 0..r their even share of the whole, (r + 1) / chain: every boundary set this way
- * from the same figures makes every rank's time the same at once. But work moves down the
- * chain only (a rank's boundary is its own last rows): where a rank is slower than those
- * before it can make up for, that share would leave it the slowest, so the keep is at most
- * the one that makes ranks r and r+1 equal. A real number, outside 0..n where no keep in
- * range reaches it. */
+ * is a stretch of work of boundary_ns that ranks r and r+1 share: rank r runs the first part,
+ * rank r+1 the rest. above_ns is the chain's work before it (ranks 0..r without their
+ * boundaries' work, and every boundary before r whole), below_ns its work after it; mine_ns
+ * and next_ns are ranks r's and r+1's own, without it. The work kept that gives ranks 0..r
+ * their even share of the whole, (r + 1) / chain: every boundary set this way from the same
+ * figures makes every rank's time the same at once. Where a boundary cannot move as far as
+ * that (its range is used up), the share would leave a rank the slowest, so the work kept
+ * is at most what makes ranks r and r+1 equal. In ns, outside 0..boundary_ns where no part
+ * of the boundary reaches it. */
 double part_boundary_target(double above_ns, double below_ns, double mine_ns, double next_ns,
-			    double row_ns, int r, int chain, int n);
+			    double boundary_ns, int r, int chain);
 
-/* The target (clamped to 0..n) as a multiple of step (n a multiple of step): what rounding
+/* The boundary's work as rows: n rows of row_ns (the sending rank's last channel mix) then
+ * u rows of ahead_ns (the next rank's first time-mix products). The row position, 0..n+u, at
+ * which rank r keeps `work` (clamped to the range). */
+double part_boundary_position(double work, int n, double row_ns, int u, double ahead_ns);
+
+/* A position (clamped to 0..n) as a multiple of step (n a multiple of step): what rounding
  * leaves out is carried in *residue (0 to start) to the next chunk's choice, so that over
  * chunks the rows average the target rather than the nearest step. */
 int part_boundary_rows(double target, double *residue, int n, int step);

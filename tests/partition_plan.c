@@ -145,9 +145,9 @@ int main(void)
 			/* Ranks r and r+1 without boundary r's rows. */
 			const double mine = even - want_keep[r] * row;
 			const double next = even - (ROWS - want_keep[r]) * row;
-			const double t = part_boundary_target(above, below, mine, next, row, r, CHAIN, ROWS);
-			CHECK(fabs(t - want_keep[r]) < 1e-9, "row cost %g, boundary %d: %g rows, want %d",
-			      row, r, t, want_keep[r]);
+			const double t = part_boundary_target(above, below, mine, next, ROWS * row, r, CHAIN);
+			CHECK(fabs(t / row - want_keep[r]) < 1e-9, "row cost %g, boundary %d: %g rows, want %d",
+			      row, r, t / row, want_keep[r]);
 		}
 	}
 	/* Equal ranks: each runs its own blocks whole (the last has no boundary rows of its own
@@ -158,7 +158,7 @@ int main(void)
 			prefix += 744;
 			const double t = part_boundary_target(prefix + r * ROWS,
 							      total - prefix + (CHAIN - 2 - r) * ROWS, 744,
-							      1000, 1, r, CHAIN, ROWS);
+							      1000, ROWS, r, CHAIN);
 			CHECK(fabs(t - ROWS) < 1e-9, "equal ranks, boundary %d: %g rows, want all", r, t);
 		}
 	}
@@ -169,13 +169,14 @@ int main(void)
 			prefix += 744;
 			const double t = part_boundary_target(prefix + r * ROWS,
 							      total - prefix + (CHAIN - 2 - r) * ROWS, 744,
-							      r == CHAIN - 2 ? 2000 : 1000, 1, r, CHAIN, ROWS);
+							      r == CHAIN - 2 ? 2000 : 1000, ROWS, r, CHAIN);
 			CHECK(t >= ROWS, "slow last rank, boundary %d: %g rows, want all %d", r, t, ROWS);
 		}
 	}
-	/* Rank 5 of 8 30% slower: the ranks before it cannot take its work (work moves down
-	 * only), so its even share of the chain would leave it the slowest; it gives the next
-	 * rank what makes the two equal, and those before it keep all their rows. */
+	/* Rank 5 of 8 30% slower, boundaries of a channel mix alone: the ranks before it cannot
+	 * take its work (work moves down only), so its even share of the chain would leave it
+	 * the slowest; it gives the next rank what makes the two equal, and those before it keep
+	 * all their rows. */
 	{
 		double base[CHAIN], total = 0, prefix = 0;
 		for (int r = 0; r < CHAIN; r++) {
@@ -186,7 +187,7 @@ int main(void)
 			prefix += base[r];
 			const double above = prefix + r * ROWS, below = total - prefix + (CHAIN - 2 - r) * ROWS;
 			const double next = base[r + 1] + (r + 1 < CHAIN - 1 ? ROWS : 0);
-			const double t = part_boundary_target(above, below, base[r], next, 1, r, CHAIN, ROWS);
+			const double t = part_boundary_target(above, below, base[r], next, ROWS, r, CHAIN);
 			if (r < 5)
 				CHECK(t >= ROWS, "slow rank 5, boundary %d: %g rows, want all", r, t);
 			else if (r == 5)
@@ -194,6 +195,44 @@ int main(void)
 				      "slow rank 5, its boundary: %g rows, want rank 6's time", t);
 		}
 	}
+
+	/* With the range upwards too (each boundary also holds 192 rows of the next rank's first
+	 * time-mix products, half a channel-mix row each), a 10% slower rank 5 is relieved from
+	 * both sides: every boundary at the chain's even share is a fixed point of the rule,
+	 * every rank's time comes out the same, and boundary 4 sits in rank 5's time mix. */
+	{
+		enum { UP = 192 };
+		const double B = ROWS + UP * 0.5, even = 1012.5;
+		double base[CHAIN], w[CHAIN], total = 0, prefix = 0;
+		for (int r = 0; r < CHAIN; r++) {
+			/* Work 1000 a rank (1100 for rank 5), without its boundaries' parts. */
+			base[r] = (r == 5 ? 1100 : 1000) - (r < CHAIN - 1 ? ROWS : 0) - (r > 0 ? UP * 0.5 : 0);
+			total += base[r];
+		}
+		for (int r = 0; r < CHAIN - 1; r++) {
+			prefix += base[r];
+			w[r] = (r + 1) * even - (prefix + r * B);
+		}
+		prefix = 0;
+		for (int r = 0; r < CHAIN - 1; r++) {
+			prefix += base[r];
+			const double above = prefix + r * B, below = total - prefix + (CHAIN - 2 - r) * B;
+			const double mine = base[r] + (r > 0 ? B - w[r - 1] : 0);
+			const double next = base[r + 1] + (r + 1 < CHAIN - 1 ? w[r + 1] : 0);
+			const double t = part_boundary_target(above, below, mine, next, B, r, CHAIN);
+			CHECK(fabs(t - w[r]) < 1e-9 && t > 0 && t < B, "both ways, boundary %d: %g, want %g", r, t, w[r]);
+			CHECK(fabs(mine + t - even) < 1e-9, "both ways, rank %d: %g, want %g", r, mine + t, even);
+		}
+		const double at4 = part_boundary_position(w[4], ROWS, 1, UP, 0.5);
+		CHECK(fabs(at4 - (ROWS + (w[4] - ROWS) / 0.5)) < 1e-9 && at4 > ROWS,
+		      "boundary 4 at row %g, want past the channel mix", at4);
+	}
+	/* Work as a row position: channel-mix rows, then time-mix rows, clamped at both ends. */
+	CHECK(part_boundary_position(100, 256, 2, 192, 1) == 50, "in the channel mix");
+	CHECK(part_boundary_position(512 + 30, 256, 2, 192, 1) == 286, "in the time mix");
+	CHECK(part_boundary_position(1e9, 256, 2, 192, 1) == 448 &&
+	      part_boundary_position(1e9, 256, 2, 0, 1) == 256 &&
+	      part_boundary_position(-5, 256, 2, 192, 1) == 0, "clamped");
 
 	/* Rounding the target to steps of 64. */
 	double res = 0;
