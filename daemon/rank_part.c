@@ -789,26 +789,22 @@ static double above_boundary(const gfr_part *p)
 	return p->in_above_ns + p->base_ns;
 }
 
-/* The position of this rank's boundary with the next for the chunk at pos: sets keep_rows and
- * ahead_rows. Each rank of the pipeline's chain (ranks 0 to the emitter) learns the work
+/* The position of this rank's boundary with the next for the full chunk at pos: sets
+ * keep_rows and ahead_rows. Each rank of the pipeline's chain (ranks 0 to the emitter) learns the work
  * before its boundary (it comes down with the chunks) and after it (up with the credits), so
  * each boundary is set where the whole chain balances (part_boundary_target), not only its
  * two ranks: balancing pairs alone, a difference at one end of 8 ranks takes hundreds of
  * chunks to spread. */
 static void choose_position(gfr_part *p, uint64_t pos, int n)
 {
-	const int step = p->x->split_step, chunk = p->x->e->cfg.chunk;
-	const int u = n == chunk ? ahead_max(p) : 0;
+	const int step = p->x->split_step, u = ahead_max(p);
 	int q;
 	if (p->x->split_test) { /* every position, in an order that depends on pos only */
 		q = (int)((pos / (uint64_t)n * 7 + 3) % (uint64_t)((n + u) / step + 1)) * step;
 	} else {
 		const double above = above_boundary(p);
-		if (n != chunk || above <= 0 || p->below_ns <= 0 || p->row_ns <= 0) {
-			p->keep_rows = n < p->keep_rows ? n : p->keep_rows;
-			p->ahead_rows = n == chunk ? p->ahead_rows : 0;
-			return;
-		}
+		if (above <= 0 || p->below_ns <= 0 || p->row_ns <= 0)
+			return; /* where it was, until both sides are known */
 		const double mine = p->base_ns + p->last_help_rows * p->in_row_ns +
 				    p->last_own_ahead * p->in_ahead_row_ns;
 		const double work = part_boundary_target(above, p->below_ns, mine, p->next_ns,
@@ -1026,7 +1022,8 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 		p->last_help_ns = mono_ns() - tf;
 	}
 	const int fb1 = cx->b1 < cx->G ? cx->b1 : cx->G;
-	const bool splits = cx->split_step && mode != GFM_MODE_STEP && n % cx->split_step == 0;
+	/* Full chunks only: a boundary is set for, and learns from, those. */
+	const bool splits = cx->split_step && mode != GFM_MODE_STEP && n == cx->e->cfg.chunk;
 	if (splits)
 		choose_position(p, pos, n);
 	const int rows = splits ? p->keep_rows : n, ahead = splits ? p->ahead_rows : 0;

@@ -42,6 +42,7 @@ struct gfd_ingest {
 	int n_pending;
 	uint64_t pending_bytes, input_bytes, committed_bytes, next_checkpoint;
 	float *x;
+	bool started;        /* its first chunk has gone down the ranks */
 	bool ended;          /* the other ranks' parts are closed or dropped already */
 	int failed;
 	char err[GF_ERR_LEN];
@@ -243,10 +244,21 @@ static int checkpoint(gfd_ingest *in, char *err)
 
 static int run_chunk(gfd_ingest *in, char *err)
 {
-	const gfe_engine *e = in->b->cx.e;
+	const gfr_ctx *cx = &in->b->cx;
+	const gfe_engine *e = cx->e;
 	const int n = in->n_pending;
-	int rc = gfr_part_chunk(in->p, gfr_part_pos(in->p), in->pending, in->x, n,
-				GFM_MODE_INGEST, err);
+	/* The first chunk goes down in pieces of the boundary's step: a pipeline of P ranks
+	 * otherwise starts its last rank P-1 chunks' times late. Parts of a chunk keep their
+	 * rows' bits (gf_split_step), so the pieces change nothing in the results. */
+	const int piece = !in->started && cx->split_step && n == e->cfg.chunk &&
+				  n % cx->split_step == 0
+			  ? cx->split_step
+			  : n;
+	in->started = true;
+	int rc = 0;
+	for (int at = 0; at < n && !rc; at += piece)
+		rc = gfr_part_chunk(in->p, gfr_part_pos(in->p), in->pending + at, in->x, piece,
+				    GFM_MODE_INGEST, err);
 	if (rc)
 		return rc;
 	in->input_bytes += in->pending_bytes;

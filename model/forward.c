@@ -617,8 +617,14 @@ void gf_cache_rows(const gf_model *m, gf_workspace *ws, const float *x, int n, f
 {
 	FLUSH_DENORMALS();
 	const gf_config *c = &m->cfg;
-	linear(ws, x, c->n_embd, n, m->w_kv_cache_a, c->n_embd, c->ckv_dim, 0.0f, c_out,
-	       c->ckv_dim);
+	/* In blocks of GF_SPLIT_ROWS rows: the product is narrow (n_embd/16 columns), and for
+	 * such OpenBLAS picks kernels by row count, so rows would get other bits in a part of a
+	 * chunk than in the whole (a pipeline sends its first chunk in pieces). */
+	for (int r0 = 0; r0 < n; r0 += GF_SPLIT_ROWS) {
+		const int k = n - r0 < GF_SPLIT_ROWS ? n - r0 : GF_SPLIT_ROWS;
+		linear(ws, x + (size_t)r0 * c->n_embd, c->n_embd, k, m->w_kv_cache_a, c->n_embd,
+		       c->ckv_dim, 0.0f, c_out + (size_t)r0 * c->ckv_dim, c->ckv_dim);
+	}
 }
 
 void gf_head(const gf_model *m, gf_workspace *ws, const float *x, int n, float *logits)
