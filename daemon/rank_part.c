@@ -790,11 +790,11 @@ static double above_boundary(const gfr_part *p)
 }
 
 /* The position of this rank's boundary with the next for the full chunk at pos: sets
- * keep_rows and ahead_rows. Each rank of the pipeline's chain (ranks 0 to the emitter) learns the work
- * before its boundary (it comes down with the chunks) and after it (up with the credits), so
- * each boundary is set where the whole chain balances (part_boundary_target), not only its
- * two ranks: balancing pairs alone, a difference at one end of 8 ranks takes hundreds of
- * chunks to spread. */
+ * keep_rows and ahead_rows. Each rank of the pipeline's chain (ranks 0 to the emitter)
+ * learns the work before its boundary (it comes down with the chunks) and after it (up with
+ * the credits), so each boundary is set where the whole chain balances
+ * (part_boundary_target), not only its two ranks: balancing pairs alone, a difference at one
+ * end of 8 ranks takes hundreds of chunks to spread. */
 static void choose_position(gfr_part *p, uint64_t pos, int n)
 {
 	const int step = p->x->split_step, u = ahead_max(p);
@@ -817,6 +817,8 @@ static void choose_position(gfr_part *p, uint64_t pos, int n)
 	p->ahead_rows = q > n ? q - n : 0;
 }
 
+/* Takes one message off the stream: the immediate kinds are handled, work is held. Tail
+ * queries that came before this rank's commit are answered once it has committed. */
 static int pump(gfr_part *p, char *err)
 {
 	gfm_msg *m;
@@ -1034,8 +1036,8 @@ int gfr_part_chunk(gfr_part *p, uint64_t pos, const int32_t *tok, float *x, int 
 			     ? gf_blocks_split(m, p->ws, &p->st, x, (int64_t)pos, n, cx->b0, fb1, &s)
 			     : gf_blocks(m, p->ws, &p->st, NULL, x, (int64_t)pos, n, cx->b0, fb1);
 		if (rc)
-			return gf_error(err, rc == -EINVAL ? -EPROTO : rc,
-					"rank %d: Finch blocks failed (a boundary this rank cannot take: %d rows kept, %d of its time mix given?)",
+			return gf_error(err, rc,
+					"rank %d: Finch blocks failed (%d rows of its last channel mix kept, %d rows of its first time mix given)",
 					cx->rank, rows, p->in_ahead);
 		if (ahead) {
 			const uint64_t ta = mono_ns();
