@@ -82,10 +82,7 @@ static const float *bind(gf_model *m, const gf_tensor_set *ts, int *rc, char *er
 	return f;
 }
 
-/* Binds what blocks [b0, b1) need: their layers; the embedding and ln0 for block 0 and for
- * GOLD blocks (their keys are rebuilt from ln0(emb[tok])); w_kv_cache_a for block G-1;
- * w_kv_cache_b for GOLD blocks; ln_out and the head for the last block. GF_LOAD_GOLD_KV adds
- * the key/value side of every GOLD block. */
+/* The key/value side of GOLD block b: what rebuilds its keys and values from the cache. */
 static void bind_gold_kv(gf_model *m, const gf_tensor_set *ts, int b, int *rc, char *err)
 {
 	gf_layer *l = &m->layers[b];
@@ -183,6 +180,11 @@ static void bind_finch_att_in(gf_model *m, const gf_tensor_set *ts, int b, int *
 	l->att_value = bind(m, ts, rc, err, "blocks.%d.att.value.weight", b);
 }
 
+/* Binds what blocks [b0, b1) need: their layers; the embedding and ln0 for block 0 and for
+ * GOLD blocks (their keys are rebuilt from ln0(emb[tok])); w_kv_cache_a for block G-1;
+ * w_kv_cache_b for GOLD blocks; ln_out and the head for the last block. GF_LOAD_GOLD_KV adds
+ * the key/value side of every GOLD block, GF_LOAD_PREV_FFN and GF_LOAD_NEXT_ATT the parts of
+ * the blocks either side of the slice that a pipeline boundary shares. */
 static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, int b0,
 			int b1, unsigned flags, int fd, char *err)
 {
