@@ -509,7 +509,7 @@ int gfe_paged_key_cache(struct paged_src *ps, int64_t block0, int64_t blocks, si
 	ps->ks = NULL;
 	ps->ks_have = NULL;
 	ps->ks_blocks = 0;
-	if (blocks < 1 || !ps->e->model->w_kv_cache_b)
+	if (blocks < 1 || !ps->e->model->w_kv_cache_b.p)
 		return 0;
 	ps->ks = malloc((size_t)blocks * per);
 	ps->ks_have = calloc((size_t)blocks, 1);

@@ -139,7 +139,7 @@ void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *pl
 	    gfr_takes_boundary(plan, x->rank + 1) && e->cfg.chunk <= 32768)
 		x->split_step = gf_split_step(&e->model->cfg);
 	x->ahead = x->split_step && gfr_gives_ahead(plan, x->rank) &&
-		   e->model->layers[x->b1].att_key;
+		   e->model->layers[x->b1].att_key.p;
 }
 
 bool gfr_gives_ahead(const part_plan *plan, int rank)

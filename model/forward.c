@@ -7,6 +7,8 @@
  * the chunk and decode paths allocate nothing (the only growth is gf_kv's storage).
  */
 #include "goldfinch.h"
+#include "dnnl.h"
+#include "gemm.h"
 #include "pool.h"
 #include "vecmath.h"
 
@@ -72,7 +74,8 @@ struct gf_workspace {
 	float *fx;           /* [M][C] Finch-stage outputs of a chunk */
 	float *fc;           /* [M][Ck] its cache rows */
 	double *rope_freq;   /* [N/2] */
-	gf_pool *pool;       /* splits the decode path's matrix-vector products */
+	gf_pool *pool;       /* splits the matrix products by panels (or oneDNN's tasks) */
+	gf_dnnl_scratch *dnnl_scratch; /* bf16 compute's buffers, or NULL */
 	float *block;        /* the one allocation everything above points into */
 };
 
@@ -122,7 +125,8 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 		total += (parts[i].n + 15) & ~(size_t)15; /* 64-byte aligned parts */
 	ws->block = aligned_alloc(64, total * sizeof(float));
 	ws->rope_freq = malloc(sizeof(double) * (size_t)(c->head_size / 2 + 1));
-	if (!ws->block || !ws->rope_freq || gf_pool_init(&ws->pool, gf_blas_threads())) {
+	if (!ws->block || !ws->rope_freq || gf_pool_init(&ws->pool, gf_blas_threads()) ||
+	    gf_dnnl_scratch_init(&ws->dnnl_scratch, m, (int)M, gf_pool_threads(ws->pool))) {
 		gf_workspace_free(ws);
 		return -ENOMEM;
 	}
@@ -149,90 +153,60 @@ void gf_workspace_free(gf_workspace *ws)
 		return;
 	free(ws->block);
 	free(ws->rope_freq);
+	gf_dnnl_scratch_free(ws->dnnl_scratch);
 	gf_pool_free(ws->pool);
 	free(ws);
 }
 
 /* ---- linear algebra ---------------------------------------------------------------------- */
 
-struct gemv_job {
-	const float *W, *x;
+struct mm_job {
+	const gf_mat *B;
+	const float *x;
 	float *y;
-	int in, out, ldx, n, ldy;
-	float beta;
+	int ldx, n, ldy, isa;
+	bool accumulate, stream;
 };
 
-/* Outputs [*o0, *o1) of `out` for part `part` of n_parts: contiguous, a multiple of 16 long
- * (whole vectors), possibly empty for the last parts. */
-static void part_range(int out, int part, int n_parts, int *o0, int *o1)
+/* Part `part` of n_parts takes a contiguous range of panels (possibly none). */
+static void mm_part(void *arg, int part, int n_parts)
 {
-	const int per = ((out + n_parts - 1) / n_parts + 15) & ~15;
-	*o0 = part * per < out ? part * per : out;
-	*o1 = *o0 + per < out ? *o0 + per : out;
+	const struct mm_job *j = arg;
+	const int panels = gf_mat_panels(j->B);
+	const int p0 = (int)((int64_t)panels * part / n_parts);
+	const int p1 = (int)((int64_t)panels * (part + 1) / n_parts);
+	gf_gemm_panels(j->isa, j->B, j->x, j->ldx, j->n, j->y, j->ldy, j->accumulate, p0, p1,
+		       j->stream);
 }
 
-/* Part `part` of n_parts takes a contiguous range of output rows. */
-static void gemv_part(void *arg, int part, int n_parts)
+/* y[n][B.n] (ldy) = x[n][B.k] (ldx) . B, added to y when accumulate. The rows are part of a
+ * call over `whole` rows: its kernels are chosen by `whole`, so that a part's rows get the bits
+ * they get in the whole. Chunks (whole > GF_GEMV_MAX_ROWS) of a bf16-compute model go
+ * through oneDNN where the matrix has a matmul; everything else through the kernels of
+ * gemm.h, whose rows never depend on the other rows, split by panels over the pool (decode's
+ * few rows stream each panel once). */
+static void matmul_part(const gf_model *m, gf_workspace *ws, const float *x, int ldx, int n,
+			int whole, const gf_mat *B, bool accumulate, float *y, int ldy)
 {
-	const struct gemv_job *j = arg;
-	int o0, o1;
-	part_range(j->out, part, n_parts, &o0, &o1);
-	if (o0 < o1)
-		gf_gemv_rows(j->W + (size_t)o0 * j->in, j->in, o1 - o0, j->x, j->ldx, j->n, j->beta,
-			     j->y + o0, j->ldy);
-}
-
-/* y[n][out] (ldy) = x[n][in] (ldx) . W^T + beta*y, W an nn.Linear weight [out][in]. A few
- * rows (decode) go through the pool's GEMV, which streams W once at memory speed; a chunk
- * goes through OpenBLAS sgemm. */
-static void linear(gf_workspace *ws, const float *x, int ldx, int n, const float *W, int in,
-		   int out, float beta, float *y, int ldy)
-{
-	if (n <= GF_GEMV_MAX_ROWS) {
-		struct gemv_job j = { W, x, y, in, out, ldx, n, ldy, beta };
-		if (gf_pool_threads(ws->pool) > 1 && (size_t)in * out >= 65536)
-			gf_pool_run(ws->pool, gemv_part, &j);
-		else
-			gemv_part(&j, 0, 1);
-	} else {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, W,
-			    in, beta, y, ldy);
+	if (whole > GF_GEMV_MAX_ROWS && m->dnnl && gf_dnnl_has(m->dnnl, B)) {
+		if (ws->dnnl_scratch) {
+			gf_dnnl_matmul(m->dnnl, ws->pool, ws->dnnl_scratch, x, ldx, n, B, accumulate, y,
+				       ldy);
+			return;
+		}
 	}
+	struct mm_job j = { B, x, y, ldx, n, ldy, m->isa, accumulate, whole <= GF_GEMV_MAX_ROWS };
+	if (gf_pool_threads(ws->pool) > 1 && gf_mat_panels(B) > 1 &&
+	    (size_t)n * B->k * B->n >= 65536)
+		gf_pool_run(ws->pool, mm_part, &j);
+	else
+		mm_part(&j, 0, 1);
 }
 
-struct lora_job {
-	const float *W, *x;
-	float *y;
-	int in, out;
-	float beta;
-};
-
-/* Part `part` of n_parts takes a contiguous range of columns. */
-static void lora_part(void *arg, int part, int n_parts)
+static void matmul(const gf_model *m, gf_workspace *ws, const float *x, int ldx, int n,
+		   const gf_mat *B, bool accumulate, float *y, int ldy)
 {
-	const struct lora_job *j = arg;
-	int o0, o1;
-	part_range(j->out, part, n_parts, &o0, &o1);
-	if (o0 < o1)
-		gf_gemv_cols(j->W + o0, j->out, j->in, o1 - o0, j->x, j->beta, j->y + o0);
-}
-
-/* y[n][out] (ldy) = x[n][in] (ldx) . W + beta*y, W a LoRA matrix [in][out]. One row (decode)
- * is split by columns over the pool; each column's sum runs over the rows in the same order
- * whichever thread computes it. */
-static void lora(gf_workspace *ws, const float *x, int ldx, int n, const float *W, int in,
-		 int out, float beta, float *y, int ldy)
-{
-	if (n == 1) {
-		struct lora_job j = { W, x, y, in, out, beta };
-		if (gf_pool_threads(ws->pool) > 1 && (size_t)in * out >= 16384 && out >= 64)
-			gf_pool_run(ws->pool, lora_part, &j);
-		else
-			lora_part(&j, 0, 1);
-	} else {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, in, 1.0f, x, ldx, W,
-			    out, beta, y, ldy);
-	}
+	matmul_part(m, ws, x, ldx, n, n, B, accumulate, y, ldy);
 }
 
 /* ---- row-wise helpers --------------------------------------------------------------------- */
@@ -321,19 +295,6 @@ static void rope_rows(const gf_config *c, const double *freq, float *x, int n, i
 
 /* ---- blocks ------------------------------------------------------------------------------- */
 
-/* linear() as a call over `whole` rows would compute it: the same kernel for a part of those
- * rows, so that the part's rows get the bits they get in the whole (sgemm's rows do not
- * depend on the other rows; tests/model_split.c checks it). */
-static void linear_part(gf_workspace *ws, const float *x, int ldx, int n, int whole,
-			const float *W, int in, int out, float *y, int ldy)
-{
-	if (whole > GF_GEMV_MAX_ROWS)
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, W,
-			    in, 0.0f, y, ldy);
-	else
-		linear(ws, x, ldx, n, W, in, out, 0.0f, y, ldy);
-}
-
 /* The channel mix's products for rows [r0, r1) of a chunk of `whole` rows, once ws->xln and
  * ws->dx hold its input and shift difference: x += sigmoid(xr Wr) * (relu(xk Wk)^2 Wv). */
 static void channel_mix_rows(const gf_model *m, gf_workspace *ws, const gf_layer *l, int r0,
@@ -346,11 +307,11 @@ static void channel_mix_rows(const gf_model *m, gf_workspace *ws, const gf_layer
 		return;
 	mix_rows(xk, ws->xln + o, ws->dx + o, l->ffn_maa_k, NULL, n, C);
 	mix_rows(xr, ws->xln + o, ws->dx + o, l->ffn_maa_r, NULL, n, C);
-	linear_part(ws, xk, C, n, whole, l->ffn_key, C, F, ws->ffk, F);
+	matmul_part(m, ws, xk, C, n, whole, &l->ffn_key, false, ws->ffk, F);
 	gf_vrelu_sq(ws->ffk, (size_t)n * F);
-	linear_part(ws, xr, C, n, whole, l->ffn_receptance, C, C, ws->ffr, C);
+	matmul_part(m, ws, xr, C, n, whole, &l->ffn_receptance, false, ws->ffr, C);
 	gf_vsigmoid(ws->ffr, (size_t)n * C);
-	linear_part(ws, ws->ffk, F, n, whole, l->ffn_value, F, C, ws->out, C);
+	matmul_part(m, ws, ws->ffk, F, n, whole, &l->ffn_value, false, ws->out, C);
 	gf_vmul_add(ws->x + o, ws->ffr, ws->out, (size_t)n * C);
 }
 
@@ -402,37 +363,37 @@ static void tm_project(const gf_model *m, gf_workspace *ws, const gf_layer *l, c
 
 	/* Five data-dependent token-shift mixes from one LoRA: slices r, k, v, w, v2. */
 	mix_rows(ws->lora_in, xln, dx, l->maa_x, NULL, k, C);
-	lora(ws, ws->lora_in, C, k, l->maa_w1, C, 5 * Dm, 0.0f, ws->lora_h, 5 * Dm);
+	matmul(m, ws, ws->lora_in, C, k, &l->maa_w1, false, ws->lora_h, 5 * Dm);
 	gf_vtanh(ws->lora_h, (size_t)k * 5 * Dm);
 	/* Buffer order r, k, w, v, v2 keeps v and v2 adjacent for one value GEMM. */
 	static const int slot[5] = { 0, 1, 3, 2, 4 }; /* slice j -> buffer */
 	const float *mu[5] = { l->maa_r, l->maa_k, l->maa_v, l->maa_w, l->maa_v2 };
 	for (int j = 0; j < 5; j++) {
 		float *dst = ws->mix + (size_t)slot[j] * kC;
-		lora(ws, ws->lora_h + j * Dm, 5 * Dm, k, l->maa_w2 + (size_t)j * Dm * C, Dm, C, 0.0f, dst, C);
+		matmul(m, ws, ws->lora_h + j * Dm, 5 * Dm, k, &l->maa_w2[j], false, dst, C);
 		mix_rows(dst, xln, dx, mu[j], dst, k, C);
 	}
 	const float *xr = ws->mix, *xk = ws->mix + kC, *xw = ws->mix + 2 * kC;
 	const float *xv = ws->mix + 3 * kC, *xv2 = ws->mix + 4 * kC;
 
-	linear_part(ws, xr, C, k, whole, l->att_receptance, C, A, r, A);
-	linear_part(ws, xk, C, k, whole, l->att_key, C, A, kk, A);
+	matmul_part(m, ws, xr, C, k, whole, &l->att_receptance, false, r, A);
+	matmul_part(m, ws, xk, C, k, whole, &l->att_key, false, kk, A);
 	if (v2 == v + kA) { /* v and v2's linear part */
-		linear_part(ws, xv, C, 2 * k, 2 * whole, l->att_value, C, A, v, A);
+		matmul_part(m, ws, xv, C, 2 * k, 2 * whole, &l->att_value, false, v, A);
 	} else {
-		linear_part(ws, xv, C, k, whole, l->att_value, C, A, v, A);
-		linear_part(ws, xv2, C, k, whole, l->att_value, C, A, v2, A);
+		matmul_part(m, ws, xv, C, k, whole, &l->att_value, false, v, A);
+		matmul_part(m, ws, xv2, C, k, whole, &l->att_value, false, v2, A);
 	}
-	lora(ws, xv2, C, k, l->value2_w1, C, c->lora_value2, 0.0f, ws->lora_h, c->lora_value2);
+	matmul(m, ws, xv2, C, k, &l->value2_w1, false, ws->lora_h, c->lora_value2);
 	gf_vtanh(ws->lora_h, (size_t)k * c->lora_value2);
-	lora(ws, ws->lora_h, c->lora_value2, k, l->value2_w2, c->lora_value2, A, 1.0f, v2, A);
+	matmul(m, ws, ws->lora_h, c->lora_value2, k, &l->value2_w2, true, v2, A);
 
 	/* w = time_decay + LoRA; decay = exp(-exp(w)); k *= 1 - decay. */
-	lora(ws, xw, C, k, l->decay_w1, C, c->lora_decay, 0.0f, ws->lora_h, c->lora_decay);
+	matmul(m, ws, xw, C, k, &l->decay_w1, false, ws->lora_h, c->lora_decay);
 	gf_vtanh(ws->lora_h, (size_t)k * c->lora_decay);
 	for (int t = 0; t < k; t++)
 		memcpy(w + (size_t)t * A, l->time_decay, sizeof(float) * (size_t)A);
-	lora(ws, ws->lora_h, c->lora_decay, k, l->decay_w2, c->lora_decay, A, 1.0f, w, A);
+	matmul(m, ws, ws->lora_h, c->lora_decay, k, &l->decay_w2, true, w, A);
 	gf_vdecay(w, kk, kA);
 }
 
@@ -465,14 +426,22 @@ static void finch_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *
 
 	add_rows(ws->y, v2, nA);
 	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);
-	linear(ws, ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C); /* x += output(y) */
+	matmul(m, ws, ws->y, A, n, &l->att_output, true, ws->x, C); /* x += output(y) */
+}
+
+/* Row tok of the embedding, as float32. */
+static void emb_row(const gf_model *m, int32_t tok, float *x)
+{
+	const size_t C = (size_t)m->cfg.n_embd;
+	gf_convert_to_f32(m->emb_dtype, (const char *)m->emb + (size_t)tok * C * gf_dtype_size(m->emb_dtype),
+			  x, C);
 }
 
 static void embed_rows(const gf_model *m, const int32_t *tok, int n, float *x0)
 {
 	const int C = m->cfg.n_embd;
 	for (int t = 0; t < n; t++)
-		memcpy(x0 + (size_t)t * C, m->emb + (size_t)tok[t] * C, sizeof(float) * (size_t)C);
+		emb_row(m, tok[t], x0 + (size_t)t * C);
 	layernorm_rows(x0, x0, n, C, m->ln0_w, m->ln0_b);
 }
 
@@ -527,7 +496,8 @@ static bool split_ok(const gf_model *m, int b, int n, int rows)
 	const gf_layer *l = &m->layers[b];
 	const int step = gf_split_step(&m->cfg);
 	return step && b >= 0 && b < m->cfg.first_gold && n % step == 0 && rows % step == 0 &&
-	       rows >= 0 && rows <= n && l->ffn_key && l->ffn_value && l->ffn_receptance && l->ln2_w;
+	       rows >= 0 && rows <= n && l->ffn_key.p && l->ffn_value.p && l->ffn_receptance.p &&
+	       l->ln2_w;
 }
 
 /* Block b's time-mix products can be computed for rows [from, n) of a chunk by the rank
@@ -539,8 +509,8 @@ static bool ahead_ok(const gf_model *m, int b, int n, int from)
 	    from > n)
 		return false;
 	const gf_layer *l = &m->layers[b];
-	return l->ln1_w && l->maa_x && l->maa_w1 && l->maa_w2 && l->decay_w1 && l->value2_w1 &&
-	       l->att_receptance && l->att_key && l->att_value;
+	return l->ln1_w && l->maa_x && l->maa_w1.p && l->maa_w2[4].p && l->decay_w1.p &&
+	       l->value2_w1.p && l->att_receptance.p && l->att_key.p && l->att_value.p;
 }
 
 int gf_blocks_split(const gf_model *m, gf_workspace *ws, gf_state *st, float *x, int64_t p0,
@@ -622,8 +592,8 @@ void gf_cache_rows(const gf_model *m, gf_workspace *ws, const float *x, int n, f
 	 * chunk than in the whole (a pipeline sends its first chunk in pieces). */
 	for (int r0 = 0; r0 < n; r0 += GF_SPLIT_ROWS) {
 		const int k = n - r0 < GF_SPLIT_ROWS ? n - r0 : GF_SPLIT_ROWS;
-		linear(ws, x + (size_t)r0 * c->n_embd, c->n_embd, k, m->w_kv_cache_a, c->n_embd,
-		       c->ckv_dim, 0.0f, c_out + (size_t)r0 * c->ckv_dim, c->ckv_dim);
+		matmul(m, ws, x + (size_t)r0 * c->n_embd, c->n_embd, k, &m->w_kv_cache_a, false,
+		       c_out + (size_t)r0 * c->ckv_dim, c->ckv_dim);
 	}
 }
 
@@ -632,8 +602,7 @@ void gf_head(const gf_model *m, gf_workspace *ws, const float *x, int n, float *
 	FLUSH_DENORMALS();
 	const gf_config *c = &m->cfg;
 	layernorm_rows(ws->xln, x, n, c->n_embd, m->ln_out_w, m->ln_out_b);
-	linear(ws, ws->xln, c->n_embd, n, m->head, c->n_embd, c->vocab_size, 0.0f, logits,
-	       c->vocab_size);
+	matmul(m, ws, ws->xln, c->n_embd, n, &m->head, false, logits, c->vocab_size);
 }
 
 int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int32_t *tok,
@@ -714,12 +683,12 @@ static void key_stream_rows(const gf_model *m, gf_workspace *ws, const float *c_
 	float *cat = ws->e_cat + (size_t)first * W;
 	for (int r = 0; r < rows; r++) {
 		float *row = cat + (size_t)r * W;
-		memcpy(row, m->emb + (size_t)tok_rows[r] * C, sizeof(float) * (size_t)C);
+		emb_row(m, tok_rows[r], row);
 		layernorm_rows(row, row, 1, C, m->ln0_w, m->ln0_b);
 		memcpy(row + C, c_rows + (size_t)r * Ck, sizeof(float) * (size_t)Ck);
 		rms_rows(xn + (size_t)(first + r) * C, row, 1, C);
 	}
-	linear(ws, cat, W, rows, m->w_kv_cache_b, W, A, 0.0f, kc + (size_t)first * A, A);
+	matmul(m, ws, cat, W, rows, &m->w_kv_cache_b, false, kc + (size_t)first * A, A);
 	rms_rows(kc + (size_t)first * A, kc + (size_t)first * A, rows, A);
 }
 
@@ -737,10 +706,10 @@ static void expand_layer(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 	for (size_t i = 0; i < nC; i++)
 		dxn[i] = xn_rows[i] - xn[i];
 	mix_rows(ws->lora_in, xn, dxn, l->maa_v_cache, NULL, n, C);
-	lora(ws, ws->lora_in, C, n, l->maa_kv_w1, C, 2 * Dkv, 0.0f, ws->lora_h, 2 * Dkv);
+	matmul(m, ws, ws->lora_in, C, n, &l->maa_kv_w1, false, ws->lora_h, 2 * Dkv);
 	gf_vtanh(ws->lora_h, (size_t)n * 2 * Dkv);
-	lora(ws, ws->lora_h, 2 * Dkv, n, l->maa_kv_w2, Dkv, C, 0.0f, mk, C);
-	lora(ws, ws->lora_h + Dkv, 2 * Dkv, n, l->maa_kv_w2 + (size_t)Dkv * C, Dkv, C, 0.0f, mv, C);
+	matmul(m, ws, ws->lora_h, 2 * Dkv, n, &l->maa_kv_w2[0], false, mk, C);
+	matmul(m, ws, ws->lora_h + Dkv, 2 * Dkv, n, &l->maa_kv_w2[1], false, mv, C);
 
 	/* k = kc + (shift(kc) - kc) * (maa_k + mk); k += tanh(k W1) W2; ln_k. */
 	for (int t = 0; t < n; t++) {
@@ -750,18 +719,18 @@ static void expand_layer(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 		for (int i = 0; i < A; i++)
 			kt[i] = cur[i] + (prev[i] - cur[i]) * (l->maa_gk[i] + mkt[i]);
 	}
-	lora(ws, k, A, n, l->key_w1, A, c->lora_key, 0.0f, ws->lora_h, c->lora_key);
+	matmul(m, ws, k, A, n, &l->key_w1, false, ws->lora_h, c->lora_key);
 	gf_vtanh(ws->lora_h, (size_t)n * c->lora_key);
-	lora(ws, ws->lora_h, c->lora_key, n, l->key_w2, c->lora_key, A, 1.0f, k, A);
+	matmul(m, ws, ws->lora_h, c->lora_key, n, &l->key_w2, true, k, A);
 	layernorm_rows(k, k, n, A, l->ln_k_w, l->ln_k_b);
 	if (c->rope_base > 0)
 		rope_rows(c, ws->rope_freq, k, n, pos0);
 
 	/* v = xn + dxn * (maa_v + mv); v += tanh(v W1) W2; ln_v. */
 	mix_rows(v, xn, dxn, l->maa_gv, mv, n, C);
-	lora(ws, v, C, n, l->value_w1, C, c->lora_value, 0.0f, ws->lora_h, c->lora_value);
+	matmul(m, ws, v, C, n, &l->value_w1, false, ws->lora_h, c->lora_value);
 	gf_vtanh(ws->lora_h, (size_t)n * c->lora_value);
-	lora(ws, ws->lora_h, c->lora_value, n, l->value_w2, c->lora_value, A, 1.0f, v, A);
+	matmul(m, ws, ws->lora_h, c->lora_value, n, &l->value_w2, true, v, A);
 	layernorm_rows(v, v, n, A, l->ln_v_w, l->ln_v_b);
 }
 
@@ -811,7 +780,7 @@ int gf_key_stream(const gf_model *m, gf_workspace *ws, const float *c, const int
 	FLUSH_DENORMALS();
 	const gf_config *cfg = &m->cfg;
 	const size_t A = (size_t)cfg->dim_att;
-	if (n < 1 || n > GF_KV_BLOCK || (pos0 > 0 && !has_prev) || !m->w_kv_cache_b ||
+	if (n < 1 || n > GF_KV_BLOCK || (pos0 > 0 && !has_prev) || !m->w_kv_cache_b.p ||
 	    check_tokens(m, tok, n + has_prev))
 		return -EINVAL;
 	key_stream_rows(m, ws, c, tok, n, has_prev, stream, stream + (size_t)(n + 1) * A);
@@ -825,7 +794,7 @@ int gf_kv_expand(const gf_model *m, gf_workspace *ws, int g, const float *stream
 	const gf_config *cfg = &m->cfg;
 	const size_t A = (size_t)cfg->dim_att;
 	if (n < 1 || n > GF_KV_BLOCK || g < 0 || g >= cfg->n_layer - cfg->first_gold ||
-	    !m->layers[cfg->first_gold + g].key_w1)
+	    !m->layers[cfg->first_gold + g].key_w1.p)
 		return -EINVAL;
 	expand_layer(m, ws, &m->layers[cfg->first_gold + g], n, pos0, stream,
 		     stream + (size_t)(n + 1) * A, k, v);
@@ -1049,7 +1018,7 @@ static int attn_args_ok(const gf_model *m, gf_workspace *ws, int g, int64_t p0, 
 {
 	const gf_config *c = &m->cfg;
 	return n >= 1 && n <= ws->max_chunk && p0 >= 0 && g >= 0 &&
-	       g < c->n_layer - c->first_gold && m->layers[c->first_gold + g].key_w1;
+	       g < c->n_layer - c->first_gold && m->layers[c->first_gold + g].key_w1.p;
 }
 
 int gf_attn_spans(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
@@ -1137,11 +1106,11 @@ static int gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 	layernorm_rows(ws->xln, ws->x, n, C, l->ln1_w, l->ln1_b);
 	shift_diff(ws->dx, ws->xln, n, C, shift);
 	mix_rows(ws->lora_in, ws->xln, ws->dx, l->maa_x, NULL, n, C);
-	lora(ws, ws->lora_in, C, n, l->maa_q_w1, C, Dq, 0.0f, ws->lora_h, Dq);
+	matmul(m, ws, ws->lora_in, C, n, &l->maa_q_w1, false, ws->lora_h, Dq);
 	gf_vtanh(ws->lora_h, (size_t)n * Dq);
-	lora(ws, ws->lora_h, Dq, n, l->maa_q_w2, Dq, C, 0.0f, ws->mix, C);
+	matmul(m, ws, ws->lora_h, Dq, n, &l->maa_q_w2, false, ws->mix, C);
 	mix_rows(ws->mix, ws->xln, ws->dx, l->maa_q, ws->mix, n, C);
-	linear(ws, ws->mix, C, n, l->att_query, C, A, 0.0f, ws->q, A);
+	matmul(m, ws, ws->mix, C, n, &l->att_query, false, ws->q, A);
 	layernorm_rows(ws->q, ws->q, n, A, l->ln_q_w, l->ln_q_b);
 	if (c->rope_base > 0)
 		rope_rows(c, ws->rope_freq, ws->q, n, p0);
@@ -1150,7 +1119,7 @@ static int gold_time_mix(const gf_model *m, gf_workspace *ws, const gf_layer *l,
 	if (rc)
 		return rc;
 	layernorm_rows(ws->y, ws->y, n, A, l->ln_x_w, l->ln_x_b);
-	linear(ws, ws->y, A, n, l->att_output, A, C, 1.0f, ws->x, C);
+	matmul(m, ws, ws->y, A, n, &l->att_output, true, ws->x, C);
 	return 0;
 }
 

@@ -183,59 +183,90 @@ int gf_gguf_read(gf_gguf *g, const char *path, char *err);
 void gf_gguf_free(gf_gguf *g);
 
 /* ------------------------------------------------------------------------------------------
- * The model: configuration plus float32 weights. Weights stored as f32 in the GGUF are used
- * in place from the read-only mapping or copied into huge pages (gf_model_load_slice);
- * bf16/f16 ones are upcast once at load.
- * Layout per the official names: nn.Linear weights [out][in]; LoRA matrices [in][out].
+ * The model: configuration plus weights. Every matrix is packed at load into panels of 64
+ * columns (gf_mat; layout in model/gemm.h) in the type the file stores it in — f32, f16 or
+ * bf16, widened in registers as the products run — or in bf16 for bf16 compute
+ * (GF_LOAD_COMPUTE_BF16). Vectors (norms, mixes, decays) are float32. The packed weights live
+ * in huge pages where the kernel gives them (gf_model_load_slice).
+ * Shapes below are the official state_dict's: nn.Linear weights [out][in], LoRA matrices
+ * [in][out]; a gf_mat holds B [k][n] for y = x . B, i.e. W^T of an nn.Linear weight.
  */
+typedef struct gf_mat {
+	const void *p;    /* packed panels; NULL: not loaded */
+	gf_dtype dtype;   /* of the packed elements */
+	int32_t k, n;     /* B is [k][n] */
+	int32_t kp;       /* k rows as stored per panel (bf16: rounded up to 32) */
+} gf_mat;
+
 typedef struct gf_layer {
 	int is_gold;
 	const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;            /* [C] */
 	/* Finch-C2 time mix (is_gold == 0) */
 	const float *maa_x, *maa_r, *maa_k, *maa_v, *maa_w, *maa_v2; /* [C] */
-	const float *maa_w1;                                     /* [C][5*Dm] */
-	const float *maa_w2;                                     /* [5][Dm][C] */
+	gf_mat maa_w1;                                           /* [C][5*Dm] */
+	gf_mat maa_w2[5];                                        /* [5][Dm][C], one per slice */
 	const float *time_decay;                                 /* [A] */
-	const float *decay_w1, *decay_w2;                        /* [C][Dd], [Dd][A] */
-	const float *value2_w1, *value2_w2;                      /* [C][Dv2], [Dv2][A] */
-	const float *att_receptance, *att_key, *att_value;       /* [A][C] */
+	gf_mat decay_w1, decay_w2;                               /* [C][Dd], [Dd][A] */
+	gf_mat value2_w1, value2_w2;                             /* [C][Dv2], [Dv2][A] */
+	gf_mat att_receptance, att_key, att_value;               /* [A][C] */
 	/* GOLD time mix (is_gold == 1) */
 	const float *maa_q, *maa_v_cache, *maa_gk, *maa_gv;      /* [C]: time_maa_q/_v_cache/_k/_v */
-	const float *maa_q_w1, *maa_q_w2;                        /* [C][Dq], [Dq][C] */
-	const float *maa_kv_w1, *maa_kv_w2;                      /* [C][2*Dkv], [2][Dkv][C] */
-	const float *key_w1, *key_w2;                            /* [A][Dk], [Dk][A] */
-	const float *value_w1, *value_w2;                        /* [C][Dval], [Dval][A] */
-	const float *att_query;                                  /* [A][C] */
+	gf_mat maa_q_w1, maa_q_w2;                               /* [C][Dq], [Dq][C] */
+	gf_mat maa_kv_w1;                                        /* [C][2*Dkv] */
+	gf_mat maa_kv_w2[2];                                     /* [2][Dkv][C] */
+	gf_mat key_w1, key_w2;                                   /* [A][Dk], [Dk][A] */
+	gf_mat value_w1, value_w2;                               /* [C][Dval], [Dval][A] */
+	gf_mat att_query;                                        /* [A][C] */
 	const float *ln_q_w, *ln_q_b, *ln_k_w, *ln_k_b, *ln_v_w, *ln_v_b; /* [A] */
 	/* both */
-	const float *att_output;                                 /* [C][A] */
+	gf_mat att_output;                                       /* [C][A] */
 	const float *ln_x_w, *ln_x_b;                            /* [A] */
 	const float *ffn_maa_k, *ffn_maa_r;                      /* [C] */
-	const float *ffn_key;                                    /* [F][C] */
-	const float *ffn_receptance;                             /* [C][C] */
-	const float *ffn_value;                                  /* [C][F] */
+	gf_mat ffn_key;                                          /* [F][C] */
+	gf_mat ffn_receptance;                                   /* [C][C] */
+	gf_mat ffn_value;                                        /* [C][F] */
 } gf_layer;
+
+/* How the chunk GEMMs of a prefill compute (decode always multiplies float32 activations by
+ * the stored weights). F32: float32 activations times the stored weights, exactly, with the
+ * kernels of model/gemm.h. BF16: activations rounded to bf16 and multiplied by bf16 weights
+ * through oneDNN's matmul (AVX512-BF16 CPUs only; about twice as fast, less exact). */
+typedef enum gf_compute {
+	GF_COMPUTE_F32 = 0,
+	GF_COMPUTE_BF16 = 1,
+} gf_compute;
+const char *gf_compute_name(gf_compute c);   /* "f32" or "bf16" */
+/* Whether this machine can run bf16 compute (built with oneDNN, a CPU with AVX512-BF16). When
+ * not, why not in `why` (GF_ERR_LEN bytes, may be NULL). */
+bool gf_compute_bf16_available(char *why);
+
+typedef struct gf_dnnl gf_dnnl;
 
 typedef struct gf_model {
 	gf_config cfg;
-	const float *emb;                /* [V][C] */
+	const void *emb;                 /* [V][C] rows, in emb_dtype */
+	gf_dtype emb_dtype;
 	const float *ln0_w, *ln0_b;      /* [C] */
 	const float *ln_out_w, *ln_out_b;/* [C] */
-	const float *head;               /* [V][C] */
-	const float *w_kv_cache_a;       /* [Ck][C] */
-	const float *w_kv_cache_b;       /* [A][C + Ck] */
+	gf_mat head;                     /* [V][C] */
+	gf_mat w_kv_cache_a;             /* [Ck][C] */
+	gf_mat w_kv_cache_b;             /* [A][C + Ck] */
 	gf_layer *layers;                /* [n_layer]; only [block_first, block_end) bound */
 	int block_first, block_end;      /* the blocks this instance holds (all, unless sliced) */
-	gf_gguf gguf;                    /* the mapping the f32 weights live in */
-	float **upcast;                  /* weights upcast from bf16/f16, freed with the model */
-	int n_upcast;
-	/* With huge pages (see gf_model_load_slice) every bound weight is copied here, in
-	 * 2 MiB pages, instead of being read through the file mapping's 4 KiB ones. */
+	gf_compute compute;              /* how prefill chunks multiply (see gf_compute) */
+	int isa;                         /* the kernels' instruction set (model/gemm.h) */
+	gf_dnnl *dnnl;                   /* oneDNN's matmuls, with bf16 compute; else NULL */
+	gf_gguf gguf;                    /* the file's mapping (the tensors' source) */
+	void **owned;                    /* heap blocks of weights, without an arena */
+	int n_owned, cap_owned;
+	/* With huge pages (see gf_model_load_slice) every bound weight is packed here, in
+	 * 2 MiB pages. */
 	char *arena;
 	size_t arena_len, arena_used;
 	void *arena_map;                 /* the reservation the arena is aligned within */
 	size_t arena_map_len;
 	int arena_fd;                    /* the file, while loading: weights are read from it */
+	uint64_t weight_bytes;           /* bytes of weights bound (packed, vectors, emb) */
 } gf_model;
 
 /* Loads a GGUF written by gf-convert. The vocabulary stays in m->gguf.vocab. */
@@ -247,12 +278,11 @@ int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, 
  * every GOLD block takes (the embedding, ln0, w_kv_cache_b and each GOLD block's key/value
  * weights): for ranks that attend over spans of layers they do not own. */
 #define GF_LOAD_GOLD_KV 1u
-/* By default the weights a load binds are copied into memory the kernel backs with 2 MiB
+/* By default the weights a load binds are packed into memory the kernel backs with 2 MiB
  * pages where it offers transparent huge pages: a decode step streams every weight once,
- * and through 4 KiB pages of the file mapping it reads about a tenth slower (one TLB miss
- * every 4 KiB). GF_LOAD_MAPPED keeps them in the read-only mapping instead (no copy, pages
- * shared with every process mapping the file), as does GOLDFINCH_HUGE_PAGES=0 in the
- * environment or a kernel with huge pages off. The bits computed are the same either way. */
+ * and through 4 KiB pages it reads about a tenth slower (one TLB miss every 4 KiB).
+ * GF_LOAD_MAPPED packs them into ordinary pages instead, as does GOLDFINCH_HUGE_PAGES=0 in
+ * the environment or a kernel with huge pages off. The bits computed are the same either way. */
 #define GF_LOAD_MAPPED 2u
 /* With GF_LOAD_PREV_FFN, also block b0-1's channel mix: the rank after a pipeline boundary
  * finishes the rows the rank before it left (gf_blocks_split). */
@@ -260,12 +290,16 @@ int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, 
 /* With GF_LOAD_NEXT_ATT, also the inputs of block b1's time mix (a Finch block): the rank
  * before a pipeline boundary computes rows of them for the next (gf_time_mix_ahead). */
 #define GF_LOAD_NEXT_ATT 8u
+/* With GF_LOAD_COMPUTE_BF16, bf16 compute (gf_compute): every matrix is held in bf16 (rounded
+ * from a f32 or f16 file) and oneDNN's matmuls are made for the big ones. -ENOTSUP, with the
+ * reason, where gf_compute_bf16_available says no. */
+#define GF_LOAD_COMPUTE_BF16 16u
 int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, unsigned flags,
 			char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
 int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err);
 void gf_model_free(gf_model *m);
-/* Bytes of weights one decode step reads (every matrix once, one embedding row). */
+/* Bytes of weights one decode step reads (every matrix once, as stored, one embedding row). */
 uint64_t gf_model_decode_bytes(const gf_model *m);
 
 /* ------------------------------------------------------------------------------------------

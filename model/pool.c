@@ -24,7 +24,8 @@
 
 struct gf_pool {
 	int n_threads;
-	int n_parts;
+	int default_parts;
+	atomic_uint_fast64_t job;    /* generation << 32 | its number of parts */
 	pthread_t *tid;
 	pthread_mutex_t mu;
 	pthread_cond_t wake;
@@ -47,13 +48,16 @@ static void run_parts(gf_pool *p, uint64_t gen)
 {
 	for (;;) {
 		uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
-		if ((t >> 32) != gen || (t & 0xffffffffu) >= (uint64_t)p->n_parts)
+		/* The job's part count, of this generation: a newer one means this one is done. */
+		const uint64_t job = atomic_load_explicit(&p->job, memory_order_acquire);
+		const int n_parts = (int)(job & 0xffffffffu);
+		if ((t >> 32) != gen || (job >> 32) != gen || (t & 0xffffffffu) >= (uint64_t)n_parts)
 			return;
 		if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1,
 							   memory_order_acq_rel,
 							   memory_order_acquire))
 			continue;
-		p->fn(p->arg, (int)(t & 0xffffffffu), p->n_parts);
+		p->fn(p->arg, (int)(t & 0xffffffffu), n_parts);
 		atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
 	}
 }
@@ -90,7 +94,7 @@ int gf_pool_init(gf_pool **out, int n_threads)
 	if (!p)
 		return -ENOMEM;
 	p->n_threads = n_threads < 1 ? 1 : n_threads;
-	p->n_parts = p->n_threads * PARTS_PER_THREAD;
+	p->default_parts = p->n_threads * PARTS_PER_THREAD;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->wake, NULL);
 	p->tid = calloc((size_t)p->n_threads, sizeof(pthread_t));
@@ -116,20 +120,27 @@ int gf_pool_threads(const gf_pool *p)
 
 void gf_pool_run(gf_pool *p, gf_pool_fn fn, void *arg)
 {
-	if (p->n_threads == 1) {
-		fn(arg, 0, 1);
+	gf_pool_run_n(p, fn, arg, p->default_parts);
+}
+
+void gf_pool_run_n(gf_pool *p, gf_pool_fn fn, void *arg, int n_parts)
+{
+	if (p->n_threads == 1 || n_parts <= 1) {
+		for (int i = 0; i < n_parts; i++)
+			fn(arg, i, n_parts);
 		return;
 	}
 	uint64_t gen = (atomic_load(&p->ticket) >> 32) + 1;
 	p->fn = fn;
 	p->arg = arg;
+	atomic_store_explicit(&p->job, gen << 32 | (uint64_t)n_parts, memory_order_release);
 	atomic_store_explicit(&p->done, 0, memory_order_relaxed);
 	pthread_mutex_lock(&p->mu);
 	atomic_store_explicit(&p->ticket, gen << 32, memory_order_release);
 	pthread_cond_broadcast(&p->wake);
 	pthread_mutex_unlock(&p->mu);
 	run_parts(p, gen);
-	while (atomic_load_explicit(&p->done, memory_order_acquire) < p->n_parts)
+	while (atomic_load_explicit(&p->done, memory_order_acquire) < n_parts)
 		cpu_relax();
 }
 

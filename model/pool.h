@@ -20,5 +20,7 @@ int gf_pool_threads(const gf_pool *p);
  * threads claim them, the caller included; returns when all are done. Not reentrant: one
  * caller at a time. */
 void gf_pool_run(gf_pool *p, gf_pool_fn fn, void *arg);
+/* The same with exactly n_parts parts (a caller that keeps per-part buffers). */
+void gf_pool_run_n(gf_pool *p, gf_pool_fn fn, void *arg, int n_parts);
 
 #endif
