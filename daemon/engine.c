@@ -168,6 +168,7 @@ void gfe_config_defaults(gfe_config *cfg)
 	cfg->page_tokens = 4096; /* records are padded to 4 KiB: large pages make that negligible */
 	cfg->c_dtype = CS_DTYPE_F16;
 	cfg->checkpoint_tokens = 262144;
+	cfg->compute = gf_compute_default();
 }
 
 int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
@@ -185,7 +186,8 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 				      cfg->block_end > 0 ? cfg->block_end : -1,
 				      (cfg->gold_kv_all ? GF_LOAD_GOLD_KV : 0) |
 					      (cfg->prev_ffn ? GF_LOAD_PREV_FFN : 0) |
-					      (cfg->next_att ? GF_LOAD_NEXT_ATT : 0),
+					      (cfg->next_att ? GF_LOAD_NEXT_ATT : 0) |
+					      gf_compute_load_flag(cfg->compute),
 				      err)))
 		goto fail_engine;
 	const gf_config *mc = &e->model->cfg;
@@ -275,7 +277,13 @@ struct snapshot_header {
 	uint64_t input_bytes;
 	uint32_t n_layer, n_embd, first_gold, n_head, head_size, window, n_tail;
 	uint32_t slice;  /* 0: every block; else gfe_slice_code() of the rank's blocks */
+	/* 1.1 on: */
+	uint32_t compute; /* gf_compute of the ingest; 1.0 snapshots were all f32 */
+	uint32_t reserved;
 };
+
+/* A 1.0 header: the fields before `compute`. */
+#define SNAPSHOT_HEADER_1_0 offsetof(struct snapshot_header, compute)
 
 size_t gfe_snapshot_size(const gf_config *c, int n_tail)
 {
@@ -283,9 +291,31 @@ size_t gfe_snapshot_size(const gf_config *c, int n_tail)
 	       (gf_state_floats(c) + (size_t)n_tail * c->n_embd) * sizeof(float);
 }
 
-void gfe_snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_bytes,
+int gfe_check_context(const gfe_engine *e, uint64_t serial, uint64_t model_id, uint32_t width,
+		      cs_dtype dtype, char *err)
+{
+	const gf_model *m = e->model;
+	const uint64_t mine = gfe_context_model_id(m);
+	if (model_id != mine && (model_id ^ GFE_BF16_ID_SALT) == m->cfg.model_id)
+		return gf_error(err, -EINVAL, "context #%llu was ingested with bf16 compute, this daemon runs f32: continue it with --compute bf16, or ingest it again",
+				(unsigned long long)serial);
+	if (model_id != mine && model_id == m->cfg.model_id)
+		return gf_error(err, -EINVAL, "context #%llu was ingested with f32 compute, this daemon runs bf16: continue it with --compute f32, or ingest it again",
+				(unsigned long long)serial);
+	if (model_id != mine || width != (uint32_t)m->cfg.ckv_dim)
+		return gf_error(err, -EINVAL, "context #%llu was made by another model",
+				(unsigned long long)serial);
+	if (dtype != e->cfg.c_dtype) /* rows are read into buffers of the engine's type */
+		return gf_error(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
+				(unsigned long long)serial, cs_dtype_name(dtype),
+				cs_dtype_name(e->cfg.c_dtype));
+	return 0;
+}
+
+void gfe_snapshot_write(const gf_model *m, const gf_state *st, uint64_t input_bytes,
 			uint32_t slice, void *buf)
 {
+	const gf_config *c = &m->cfg;
 	struct snapshot_header h = {
 		.magic = GFE_SNAPSHOT_MAGIC, .major = GFE_SNAPSHOT_MAJOR,
 		.minor = GFE_SNAPSHOT_MINOR, .model_id = c->model_id, .n_pos = (uint64_t)st->n_pos,
@@ -293,7 +323,7 @@ void gfe_snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_b
 		.n_embd = (uint32_t)c->n_embd, .first_gold = (uint32_t)c->first_gold,
 		.n_head = (uint32_t)c->n_head, .head_size = (uint32_t)c->head_size,
 		.window = (uint32_t)gf_config_tail_window(c), .n_tail = (uint32_t)st->n_tail,
-		.slice = slice,
+		.slice = slice, .compute = (uint32_t)m->compute,
 	};
 	char *p = buf;
 	memcpy(p, &h, sizeof(h));
@@ -303,13 +333,14 @@ void gfe_snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_b
 	memcpy(p, st->tail, (size_t)st->n_tail * c->n_embd * sizeof(float));
 }
 
-int gfe_snapshot_read(const gf_config *c, const void *buf, size_t len, uint32_t slice,
+int gfe_snapshot_read(const gf_model *m, const void *buf, size_t len, uint32_t slice,
 		      gf_state *st, uint64_t *input_bytes, char *err)
 {
-	struct snapshot_header h;
-	if (len < sizeof(h))
+	const gf_config *c = &m->cfg;
+	struct snapshot_header h = { 0 };
+	if (len < SNAPSHOT_HEADER_1_0)
 		return gf_error(err, -EBADMSG, "snapshot of %zu bytes is too short", len);
-	memcpy(&h, buf, sizeof(h));
+	memcpy(&h, buf, SNAPSHOT_HEADER_1_0);
 	if (h.magic != GFE_SNAPSHOT_MAGIC)
 		return gf_error(err, -EBADMSG, "snapshot: bad magic 0x%08x", h.magic);
 	if (h.major != GFE_SNAPSHOT_MAJOR)
@@ -326,10 +357,18 @@ int gfe_snapshot_read(const gf_config *c, const void *buf, size_t len, uint32_t 
 			    h.slice ? h.slice >> 16 : 0, (h.slice ? h.slice & 0xffff : L) - 1,
 			    slice ? slice >> 16 : 0, (slice ? slice & 0xffff : L) - 1);
 	}
+	const size_t header = h.minor >= 1 ? sizeof(h) : SNAPSHOT_HEADER_1_0;
+	if (len < header)
+		return gf_error(err, -EBADMSG, "snapshot of %zu bytes is too short", len);
+	memcpy(&h, buf, header);
+	if (h.compute != (uint32_t)m->compute)
+		return gf_error(err, -EINVAL, "snapshot was made with %s compute, this process runs %s: a context is continued in the mode that ingested it",
+				h.compute == GF_COMPUTE_BF16 ? "bf16" : h.compute ? "unknown" : "f32",
+				gf_compute_name(m->compute));
 	if (h.n_tail > h.window || h.window != (uint32_t)gf_config_tail_window(c) ||
-	    len != gfe_snapshot_size(c, (int)h.n_tail))
+	    len != header + (gfe_snapshot_size(c, (int)h.n_tail) - sizeof(h)))
 		return gf_error(err, -EBADMSG, "snapshot: %zu bytes do not match its header", len);
-	const char *p = (const char *)buf + sizeof(h);
+	const char *p = (const char *)buf + header;
 	memcpy(st->shift, p, gf_state_floats(c) * sizeof(float));
 	p += gf_state_floats(c) * sizeof(float);
 	memcpy(st->tail, p, (size_t)h.n_tail * c->n_embd * sizeof(float));
@@ -602,8 +641,8 @@ int gfe_ingest_begin(gfe_engine *e, const char *name, gfe_ingest **out, char *er
 	if (rc)
 		return rc;
 	cs_ctx_params p = {
-		.model_id = c->model_id, .dtype = e->cfg.c_dtype, .width = (uint32_t)c->ckv_dim,
-		.page_tokens = e->cfg.page_tokens, .name = name,
+		.model_id = gfe_context_model_id(e->model), .dtype = e->cfg.c_dtype,
+		.width = (uint32_t)c->ckv_dim, .page_tokens = e->cfg.page_tokens, .name = name,
 	};
 	if ((rc = cs_writer_begin(e->store, &p, &in->w, err))) {
 		gfe_ingest_free(in);
@@ -615,7 +654,6 @@ int gfe_ingest_begin(gfe_engine *e, const char *name, gfe_ingest **out, char *er
 
 int gfe_ingest_resume(gfe_engine *e, uint64_t serial, gfe_ingest **out, char *err)
 {
-	const gf_config *c = &e->model->cfg;
 	gfe_ingest *in;
 	void *blob = NULL;
 	size_t len = 0;
@@ -642,7 +680,7 @@ int gfe_ingest_resume(gfe_engine *e, uint64_t serial, gfe_ingest **out, char *er
 			  (unsigned long long)serial);
 		goto fail_ingest;
 	}
-	if ((rc = gfe_snapshot_read(c, blob, len, e->slice, &in->st, &in->input_bytes, err)))
+	if ((rc = gfe_snapshot_read(e->model, blob, len, e->slice, &in->st, &in->input_bytes, err)))
 		goto fail_ingest;
 	if ((uint64_t)in->st.n_pos != cs_writer_committed(in->w)) {
 		rc = gf_error(err, -EBADMSG, "context #%llu: snapshot at token %lld but %llu committed",
@@ -665,7 +703,7 @@ fail_ingest:
 static int ingest_commit(gfe_ingest *in, uint32_t flags, char *err)
 {
 	const gf_config *c = &in->e->model->cfg;
-	gfe_snapshot_write(c, &in->st, in->input_bytes, in->e->slice, in->snap);
+	gfe_snapshot_write(in->e->model, &in->st, in->input_bytes, in->e->slice, in->snap);
 	int rc = cs_writer_commit(in->w, in->snap, gfe_snapshot_size(c, in->st.n_tail), flags, err);
 	if (!rc)
 		in->committed_bytes = in->input_bytes;
@@ -928,23 +966,13 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 			  (unsigned long long)serial, (unsigned long long)info.n_tokens);
 		goto fail_session;
 	}
-	if (info.model_id != c->model_id || info.width != (uint32_t)c->ckv_dim) {
-		rc = gf_error(err, -EINVAL, "context #%llu was made by another model",
-			  (unsigned long long)serial);
+	if ((rc = gfe_check_context(e, serial, info.model_id, info.width, info.dtype, err)))
 		goto fail_session;
-	}
-	if (info.dtype != e->cfg.c_dtype) {
-		/* Rows are read into buffers of the engine's type. */
-		rc = gf_error(err, -EINVAL, "context #%llu stores c as %s, this engine as %s",
-			  (unsigned long long)serial, cs_dtype_name(info.dtype),
-			  cs_dtype_name(e->cfg.c_dtype));
-		goto fail_session;
-	}
 	if ((rc = gf_state_init(&s->st, c)) || (rc = gf_workspace_init(&s->ws, e->model, e->cfg.chunk)))
 		goto fail_oom;
 	if ((rc = cs_reader_blob(s->reader, &blob, &len, err)))
 		goto fail_session;
-	if ((rc = gfe_snapshot_read(c, blob, len, e->slice, &s->st, &input_bytes, err)))
+	if ((rc = gfe_snapshot_read(e->model, blob, len, e->slice, &s->st, &input_bytes, err)))
 		goto fail_session;
 	if ((uint64_t)s->st.n_pos != info.n_tokens) {
 		rc = gf_error(err, -EBADMSG, "context #%llu: snapshot at token %lld, pages hold %llu",

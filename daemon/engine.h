@@ -34,7 +34,7 @@ extern "C" {
 
 #define GFE_SNAPSHOT_MAGIC 0x4e534647u /* "GFSN" */
 #define GFE_SNAPSHOT_MAJOR 1
-#define GFE_SNAPSHOT_MINOR 0
+#define GFE_SNAPSHOT_MINOR 1 /* 1: the compute mode */
 
 typedef struct gfe_config {
 	const char *model_path;      /* GGUF */
@@ -47,6 +47,7 @@ typedef struct gfe_config {
 	uint64_t tier_bytes;         /* expanded key/value tier budget; 0 = off; default 0 */
 	uint64_t disk_budget;        /* bytes; 0 = unlimited */
 	int threads;                 /* OpenBLAS / decode threads; 0 = OpenBLAS's default */
+	gf_compute compute;          /* how prefill chunks multiply; default gf_compute_default() */
 	uint64_t ram_cache_bytes;    /* the store's RAM page cache (cs_config); 0 = its default */
 	int block_first, block_end;  /* load only blocks [first, end): an MPI rank's slice, used
 				      * through engine_internal.h; end 0 = every block */

@@ -73,10 +73,23 @@ static inline uint32_t gfe_slice_code(const gf_config *c, int b0, int b1)
 	return b0 == 0 && b1 == c->n_layer ? 0 : (uint32_t)b0 << 16 | (uint32_t)b1;
 }
 
+/* The model id a context's pages carry: the model's own for f32 compute, another for bf16
+ * compute (its cache rows differ), so that a context is only reused and continued in the
+ * mode that made it. */
+#define GFE_BF16_ID_SALT 0x62663136636d7074ull /* "bf16cmpt" */
+static inline uint64_t gfe_context_model_id(const gf_model *m)
+{
+	return m->cfg.model_id ^ (m->compute == GF_COMPUTE_BF16 ? GFE_BF16_ID_SALT : 0);
+}
+/* Checks that a stored context's model id and c type are this engine's; the error says
+ * which compute mode made it when only that differs. */
+int gfe_check_context(const gfe_engine *e, uint64_t serial, uint64_t model_id, uint32_t width,
+		      cs_dtype dtype, char *err);
+
 size_t gfe_snapshot_size(const gf_config *c, int n_tail);
-void gfe_snapshot_write(const gf_config *c, const gf_state *st, uint64_t input_bytes,
+void gfe_snapshot_write(const gf_model *m, const gf_state *st, uint64_t input_bytes,
 			uint32_t slice, void *buf);
-int gfe_snapshot_read(const gf_config *c, const void *buf, size_t len, uint32_t slice,
+int gfe_snapshot_read(const gf_model *m, const void *buf, size_t len, uint32_t slice,
 		      gf_state *st, uint64_t *input_bytes, char *err);
 /* c rows from float32 to the store's element type. */
 void gfe_c_to_storage(cs_dtype t, const float *src, void *dst, size_t n);

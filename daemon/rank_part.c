@@ -322,8 +322,8 @@ int gfr_part_begin(gfr_ctx *x, uint32_t stream, gfm_box *box, const char *name,
 	if (rc)
 		return rc;
 	cs_ctx_params cp = {
-		.model_id = c->model_id, .dtype = x->e->cfg.c_dtype, .width = (uint32_t)c->ckv_dim,
-		.page_tokens = x->e->cfg.page_tokens, .name = name,
+		.model_id = gfe_context_model_id(x->e->model), .dtype = x->e->cfg.c_dtype,
+		.width = (uint32_t)c->ckv_dim, .page_tokens = x->e->cfg.page_tokens, .name = name,
 	};
 	if ((rc = cs_writer_begin(x->e->store, &cp, &p->w, err))) {
 		gfr_part_free(p);
@@ -338,7 +338,6 @@ int gfr_part_resume(gfr_ctx *x, uint32_t stream, gfm_box *box, uint64_t serial,
 		    gfr_part **out, char *err)
 {
 	gfe_engine *e = x->e;
-	const gf_config *c = &e->model->cfg;
 	void *blob = NULL;
 	size_t len = 0;
 	uint64_t input_bytes;
@@ -362,7 +361,7 @@ int gfr_part_resume(gfr_ctx *x, uint32_t stream, gfm_box *box, uint64_t serial,
 			      serial);
 		goto fail_part;
 	}
-	if ((rc = gfe_snapshot_read(c, blob, len, e->slice, &p->st, &input_bytes, err)))
+	if ((rc = gfe_snapshot_read(e->model, blob, len, e->slice, &p->st, &input_bytes, err)))
 		goto fail_part;
 	p->input_bytes = input_bytes;
 	p->serial = serial;
@@ -385,7 +384,6 @@ int gfr_part_session(gfr_ctx *x, uint32_t stream, gfm_box *box, uint64_t serial,
 		     gfr_part **out, char *err)
 {
 	gfe_engine *e = x->e;
-	const gf_config *c = &e->model->cfg;
 	void *blob = NULL;
 	size_t len = 0;
 	uint64_t input_bytes;
@@ -402,14 +400,10 @@ int gfr_part_session(gfr_ctx *x, uint32_t stream, gfm_box *box, uint64_t serial,
 		rc = gf_error(err, -EINVAL, "context #%" PRIu64 " is still being ingested", serial);
 		goto fail_part;
 	}
-	if (info.model_id != c->model_id || info.width != (uint32_t)c->ckv_dim ||
-	    info.dtype != e->cfg.c_dtype) {
-		rc = gf_error(err, -EINVAL, "context #%" PRIu64 " was made by another model or c type",
-			      serial);
+	if ((rc = gfe_check_context(e, serial, info.model_id, info.width, info.dtype, err)))
 		goto fail_part;
-	}
 	if ((rc = cs_reader_blob(p->reader, &blob, &len, err)) ||
-	    (rc = gfe_snapshot_read(c, blob, len, e->slice, &p->st, &input_bytes, err)))
+	    (rc = gfe_snapshot_read(e->model, blob, len, e->slice, &p->st, &input_bytes, err)))
 		goto fail_part;
 	if ((uint64_t)p->st.n_pos != info.n_tokens) {
 		rc = gf_error(err, -EBADMSG, "context #%" PRIu64 ": snapshot at token %" PRId64 ", pages hold %" PRIu64,
@@ -1100,7 +1094,7 @@ int gfr_part_commit(gfr_part *p, uint64_t input_bytes, bool seal, char *err)
 	const gf_config *cf = cfg_of(p);
 	help_close(p); /* a replica read for others' tail queries: reopened on the next */
 	p->st.n_pos = (int64_t)p->rows;
-	gfe_snapshot_write(cf, &p->st, input_bytes, p->x->e->slice, p->snap);
+	gfe_snapshot_write(p->x->e->model, &p->st, input_bytes, p->x->e->slice, p->snap);
 	int rc = cs_writer_commit(p->w, p->snap, gfe_snapshot_size(cf, p->st.n_tail),
 				  seal ? CS_COMMIT_SEAL : 0, err);
 	if (!rc)

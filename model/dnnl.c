@@ -405,3 +405,38 @@ bool gf_compute_bf16_available(char *why)
 	return true;
 #endif
 }
+
+int gf_compute_parse(const char *s, gf_compute *out, char *err)
+{
+	char why[GF_ERR_LEN];
+	if (!strcmp(s, "f32")) {
+		*out = GF_COMPUTE_F32;
+		return 0;
+	}
+	if (!strcmp(s, "auto")) {
+		*out = gf_compute_bf16_available(NULL) ? GF_COMPUTE_BF16 : GF_COMPUTE_F32;
+		return 0;
+	}
+	if (strcmp(s, "bf16"))
+		return gf_error(err, -EINVAL, "compute '%s': expected f32, bf16 or auto", s);
+	if (!gf_compute_bf16_available(why))
+		return gf_error(err, -ENOTSUP, "compute bf16: %s", why);
+	*out = GF_COMPUTE_BF16;
+	return 0;
+}
+
+unsigned gf_compute_load_flag(gf_compute c)
+{
+	return c == GF_COMPUTE_BF16 ? GF_LOAD_COMPUTE_BF16 : GF_LOAD_COMPUTE_F32;
+}
+
+gf_compute gf_compute_default(void)
+{
+	const char *env = getenv("GOLDFINCH_COMPUTE");
+	gf_compute c;
+	if (env && *env && !strcmp(env, "bf16"))
+		env = "auto"; /* asked, but only where it runs */
+	if (env && *env && !gf_compute_parse(env, &c, NULL))
+		return c;
+	return gf_compute_parse(GF_COMPUTE_DEFAULT_NAME, &c, NULL) ? GF_COMPUTE_F32 : c;
+}

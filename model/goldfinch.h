@@ -239,6 +239,15 @@ const char *gf_compute_name(gf_compute c);   /* "f32" or "bf16" */
 /* Whether this machine can run bf16 compute (built with oneDNN, a CPU with AVX512-BF16). When
  * not, why not in `why` (GF_ERR_LEN bytes, may be NULL). */
 bool gf_compute_bf16_available(char *why);
+/* Parses "f32", "bf16" or "auto" (bf16 where available, else f32); -EINVAL otherwise, and for
+ * "bf16" where it is not available, with the reason. */
+int gf_compute_parse(const char *s, gf_compute *out, char *err);
+/* The GF_LOAD_COMPUTE_* flag of a compute mode. */
+unsigned gf_compute_load_flag(gf_compute c);
+/* The mode of loads and tools that are not told one: GOLDFINCH_COMPUTE (f32, bf16 or auto)
+ * where set, else GF_COMPUTE_DEFAULT_NAME; bf16 only where available. */
+gf_compute gf_compute_default(void);
+#define GF_COMPUTE_DEFAULT_NAME "f32"
 
 typedef struct gf_dnnl gf_dnnl;
 
@@ -294,11 +303,16 @@ int gf_model_load_blocks(gf_model **out, const char *gguf_path, int b0, int b1, 
  * from a f32 or f16 file) and oneDNN's matmuls are made for the big ones. -ENOTSUP, with the
  * reason, where gf_compute_bf16_available says no. */
 #define GF_LOAD_COMPUTE_BF16 16u
+/* GF_LOAD_COMPUTE_F32 asks f32 compute; a load that names neither takes gf_compute_default(). */
+#define GF_LOAD_COMPUTE_F32 32u
 int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, unsigned flags,
 			char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
 int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err);
 void gf_model_free(gf_model *m);
+/* "avx512", "avx2" or "scalar": the instruction set of the model's kernels (the CPU's best,
+ * capped by GOLDFINCH_ISA where set: a way to run and test the other paths). */
+const char *gf_model_isa_name(const gf_model *m);
 /* Bytes of weights one decode step reads (every matrix once, as stored, one embedding row). */
 uint64_t gf_model_decode_bytes(const gf_model *m);
 

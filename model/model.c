@@ -328,7 +328,9 @@ static int from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_se
 	m->arena_fd = fd;
 	if (flags & GF_LOAD_HUGE_INTERNAL)
 		arena_init(m, ts);
-	m->compute = (flags & GF_LOAD_COMPUTE_BF16) ? GF_COMPUTE_BF16 : GF_COMPUTE_F32;
+	m->compute = (flags & GF_LOAD_COMPUTE_BF16) ? GF_COMPUTE_BF16 :
+		     (flags & GF_LOAD_COMPUTE_F32)  ? GF_COMPUTE_F32 :
+						      gf_compute_default();
 	m->isa = gf_isa_detect();
 	if (m->compute == GF_COMPUTE_BF16) {
 		char why[GF_ERR_LEN];
@@ -467,6 +469,11 @@ void gf_model_free(gf_model *m)
 	free(m->layers);
 	gf_gguf_free(&m->gguf);
 	free(m);
+}
+
+const char *gf_model_isa_name(const gf_model *m)
+{
+	return gf_isa_name(m->isa);
 }
 
 static uint64_t mat_bytes(const gf_mat *B)

@@ -18,8 +18,8 @@ src=$4
 tmp=$5
 rm -rf "$tmp"
 mkdir -p "$tmp/in/sub"
-head -c 80000 "$src" >"$tmp/in/a.txt"
-tail -c +80001 "$src" | head -c 40000 >"$tmp/in/sub/b.txt"
+head -c 240000 "$src" >"$tmp/in/a.txt"
+tail -c +240001 "$src" | head -c 120000 >"$tmp/in/sub/b.txt"
 opts="--model $model --threads 1 --chunk 64 --page-tokens 500 --checkpoint-tokens 2048"
 
 now() { date +%s.%N; }

@@ -112,20 +112,21 @@ static double sgemm_rate(const gf_config *c, int chunk)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: gf-bench --model M.gguf [--threads N] [--chunk 256] [--tokens 4096]\n"
-		   "                [--decode-tokens 64] [--context 256]\n"
+		   "                [--decode-tokens 64] [--context 256] [--compute f32|bf16|auto]\n"
 		   "Prints figures; the last line is one JSON object (see the source's header).\n");
 }
 
 int main(int argc, char **argv)
 {
 	gf_blas_prefer_avx512(argv);
-	const char *model_path = NULL;
+	const char *model_path = NULL, *compute_name = NULL;
 	int threads = 1, chunk = 256, tokens = 4096, decode_tokens = 64, context = 256;
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, 'm' },  { "threads", required_argument, 0, 'j' },
 		{ "chunk", required_argument, 0, 'c' },  { "tokens", required_argument, 0, 't' },
 		{ "decode-tokens", required_argument, 0, 'd' },
 		{ "context", required_argument, 0, 'x' }, { "help", no_argument, 0, 'h' },
+		{ "compute", required_argument, 0, 'p' },
 		{ 0, 0, 0, 0 },
 	};
 	for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -136,6 +137,7 @@ int main(int argc, char **argv)
 		case 't': tokens = atoi(optarg); break;
 		case 'd': decode_tokens = atoi(optarg); break;
 		case 'x': context = atoi(optarg); break;
+		case 'p': compute_name = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -149,7 +151,14 @@ int main(int argc, char **argv)
 
 	char err[GF_ERR_LEN];
 	gf_model *m;
-	if (gf_model_load(&m, model_path, err)) {
+	gf_compute compute;
+	if (!compute_name)
+		compute = gf_compute_default();
+	else if (gf_compute_parse(compute_name, &compute, err)) {
+		fprintf(stderr, "gf-bench: %s\n", err);
+		return 2;
+	}
+	if (gf_model_load_slice(&m, model_path, 0, -1, gf_compute_load_flag(compute), err)) {
 		fprintf(stderr, "gf-bench: %s\n", err);
 		return 1;
 	}
@@ -157,9 +166,11 @@ int main(int argc, char **argv)
 	int W = gf_config_tail_window(c);
 	if (chunk < W)
 		chunk = W;
-	printf("model: %d layers (%d Finch, %d GOLD), n_embd %d, vocab %d; OpenBLAS core %s, %d thread(s)\n",
+	printf("model: %d layers (%d Finch, %d GOLD), n_embd %d, vocab %d, %.1f MB of weights per token; "
+	       "compute %s, kernels %s; OpenBLAS core %s, %d thread(s)\n",
 	       c->n_layer, c->first_gold, c->n_layer - c->first_gold, c->n_embd, c->vocab_size,
-	       gf_blas_corename(), gf_blas_threads());
+	       (double)gf_model_decode_bytes(m) / 1e6, gf_compute_name(m->compute),
+	       gf_model_isa_name(m), gf_blas_corename(), gf_blas_threads());
 
 	gf_workspace *ws;
 	gf_state st;
@@ -258,6 +269,10 @@ int main(int argc, char **argv)
 	cJSON_AddNumberToObject(j, "decode_gbs", decode_gbs);
 	cJSON_AddNumberToObject(j, "read_gbs", read_gbs);
 	cJSON_AddNumberToObject(j, "threads", threads);
+	cJSON_AddStringToObject(j, "compute", gf_compute_name(m->compute));
+	cJSON_AddStringToObject(j, "kernels", gf_model_isa_name(m));
+	cJSON_AddStringToObject(j, "openblas_core", gf_blas_corename());
+	cJSON_AddNumberToObject(j, "decode_bytes_per_token", bytes);
 	cJSON_AddBoolToObject(j, "weights_in_huge_pages", m->arena != NULL);
 	cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)ru.ru_maxrss * 1024.0);
 	char *s = cJSON_PrintUnformatted(j);
