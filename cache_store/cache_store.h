@@ -140,6 +140,10 @@ void cs_config_defaults(cs_config *cfg);
 
 typedef struct cs_store cs_store;
 
+/* The RAM page cache: bytes of decompressed pages held now (referenced or not) and its limit
+ * for unreferenced ones (cs_config.ram_cache_bytes). Thread-safe. */
+void cs_store_cache_usage(cs_store *s, uint64_t *bytes, uint64_t *limit);
+
 /* Opens (creating if absent, unless RDONLY) the store in dir. A writable open takes the
  * directory's lock (-EBUSY if another process holds it), removes what a crash left behind
  * (files of uncommitted contexts, bytes appended after the last commit, temporaries) and

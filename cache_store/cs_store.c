@@ -1206,3 +1206,11 @@ out_hold:
 	unhold(s, serial);
 	return rc;
 }
+
+void cs_store_cache_usage(cs_store *s, uint64_t *bytes, uint64_t *limit)
+{
+	pthread_mutex_lock(&s->cache.mu);
+	*bytes = s->cache.bytes;
+	*limit = s->cache.limit;
+	pthread_mutex_unlock(&s->cache.mu);
+}

@@ -169,6 +169,7 @@ void gfe_config_defaults(gfe_config *cfg)
 	cfg->c_dtype = CS_DTYPE_F16;
 	cfg->checkpoint_tokens = 262144;
 	cfg->compute = gf_compute_default();
+	cfg->tier_bytes = (uint64_t)GFE_TIER_DEFAULT_MB << 20;
 }
 
 int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
@@ -255,6 +256,20 @@ cs_store *gfe_store(gfe_engine *e)
 	return e->store;
 }
 
+uint64_t gfe_key_model_id(const gf_model *m)
+{
+	return gfe_context_model_id(m);
+}
+
+int gfe_context_compute(const gfe_engine *e, uint64_t ctx_model_id, gf_compute *out)
+{
+	const uint64_t id = e->model->cfg.model_id;
+	if (ctx_model_id != id && ctx_model_id != (id ^ GFE_BF16_ID_SALT))
+		return -EINVAL;
+	*out = ctx_model_id == id ? GF_COMPUTE_F32 : GF_COMPUTE_BF16;
+	return 0;
+}
+
 void gfe_tier_stats_get(gfe_engine *e, gfe_tier_stats *out)
 {
 	pthread_mutex_lock(&e->tier.mu);
@@ -262,7 +277,18 @@ void gfe_tier_stats_get(gfe_engine *e, gfe_tier_stats *out)
 	out->misses = e->tier.misses;
 	out->bytes = e->tier.bytes;
 	out->blocks = e->tier.blocks;
+	out->budget = e->tier.budget;
 	pthread_mutex_unlock(&e->tier.mu);
+}
+
+void gfe_memory_get(gfe_engine *e, gfe_memory *out)
+{
+	gfe_tier_stats t;
+	gfe_tier_stats_get(e, &t);
+	out->weight_bytes = e->model->weight_bytes;
+	cs_store_cache_usage(e->store, &out->page_cache_bytes, &out->page_cache_budget);
+	out->tier_bytes = t.bytes;
+	out->tier_budget = t.budget;
 }
 
 /* ---- snapshots ----------------------------------------------------------------------------

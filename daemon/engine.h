@@ -44,7 +44,8 @@ typedef struct gfe_config {
 	cs_dtype c_dtype;            /* storage type of c; default f16 */
 	uint64_t checkpoint_tokens;  /* commit every this many tokens (rounded up to a chunk
 					* multiple); 0 = only at the end; default 262144 */
-	uint64_t tier_bytes;         /* expanded key/value tier budget; 0 = off; default 0 */
+	uint64_t tier_bytes;         /* expanded key/value tier budget; 0 = off;
+				      * default GFE_TIER_DEFAULT_MB */
 	uint64_t disk_budget;        /* bytes; 0 = unlimited */
 	int threads;                 /* OpenBLAS / decode threads; 0 = OpenBLAS's default */
 	gf_compute compute;          /* how prefill chunks multiply; default gf_compute_default() */
@@ -59,6 +60,10 @@ typedef struct gfe_config {
 				      * compute rows of them for the next rank (rank_part.c) */
 } gfe_config;
 
+/* The tier every tool and the daemon start with: sized for a laptop; enough for the expanded
+ * keys and values of about 250K tokens of the shipped model (the tier holds bf16). */
+#define GFE_TIER_DEFAULT_MB 512
+
 void gfe_config_defaults(gfe_config *cfg);
 
 typedef struct gfe_engine gfe_engine;
@@ -69,11 +74,29 @@ const gf_model *gfe_model(const gfe_engine *e);
 const gf_tokenizer *gfe_tokenizer(const gfe_engine *e); /* NULL if the model has no vocab */
 cs_store *gfe_store(gfe_engine *e);
 
+/* The model id the contexts of an engine with model m are stored under: the model's own with f32 compute,
+ * another with bf16 compute (the cache rows differ), so that a context is only reused and
+ * continued in the mode that ingested it. */
+uint64_t gfe_key_model_id(const gf_model *m);
+/* The compute mode that made a context stored under ctx_model_id with this engine's model:
+ * 0 and *out, or -EINVAL when another model made it. */
+int gfe_context_compute(const gfe_engine *e, uint64_t ctx_model_id, gf_compute *out);
+
 /* Tier statistics: block lookups served from the tier, and rebuilt. */
 typedef struct gfe_tier_stats {
 	uint64_t hits, misses, bytes, blocks;
+	uint64_t budget;  /* gfe_config.tier_bytes */
 } gfe_tier_stats;
 void gfe_tier_stats_get(gfe_engine *e, gfe_tier_stats *out);
+
+/* What the engine's memory holds, each part against its budget: resident memory is about
+ * weights + page cache + tier, plus the small state of each job. */
+typedef struct gfe_memory {
+	uint64_t weight_bytes;                    /* the model's weights as loaded */
+	uint64_t page_cache_bytes, page_cache_budget;
+	uint64_t tier_bytes, tier_budget;
+} gfe_memory;
+void gfe_memory_get(gfe_engine *e, gfe_memory *out);
 
 /* ------------------------------------------------------------------------------------------
  * Ingest. Feed text (tokenized as it streams) or token ids; the Finch stage runs per chunk

@@ -199,7 +199,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	cs_key key;
-	cs_hash_tokens(m->cfg.model_id, (const uint32_t *)tok, T, &key);
+	cs_hash_tokens(gfe_key_model_id(m), (const uint32_t *)tok, T, &key);
 	if (!cs_key_equal(key, ref.key)) {
 		printf("FAIL: key differs from cs_hash_tokens of the input\n");
 		failures++;

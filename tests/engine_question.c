@@ -225,7 +225,7 @@ int main(int argc, char **argv)
 		for (int i = 0; i < N && same; i++)
 			same = before.tok[i] == (uint32_t)tok[i];
 		cs_key key;
-		cs_hash_tokens(m->cfg.model_id, (const uint32_t *)tok, N, &key);
+		cs_hash_tokens(gfe_key_model_id(gfe_model(e)), (const uint32_t *)tok, N, &key);
 		same = same && cs_key_equal(key, after.info.key);
 		printf("  %-40s %s\n", "stored context unchanged", same ? "ok" : "FAIL");
 		failures += !same;

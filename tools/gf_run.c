@@ -88,6 +88,11 @@ static void usage(FILE *f)
 		"  --checkpoint-tokens K  commit a resumable checkpoint every K tokens (ingest;\n"
 		"                         rounded up to a chunk multiple; default 262144)\n"
 		"  --tier-mb N            expanded key/value tier for decode, MiB (default 512; 0 off)\n"
+		"  --compute f32|bf16|auto  how a prefill multiplies (default " GF_COMPUTE_DEFAULT_NAME
+		", or\n"
+		"                         GOLDFINCH_COMPUTE): f32 is exact, bf16 (AVX512-BF16 CPUs)\n"
+		"                         about 1.6x faster. A context is continued in the mode that\n"
+		"                         ingested it\n"
 		"  --help                 this text\n"
 		"\n"
 		"ingest PATH...: PATHs (files, directories, or - for stdin) become one byte stream,\n"
@@ -170,6 +175,8 @@ struct opts {
 	uint64_t checkpoint_tokens;
 	uint64_t tier_mb;
 	bool page_set, dtype_set;
+	gf_compute compute;
+	bool compute_set;
 	/* ingest */
 	const char *name;
 	bool resume;
@@ -223,6 +230,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	o->c_dtype = CS_DTYPE_F16;
 	o->checkpoint_tokens = 262144;
 	o->tier_mb = 512;
+	o->compute = gf_compute_default();
 	o->max_tokens = 256;
 	gf_sampling_defaults(&o->samp);
 	o->stops = calloc((size_t)argc, sizeof(*o->stops));
@@ -279,6 +287,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			else
 				return die(EX_USAGE, "--c-dtype %s: not f16, bf16 or f32", v);
 			o->dtype_set = true;
+		} else if (strcmp(a, "--compute") == 0) {
+			char why[GF_ERR_LEN];
+			if (gf_compute_parse(v, &o->compute, why))
+				return die(EX_USAGE, "--compute: %s", why);
+			o->compute_set = true;
 		} else if (strcmp(a, "--checkpoint-tokens") == 0) {
 			if (parse_u64(v, 0, UINT64_MAX / 2, &u))
 				return die(EX_USAGE, "--checkpoint-tokens %s: not a non-negative integer", v);
@@ -373,6 +386,29 @@ static void engine_config(const struct opts *o, gfe_config *cfg)
 	cfg->checkpoint_tokens = o->checkpoint_tokens;
 	cfg->tier_bytes = o->tier_mb << 20;
 	cfg->threads = o->threads;
+	cfg->compute = o->compute;
+}
+
+/* A context is continued in the compute mode that ingested it: an engine of the other mode is
+ * reopened in that one, unless --compute asked otherwise (then an error). 0, or an exit code
+ * after printing the error. */
+static int follow_context_compute(const struct opts *o, gfe_engine **e, gfe_config *cfg,
+				  uint64_t serial, uint64_t ctx_model_id)
+{
+	char err[GF_ERR_LEN];
+	gf_compute made;
+	if (gfe_context_compute(*e, ctx_model_id, &made) || made == cfg->compute)
+		return 0; /* another model's context: the engine's own check says so */
+	if (o->compute_set)
+		return die(EX_USAGE, "context #%" PRIu64 " was ingested with --compute %s: continue it with the same (or without --compute)",
+			   serial, gf_compute_name(made));
+	gfe_close(*e);
+	*e = NULL;
+	cfg->compute = made;
+	if (gfe_open(e, cfg, err))
+		return die(EX_ERR, "context #%" PRIu64 " needs %s compute: %s", serial,
+			   gf_compute_name(made), err);
+	return 0;
 }
 
 /* The store read-only (no lock: works beside a running ingest). *s NULL and 0 when the
@@ -791,6 +827,8 @@ static int cmd_ingest(struct opts *o)
 		rc = die(EX_ERR, "%s", err);
 		goto out_input;
 	}
+	if (serial && (rc = follow_context_compute(o, &e, &cfg, serial, rinfo.model_id)))
+		goto out_engine;
 	if (!gfe_tokenizer(e)) {
 		rc = die(EX_ERR, "%s: the model has no vocabulary (convert it with --vocab)", o->model);
 		goto out_engine;
@@ -1021,6 +1059,10 @@ static int cmd_ask(struct opts *o)
 	const double t0 = now_s();
 	if (gfe_open(&e, &cfg, err))
 		return die(EX_ERR, "%s", err);
+	if ((rc = follow_context_compute(o, &e, &cfg, info.serial, info.model_id))) {
+		gfe_close(e);
+		return rc;
+	}
 	const double t_open = now_s();
 	const gf_tokenizer *tk = gfe_tokenizer(e);
 	const int32_t V = gfe_model(e)->cfg.vocab_size;
