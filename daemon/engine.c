@@ -107,7 +107,7 @@ static struct tier_entry *tier_alloc(struct tier *t, uint64_t owner)
 	if (!room)
 		return NULL;
 	struct tier_entry *e = calloc(1, sizeof(*e));
-	float *kv = malloc(t->entry_bytes);
+	char *kv = malloc(t->entry_bytes);
 	if (!e || !kv) {
 		free(e);
 		free(kv);
@@ -117,7 +117,7 @@ static struct tier_entry *tier_alloc(struct tier *t, uint64_t owner)
 		return NULL;
 	}
 	e->k = kv;
-	e->v = kv + t->entry_bytes / sizeof(float) / 2;
+	e->v = kv + t->entry_bytes / 2;
 	e->pins = 1;
 	return e;
 }
@@ -170,6 +170,7 @@ void gfe_config_defaults(gfe_config *cfg)
 	cfg->checkpoint_tokens = 262144;
 	cfg->compute = gf_compute_default();
 	cfg->tier_bytes = (uint64_t)GFE_TIER_DEFAULT_MB << 20;
+	cfg->kv_dtype = GF_DTYPE_BF16;
 }
 
 int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
@@ -218,7 +219,13 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 	if ((rc = cs_store_open(&e->store, cfg->cache_dir, &sc, err)))
 		goto fail_engine;
 	e->tier.budget = cfg->tier_bytes;
-	e->tier.entry_bytes = 2ull * GF_KV_BLOCK * (uint64_t)mc->dim_att * sizeof(float);
+	if (cfg->kv_dtype != GF_DTYPE_F32 && cfg->kv_dtype != GF_DTYPE_BF16) {
+		rc = gf_error(err, -EINVAL, "keys and values as %s: f32 or bf16 only",
+			      gf_dtype_name(cfg->kv_dtype));
+		goto fail_engine;
+	}
+	e->tier.entry_bytes = 2ull * GF_KV_BLOCK * (uint64_t)mc->dim_att *
+			      gf_dtype_size(cfg->kv_dtype);
 	*out = e;
 	return 0;
 fail_engine:
@@ -473,13 +480,33 @@ static int paged_rebuild(struct paged_src *ps, gf_workspace *ws, int g, int64_t 
 			     k + (size_t)from * c->dim_att, v + (size_t)from * c->dim_att);
 }
 
+/* paged_rebuild into k, v of the source's type: rows [from, n) of the block, the floats
+ * rounded to bf16 where that is the type (a rebuilt block then has the bits it has in the
+ * tier). */
+static int rebuild_as(struct paged_src *ps, gf_workspace *ws, int g, int64_t first, int from,
+		      int n, void *k, void *v)
+{
+	if (ps->src.kv_dtype == GF_DTYPE_F32)
+		return paged_rebuild(ps, ws, g, first, from, n, k, v);
+	const size_t A = (size_t)ps->e->model->cfg.dim_att, at = (size_t)from * A;
+	float *fk, *fv;
+	gf_workspace_kv_scratch(ws, &fk, &fv);
+	int rc = paged_rebuild(ps, ws, g, first, from, n, fk, fv);
+	if (rc)
+		return rc;
+	gf_round_bf16(fk + at, (uint16_t *)k + at, (size_t)(n - from) * A);
+	gf_round_bf16(fv + at, (uint16_t *)v + at, (size_t)(n - from) * A);
+	return 0;
+}
+
 static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		     const float **k, const float **v, int *ld)
+		     const void **k, const void **v, int *ld)
 {
 	struct paged_src *ps = (struct paged_src *)src;
 	const gf_config *c = &ps->e->model->cfg;
 	struct tier *t = &ps->e->tier;
 	const uint64_t block = (uint64_t)first / GF_KV_BLOCK;
+	const size_t block_bytes = (size_t)GF_KV_BLOCK * c->dim_att * gf_dtype_size(src->kv_dtype);
 	int rc;
 	*ld = c->dim_att;
 	gfe_tier_unpin(t, ps->pinned);
@@ -490,10 +517,10 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 		 * one: a session's earlier blocks would evict it (and each other) every step, and
 		 * a full block is then rebuilt in one go, with or without the tier, so that the
 		 * tier never changes a result's bits. */
-		float *bk = ps->open_k + (size_t)g * GF_KV_BLOCK * c->dim_att;
-		float *bv = ps->open_v + (size_t)g * GF_KV_BLOCK * c->dim_att;
+		char *bk = (char *)ps->open_k + (size_t)g * block_bytes;
+		char *bv = (char *)ps->open_v + (size_t)g * block_bytes;
 		int from = ps->open_first[g] == first && ps->open_rows[g] <= n ? ps->open_rows[g] : 0;
-		if (from < n && (rc = paged_rebuild(ps, ws, g, first, from, n, bk, bv)))
+		if (from < n && (rc = rebuild_as(ps, ws, g, first, from, n, bk, bv)))
 			return rc;
 		ps->open_first[g] = first;
 		ps->open_rows[g] = n;
@@ -507,7 +534,7 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 		if (owner) {
 			struct tier_entry *e = tier_get(t, owner, g, block);
 			if (!e && (e = tier_alloc(t, owner))) {
-				if ((rc = paged_rebuild(ps, ws, g, first, 0, n, e->k, e->v))) {
+				if ((rc = rebuild_as(ps, ws, g, first, 0, n, e->k, e->v))) {
 					free(e->k);
 					free(e);
 					pthread_mutex_lock(&t->mu);
@@ -527,10 +554,12 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 	}
 	float *sk, *sv;
 	gf_workspace_kv_scratch(ws, &sk, &sv);
-	if ((rc = paged_rebuild(ps, ws, g, first, 0, n, sk, sv)))
+	void *bk = src->kv_dtype == GF_DTYPE_F32 ? (void *)sk : ps->k16;
+	void *bv = src->kv_dtype == GF_DTYPE_F32 ? (void *)sv : ps->v16;
+	if ((rc = rebuild_as(ps, ws, g, first, 0, n, bk, bv)))
 		return rc;
-	*k = sk;
-	*v = sv;
+	*k = bk;
+	*v = bv;
 	return 0;
 }
 
@@ -541,6 +570,7 @@ int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint6
 	const size_t rows = GF_KV_BLOCK + 1, n_gold = (size_t)(c->n_layer - c->first_gold);
 	memset(ps, 0, sizeof(*ps));
 	ps->src.get = paged_get;
+	ps->src.kv_dtype = e->cfg.kv_dtype;
 	ps->e = e;
 	ps->reader = reader;
 	ps->serial = serial;
@@ -550,13 +580,20 @@ int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint6
 	ps->c = malloc(rows * c->ckv_dim * sizeof(float));
 	ps->tok = malloc(rows * sizeof(int32_t));
 	if (growing) {
-		ps->open_k = malloc(n_gold * GF_KV_BLOCK * c->dim_att * sizeof(float));
-		ps->open_v = malloc(n_gold * GF_KV_BLOCK * c->dim_att * sizeof(float));
+		const size_t es = gf_dtype_size(e->cfg.kv_dtype);
+		ps->open_k = malloc(n_gold * GF_KV_BLOCK * c->dim_att * es);
+		ps->open_v = malloc(n_gold * GF_KV_BLOCK * c->dim_att * es);
 		ps->open_first = malloc(n_gold * sizeof(int64_t));
 		ps->open_rows = calloc(n_gold, sizeof(int));
 		if (ps->open_first)
 			for (size_t g = 0; g < n_gold; g++)
 				ps->open_first[g] = -1;
+	}
+	if (e->cfg.kv_dtype == GF_DTYPE_BF16) {
+		ps->k16 = malloc(sizeof(uint16_t) * GF_KV_BLOCK * c->dim_att);
+		ps->v16 = malloc(sizeof(uint16_t) * GF_KV_BLOCK * c->dim_att);
+		if (!ps->k16 || !ps->v16)
+			return -ENOMEM;
 	}
 	if (!ps->raw || !ps->raw_tok || !ps->c || !ps->tok ||
 	    (growing && (!ps->open_k || !ps->open_v || !ps->open_first || !ps->open_rows)))
@@ -604,6 +641,8 @@ void gfe_paged_free(struct paged_src *ps)
 	free(ps->tok);
 	free(ps->open_k);
 	free(ps->open_v);
+	free(ps->k16);
+	free(ps->v16);
 	free(ps->open_first);
 	free(ps->open_rows);
 	memset(ps, 0, sizeof(*ps));

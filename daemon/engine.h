@@ -49,6 +49,9 @@ typedef struct gfe_config {
 	uint64_t disk_budget;        /* bytes; 0 = unlimited */
 	int threads;                 /* OpenBLAS / decode threads; 0 = OpenBLAS's default */
 	gf_compute compute;          /* how prefill chunks multiply; default gf_compute_default() */
+	gf_dtype kv_dtype;           /* of expanded keys and values, in the tier and wherever
+				      * else attention reads them: GF_DTYPE_BF16 (default; half
+				      * the bytes) or GF_DTYPE_F32 (the rebuilt floats as they are) */
 	uint64_t ram_cache_bytes;    /* the store's RAM page cache (cs_config); 0 = its default */
 	int block_first, block_end;  /* load only blocks [first, end): an MPI rank's slice, used
 				      * through engine_internal.h; end 0 = every block */

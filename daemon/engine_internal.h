@@ -14,7 +14,7 @@ struct tier_entry {
 	uint64_t owner;              /* context serial, or session id | TIER_SESSION */
 	int g;
 	uint64_t block;
-	float *k, *v;                /* [GF_KV_BLOCK][A] each */
+	void *k, *v;                 /* [GF_KV_BLOCK][A] each, of the engine's kv_dtype */
 	int pins;
 	struct tier_entry *hnext;    /* hash chain */
 	struct tier_entry *prev, *next; /* LRU list, most recent first */
@@ -55,7 +55,8 @@ struct paged_src {
 	uint32_t *raw_tok;        /* [GF_KV_BLOCK + 1] */
 	float *c;                 /* [GF_KV_BLOCK + 1][Ck] */
 	int32_t *tok;             /* [GF_KV_BLOCK + 1] */
-	float *open_k, *open_v;   /* [n_gold][GF_KV_BLOCK][A]: the growing block */
+	void *open_k, *open_v;    /* [n_gold][GF_KV_BLOCK][A] of kv_dtype: the growing block */
+	uint16_t *k16, *v16;      /* [GF_KV_BLOCK][A]: a rebuilt block rounded to bf16 */
 	int64_t *open_first;      /* [n_gold]: its first position, -1 = none */
 	int *open_rows;           /* [n_gold]: rows valid */
 	struct tier_entry *pinned;

@@ -67,6 +67,7 @@ struct gf_workspace {
 	float *att_y;        /* [M][A] unnormalised output merged over the spans so far */
 	float *sp_max, *sp_sum; /* [M][H] of the span being computed */
 	float *kv_k, *kv_v;  /* [GF_KV_BLOCK][A] scratch for sources that rebuild */
+	float *kw_k, *kw_v;  /* [GF_KV_BLOCK][A] a bf16 block widened for many queries */
 	float *e_cat;        /* [M+1][C+Ck]: [x0 ; c] rows, previous position first */
 	float *e_kc;         /* [M+1][A] key stream */
 	float *e_xn;         /* [M+1][C] rms(x0) */
@@ -116,6 +117,7 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 		{ &ws->scores, M * GF_KV_BLOCK }, { &ws->att_max, M * H }, { &ws->att_sum, M * H },
 		{ &ws->att_y, M * A },   { &ws->sp_max, M * H }, { &ws->sp_sum, M * H },
 		{ &ws->kv_k, GF_KV_BLOCK * A }, { &ws->kv_v, GF_KV_BLOCK * A },
+		{ &ws->kw_k, GF_KV_BLOCK * A }, { &ws->kw_v, GF_KV_BLOCK * A },
 		{ &ws->e_cat, (M + 1) * (C + Ck) },
 		{ &ws->e_kc, (M + 1) * A }, { &ws->e_xn, (M + 1) * C }, { &ws->e_dxn, M * C },
 		{ &ws->fx, M * C },      { &ws->fc, M * Ck },
@@ -821,7 +823,7 @@ void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v)
 }
 
 static int ram_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		   const float **k, const float **v, int *ld)
+		   const void **k, const void **v, int *ld)
 {
 	const gf_kv *kv = src->user;
 	(void)ws;
@@ -839,6 +841,7 @@ void gf_kv_source_ram(gf_kv_source *src, const gf_kv *kv)
 	src->get = ram_get;
 	src->attend = NULL;
 	src->user = (void *)kv;
+	src->kv_dtype = GF_DTYPE_F32;
 }
 
 /* ---- GOLD attention and blocks ------------------------------------------------------------ */
@@ -865,18 +868,22 @@ static int attend_span(const gf_config *c, gf_workspace *ws, gf_kv_source *src, 
 		/* Only queries that see some key of this block take part. */
 		const int t_first = kb > p0 ? (int)(kb - p0) : 0;
 		const int nq = n - t_first;
-		const float *K, *V;
+		const void *Kp, *Vp;
 		int ld;
-		int rc = src->get(src, ws, g, kb, nb, &K, &V, &ld);
+		int rc = src->get(src, ws, g, kb, nb, &Kp, &Vp, &ld);
 		if (rc)
 			return rc;
+		const bool b16 = src->kv_dtype == GF_DTYPE_BF16;
 		if (nq == 1 && H * nb <= ws->max_rows * GF_KV_BLOCK) {
 			/* One query (decode): it sees the whole block. Read each key and value
 			 * row once for all heads, off OpenBLAS (whose threads would wake and
 			 * compete with the decode pool for the cores). */
 			const int t = n - 1;
 			float *S = ws->scores, *yt = y + (size_t)t * A;
-			gf_attn_scores(K, ld, nb, q + (size_t)t * A, H, N, scale, S);
+			if (b16)
+				gf_attn_scores_bf16(Kp, ld, nb, q + (size_t)t * A, H, N, scale, S);
+			else
+				gf_attn_scores(Kp, ld, nb, q + (size_t)t * A, H, N, scale, S);
 			for (int h = 0; h < H; h++) {
 				float *s = S + (size_t)h * nb;
 				float *mx_t = &att_max[t * H + h], *sum_t = &att_sum[t * H + h];
@@ -895,8 +902,19 @@ static int attend_span(const gf_config *c, gf_workspace *ws, gf_kv_source *src, 
 					for (int d = 0; d < N; d++)
 						yt[h * N + d] *= rescale;
 			}
-			gf_attn_accum(V, ld, nb, S, H, N, yt);
+			if (b16)
+				gf_attn_accum_bf16(Vp, ld, nb, S, H, N, yt);
+			else
+				gf_attn_accum(Vp, ld, nb, S, H, N, yt);
 			continue;
+		}
+		const float *K = Kp, *V = Vp;
+		if (b16) { /* many queries: the block widened once, then GEMMs as for floats */
+			gf_widen_bf16_rows(Kp, ld, nb, A, ws->kw_k);
+			gf_widen_bf16_rows(Vp, ld, nb, A, ws->kw_v);
+			K = ws->kw_k;
+			V = ws->kw_v;
+			ld = A;
 		}
 		for (int h = 0; h < H; h++) {
 			const float *qh = q + (size_t)t_first * A + h * N;

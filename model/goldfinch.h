@@ -384,12 +384,16 @@ typedef struct gf_kv_source gf_kv_source;
 struct gf_kv_source {
 	int64_t n_pos;
 	/* Keys and values of GOLD block g (0 = block G) for positions [first, first + n),
-	 * first a multiple of GF_KV_BLOCK, n <= GF_KV_BLOCK: pointers to n rows of A floats with
-	 * row stride *ld, valid until the next call. A source that rebuilds may use
-	 * gf_workspace_kv_scratch(ws) and gf_kv_rebuild. */
+	 * first a multiple of GF_KV_BLOCK, n <= GF_KV_BLOCK: pointers to n rows of A elements of
+	 * type kv_dtype with row stride *ld (elements), valid until the next call. A source that
+	 * rebuilds may use gf_workspace_kv_scratch(ws) and gf_kv_rebuild. */
 	int (*get)(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		   const float **k, const float **v, int *ld);
+		   const void **k, const void **v, int *ld);
 	void *user;
+	/* GF_DTYPE_F32 (0: a zeroed source) or GF_DTYPE_BF16: keys and values rounded to bf16
+	 * (nearest even, gf_round_bf16), half the bytes of an expanded tier. A source gives
+	 * every block in one type, so that where a block comes from never changes the bits. */
+	gf_dtype kv_dtype;
 	/* Optional (NULL: attend here through get): the whole attention of GOLD block g for n
 	 * queries q [n][A] at positions p0.., y [n][A] out; for ranks that share the spans
 	 * (gf_attn_spans) and must give the same bits as attending here. */
@@ -418,6 +422,9 @@ int gf_attn_spans(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
 void gf_attn_acc_init(const gf_config *c, int n, float *acc);
 void gf_attn_acc_merge(const gf_config *c, int n, float *acc, const float *partial);
 void gf_attn_acc_finish(const gf_config *c, int n, const float *acc, float *y);
+
+/* dst[i] = bf16(src[i]), rounded to nearest even: what a bf16 key/value source stores. */
+void gf_round_bf16(const float *src, uint16_t *dst, size_t n);
 
 /* Two scratch blocks of [GF_KV_BLOCK][A] floats in ws, for a source to rebuild into. */
 void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v);

@@ -314,3 +314,71 @@ HOT void gf_attn_accum(const float *restrict V, int ld, int nb, const float *res
 		}
 	}
 }
+
+static inline float widen_bf16(uint16_t h)
+{
+	const uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+/* Nearest even on the bits: add half an ulp of bf16 (minus one when the kept part is even),
+ * then truncate. NaNs stay NaNs (quiet bit set); infinities and overflow to infinity are
+ * what rounding gives. Branch-free, so it vectorises, and every CPU gets the same bits. */
+HOT void gf_round_bf16(const float *src, uint16_t *dst, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u;
+		memcpy(&u, &src[i], sizeof(u));
+		const uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
+		const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+		dst[i] = (uint16_t)(nan ? (u >> 16) | 0x40u : r);
+	}
+}
+
+HOT void gf_widen_bf16_rows(const uint16_t *restrict src, int ld, int rows, int cols,
+			    float *restrict dst)
+{
+	for (int r = 0; r < rows; r++)
+		for (int c = 0; c < cols; c++)
+			dst[(size_t)r * cols + c] = widen_bf16(src[(size_t)r * ld + c]);
+}
+
+HOT void gf_attn_scores_bf16(const uint16_t *restrict K, int ld, int nb, const float *restrict q,
+			     int H, int N, float scale, float *restrict S)
+{
+	for (int j = 0; j < nb; j++) {
+		const uint16_t *kr = K + (size_t)j * ld;
+		for (int h = 0; h < H; h++) {
+			const uint16_t *kh = kr + (size_t)h * N;
+			const float *qh = q + (size_t)h * N;
+			float acc[LANES] = { 0 };
+			int d = 0;
+			for (; d + LANES <= N; d += LANES)
+				for (int u = 0; u < LANES; u++)
+					acc[u] += widen_bf16(kh[d + u]) * qh[d + u];
+			float s = 0.0f;
+			for (; d < N; d++)
+				s += widen_bf16(kh[d]) * qh[d];
+			for (int u = 0; u < LANES; u++)
+				s += acc[u];
+			S[(size_t)h * nb + j] = scale * s;
+		}
+	}
+}
+
+HOT void gf_attn_accum_bf16(const uint16_t *restrict V, int ld, int nb, const float *restrict P,
+			    int H, int N, float *restrict y)
+{
+	for (int j = 0; j < nb; j++) {
+		const uint16_t *vr = V + (size_t)j * ld;
+		for (int h = 0; h < H; h++) {
+			const float p = P[(size_t)h * nb + j];
+			const uint16_t *vh = vr + (size_t)h * N;
+			float *yh = y + (size_t)h * N;
+			for (int d = 0; d < N; d++)
+				yh[d] += p * widen_bf16(vh[d]);
+		}
+	}
+}

@@ -9,6 +9,7 @@
 #define GF_VECMATH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 float gf_vsum(const float *x, int n);
 /* sum over i of (x[i] - mean)^2 */
@@ -34,6 +35,15 @@ void gf_attn_scores(const float *K, int ld, int nb, const float *q, int H, int N
 		    float *S);
 /* y [H*N] += P [H][nb] times the value rows (row stride ld), every head. */
 void gf_attn_accum(const float *V, int ld, int nb, const float *P, int H, int N, float *y);
+/* The same over keys and values stored as bf16 (the top halves of floats): each widened
+ * exactly, the sums in the order of the float versions, so the bits are those of the float
+ * versions over the widened rows. */
+void gf_attn_scores_bf16(const uint16_t *K, int ld, int nb, const float *q, int H, int N,
+			 float scale, float *S);
+void gf_attn_accum_bf16(const uint16_t *V, int ld, int nb, const float *P, int H, int N,
+			float *y);
+/* rows x cols bf16 (row stride ld) to float32 (row stride cols). */
+void gf_widen_bf16_rows(const uint16_t *src, int ld, int rows, int cols, float *dst);
 /* Up to this many input rows go through gf_gemv_rows rather than a GEMM. */
 #define GF_GEMV_MAX_ROWS 4
 /* y[t][o] = W[o] . x[t] (+ beta y[t][o]) for a row-major W [out][in] (an nn.Linear weight),

@@ -65,6 +65,7 @@ int main(int argc, char **argv)
 		cfg.c_dtype = CS_DTYPE_F32;   /* exactness: the references are float32 */
 		cfg.checkpoint_tokens = 32;
 		cfg.tier_bytes = tier ? (64u << 20) : 0;
+		cfg.kv_dtype = GF_DTYPE_F32;  /* the references' keys and values are floats too */
 		gfe_engine *e;
 		if (gfe_open(&e, &cfg, err)) {
 			fprintf(stderr, "open: %s\n", err);

@@ -33,6 +33,12 @@ foreach(model rope odd)
                    ${GF_ENGINE_RUN_DIR}/question_${model})
   set_tests_properties(engine_question_${model} PROPERTIES FIXTURES_REQUIRED engine_run_models)
 endforeach()
+# The same with keys and values in bf16, the engines' default: the tier changes no bit.
+add_test(NAME engine_question_odd_bf16kv
+         COMMAND sh -c "rm -rf \"$2\" && mkdir -p \"$2\" && \"$0\" \"$1\" \"$2\" bf16"
+                 $<TARGET_FILE:engine_question> ${GF_ENGINE_RUN_DIR}/models/odd.gguf
+                 ${GF_ENGINE_RUN_DIR}/question_odd_bf16kv)
+set_tests_properties(engine_question_odd_bf16kv PROPERTIES FIXTURES_REQUIRED engine_run_models)
 add_test(NAME engine_sigkill
          COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/engine_sigkill.sh $<TARGET_FILE:gf-run>
                  $<TARGET_FILE:engine_dump> ${GF_ENGINE_RUN_DIR}/models/text.gguf

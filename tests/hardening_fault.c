@@ -280,6 +280,9 @@ static int open_engine(const char *dir, gfe_engine **e, char *err)
 	cfg.page_tokens = PAGE_TOKENS;
 	cfg.checkpoint_tokens = CHECKPOINT;
 	cfg.threads = 1;
+	/* The tier's allocations may fail and be absorbed (the block is then rebuilt): off, so
+	 * that every allocation of the ingest path must surface. */
+	cfg.tier_bytes = 0;
 	return gfe_open(e, &cfg, err);
 }
 

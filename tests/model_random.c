@@ -28,7 +28,7 @@ struct rebuild_src {
 };
 
 static int rebuild_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		       const float **k, const float **v, int *ld)
+		       const void **k, const void **v, int *ld)
 {
 	const struct rebuild_src *r = src->user;
 	const int has_prev = first > 0, Ck = r->m->cfg.ckv_dim;
