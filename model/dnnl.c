@@ -133,8 +133,19 @@ static int add_mat(gf_dnnl *d, const gf_mat *B, char *err)
 	return rc ? rc : make_prim(d, B->k, tail, err);
 }
 
+/* A shape of the model's big matrices: y [.][n] = x [.][k] . B. */
+static int add_shape(gf_dnnl *d, int k, int n, char *err)
+{
+	const gf_mat B = { .p = d, .dtype = GF_DTYPE_BF16, .k = k, .n = n };
+	return add_mat(d, &B, err);
+}
+
+/* The primitives come from the configuration alone, in one order, so that every model of one
+ * configuration (an MPI rank's slice, the blocks either side of a boundary) has the same list
+ * and a workspace made for one serves them all (gf_dnnl_matmul looks them up by shape). */
 int gf_dnnl_create(gf_model *m, char *err)
 {
+	const gf_config *c = &m->cfg;
 	gf_dnnl *d = calloc(1, sizeof(*d));
 	if (!d)
 		return gf_error(err, -ENOMEM, "out of memory");
@@ -142,31 +153,14 @@ int gf_dnnl_create(gf_model *m, char *err)
 		free(d);
 		return gf_error(err, -ENOTSUP, "bf16 compute: oneDNN has no CPU engine");
 	}
-	int rc = add_mat(d, &m->head, err);
-	if (!rc)
-		rc = add_mat(d, &m->w_kv_cache_b, err);
-	for (int b = m->block_first; b < m->block_end && !rc; b++) {
-		const gf_layer *l = &m->layers[b];
-		const gf_mat *mats[] = { &l->att_receptance, &l->att_key, &l->att_value,
-					 &l->att_query, &l->att_output, &l->ffn_key,
-					 &l->ffn_receptance, &l->ffn_value };
-		for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]) && !rc; i++)
-			rc = add_mat(d, mats[i], err);
-	}
-	/* The slices around a pipeline boundary (GF_LOAD_PREV_FFN, GF_LOAD_NEXT_ATT). */
-	for (int b = 0; b < m->cfg.n_layer && !rc; b++) {
-		if (b >= m->block_first && b < m->block_end)
-			continue;
-		const gf_layer *l = &m->layers[b];
-		const gf_mat *mats[] = { &l->att_receptance, &l->att_key, &l->att_value,
-					 &l->ffn_key, &l->ffn_receptance, &l->ffn_value };
-		for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]) && !rc; i++)
-			rc = add_mat(d, mats[i], err);
-	}
+	const int C = c->n_embd, A = c->dim_att, F = c->dim_ffn;
+	const int shapes[][2] = { { C, c->vocab_size }, { C + c->ckv_dim, A }, { C, A },
+				  { A, C }, { C, F }, { C, C }, { F, C } };
+	int rc = 0;
+	for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]) && !rc; i++)
+		rc = add_shape(d, shapes[i][0], shapes[i][1], err);
 	if (rc) {
-		m->dnnl = d;
 		gf_dnnl_free(d);
-		m->dnnl = NULL;
 		return rc;
 	}
 	m->dnnl = d;
@@ -190,6 +184,11 @@ bool gf_dnnl_has(const gf_dnnl *d, const gf_mat *B)
 	int full, tail;
 	widths(B, &full, &tail);
 	return find_prim(d, B->k, full) && find_prim(d, B->k, tail);
+}
+
+bool gf_dnnl_scratch_has(const gf_dnnl_scratch *s, const gf_mat *B)
+{
+	return s && gf_dnnl_has(s->d, B);
 }
 
 int gf_dnnl_scratch_init(gf_dnnl_scratch **out, const gf_model *m, int max_rows, int n_parts)
@@ -275,7 +274,7 @@ to_bf16(const float *x, int ldx, int n, int k, uint16_t *xb)
 }
 
 struct mm_job {
-	gf_dnnl_scratch *s;
+	gf_dnnl_scratch *s;       /* its primitives (s->d) are the ones run */
 	const gf_mat *B;
 	const struct prim *full, *tail;
 	int n, n_col_tasks, n_tasks;
@@ -329,8 +328,9 @@ void gf_dnnl_matmul(const gf_dnnl *d, gf_pool *pool, gf_dnnl_scratch *s, const f
 		    int n, const gf_mat *B, bool accumulate, float *y, int ldy)
 {
 	int full, tail;
+	(void)d; /* the scratch's own, of the same configuration: same shapes, same primitives */
 	widths(B, &full, &tail);
-	struct mm_job j = { s, B, find_prim(d, B->k, full), find_prim(d, B->k, tail), n,
+	struct mm_job j = { s, B, find_prim(s->d, B->k, full), find_prim(s->d, B->k, tail), n,
 			    (B->n + GF_DNNL_COLS - 1) / GF_DNNL_COLS, 0, accumulate, y, ldy };
 	j.n_tasks = (n + GF_DNNL_ROWS - 1) / GF_DNNL_ROWS * j.n_col_tasks;
 	to_bf16(x, ldx, n, B->k, s->xb);
@@ -372,6 +372,13 @@ int gf_dnnl_scratch_init(gf_dnnl_scratch **out, const gf_model *m, int max_rows,
 void gf_dnnl_scratch_free(gf_dnnl_scratch *s)
 {
 	(void)s;
+}
+
+bool gf_dnnl_scratch_has(const gf_dnnl_scratch *s, const gf_mat *B)
+{
+	(void)s;
+	(void)B;
+	return false;
 }
 
 void gf_dnnl_matmul(const gf_dnnl *d, gf_pool *pool, gf_dnnl_scratch *s, const float *x, int ldx,

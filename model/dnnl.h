@@ -21,8 +21,8 @@
 #define GF_DNNL_ROWS 64
 #define GF_DNNL_COLS 1024
 
-/* Makes the matmuls for every bound matrix with k and n of at least 256 (smaller ones run on
- * gemm.h's kernels). */
+/* Makes the matmuls for the model's big matrix shapes (k and n of at least 256; smaller ones
+ * run on gemm.h's kernels), from its configuration alone. */
 int gf_dnnl_create(gf_model *m, char *err);
 void gf_dnnl_free(gf_dnnl *d);
 bool gf_dnnl_has(const gf_dnnl *d, const gf_mat *B);
@@ -33,6 +33,8 @@ typedef struct gf_dnnl_scratch gf_dnnl_scratch;
 int gf_dnnl_scratch_init(gf_dnnl_scratch **out, const gf_model *m, int max_rows, int n_parts);
 void gf_dnnl_scratch_free(gf_dnnl_scratch *s);
 
+/* Whether the scratch's primitives cover B (a workspace made for a model of B's configuration). */
+bool gf_dnnl_scratch_has(const gf_dnnl_scratch *s, const gf_mat *B);
 /* y[n][B.n] (ldy) = bf16(x[n][B.k]) (ldx) . B, added to y when accumulate (after the product:
  * y + (x . B)). n <= the scratch's max_rows. */
 void gf_dnnl_matmul(const gf_dnnl *d, gf_pool *pool, gf_dnnl_scratch *s, const float *x, int ldx,

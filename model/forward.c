@@ -162,6 +162,10 @@ void gf_workspace_free(gf_workspace *ws)
 
 /* ---- linear algebra ---------------------------------------------------------------------- */
 
+/* Up to this many rows are a decode step (its kernels stream each weight once, prefetched past
+ * the caches); more are a chunk. */
+#define DECODE_ROWS 4
+
 struct mm_job {
 	const gf_mat *B;
 	const float *x;
@@ -183,21 +187,18 @@ static void mm_part(void *arg, int part, int n_parts)
 
 /* y[n][B.n] (ldy) = x[n][B.k] (ldx) . B, added to y when accumulate. The rows are part of a
  * call over `whole` rows: its kernels are chosen by `whole`, so that a part's rows get the bits
- * they get in the whole. Chunks (whole > GF_GEMV_MAX_ROWS) of a bf16-compute model go
+ * they get in the whole. Chunks (whole > DECODE_ROWS) of a bf16-compute model go
  * through oneDNN where the matrix has a matmul; everything else through the kernels of
  * gemm.h, whose rows never depend on the other rows, split by panels over the pool (decode's
  * few rows stream each panel once). */
 static void matmul_part(const gf_model *m, gf_workspace *ws, const float *x, int ldx, int n,
 			int whole, const gf_mat *B, bool accumulate, float *y, int ldy)
 {
-	if (whole > GF_GEMV_MAX_ROWS && m->dnnl && gf_dnnl_has(m->dnnl, B)) {
-		if (ws->dnnl_scratch) {
-			gf_dnnl_matmul(m->dnnl, ws->pool, ws->dnnl_scratch, x, ldx, n, B, accumulate, y,
-				       ldy);
-			return;
-		}
+	if (whole > DECODE_ROWS && m->dnnl && gf_dnnl_scratch_has(ws->dnnl_scratch, B)) {
+		gf_dnnl_matmul(m->dnnl, ws->pool, ws->dnnl_scratch, x, ldx, n, B, accumulate, y, ldy);
+		return;
 	}
-	struct mm_job j = { B, x, y, ldx, n, ldy, m->isa, accumulate, whole <= GF_GEMV_MAX_ROWS };
+	struct mm_job j = { B, x, y, ldx, n, ldy, m->isa, accumulate, whole <= DECODE_ROWS };
 	if (gf_pool_threads(ws->pool) > 1 && gf_mat_panels(B) > 1 &&
 	    (size_t)n * B->k * B->n >= 65536)
 		gf_pool_run(ws->pool, mm_part, &j);

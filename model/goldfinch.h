@@ -309,6 +309,9 @@ int gf_model_load_slice(gf_model **out, const char *gguf_path, int b0, int b1, u
 			char *err);
 /* Binds weights from any tensor set (checkpoint or GGUF) after gf_config_infer. */
 int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts, char *err);
+/* The same with GF_LOAD_COMPUTE_* flags. */
+int gf_model_from_tensors_flags(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts,
+				unsigned flags, char *err);
 void gf_model_free(gf_model *m);
 /* "avx512", "avx2" or "scalar": the instruction set of the model's kernels (the CPU's best,
  * capped by GOLDFINCH_ISA where set: a way to run and test the other paths). */

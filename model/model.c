@@ -399,6 +399,13 @@ int gf_model_from_tensors(gf_model **out, const gf_config *cfg, const gf_tensor_
 	return from_tensors(out, cfg, ts, 0, cfg->n_layer, 0, -1, err);
 }
 
+int gf_model_from_tensors_flags(gf_model **out, const gf_config *cfg, const gf_tensor_set *ts,
+				unsigned flags, char *err)
+{
+	return from_tensors(out, cfg, ts, 0, cfg->n_layer,
+			    flags & (GF_LOAD_COMPUTE_BF16 | GF_LOAD_COMPUTE_F32), -1, err);
+}
+
 int gf_model_load(gf_model **out, const char *gguf_path, char *err)
 {
 	return gf_model_load_blocks(out, gguf_path, 0, -1, err);

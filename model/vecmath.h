@@ -44,14 +44,5 @@ void gf_attn_accum_bf16(const uint16_t *V, int ld, int nb, const float *P, int H
 			float *y);
 /* rows x cols bf16 (row stride ld) to float32 (row stride cols). */
 void gf_widen_bf16_rows(const uint16_t *src, int ld, int rows, int cols, float *dst);
-/* Up to this many input rows go through gf_gemv_rows rather than a GEMM. */
-#define GF_GEMV_MAX_ROWS 4
-/* y[t][o] = W[o] . x[t] (+ beta y[t][o]) for a row-major W [out][in] (an nn.Linear weight),
- * t < n input rows (x row stride ldx, y row stride ldy); W is read once. */
-void gf_gemv_rows(const float *W, int in, int out, const float *x, int ldx, int n, float beta,
-		  float *y, int ldy);
-/* y = x . W (+ beta y) for a row-major W [in][out] (a LoRA matrix) whose rows are ldw apart:
- * ldw = out for the whole matrix, or a range of its columns. */
-void gf_gemv_cols(const float *W, int ldw, int in, int out, const float *x, float beta, float *y);
 
 #endif

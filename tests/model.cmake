@@ -3,9 +3,9 @@ add_executable(model_forward ${CMAKE_CURRENT_LIST_DIR}/model_forward.c)
 target_link_libraries(model_forward PRIVATE gfmodel)
 add_executable(model_random ${CMAKE_CURRENT_LIST_DIR}/model_random.c)
 target_link_libraries(model_random PRIVATE gfmodel)
-add_executable(model_vecmath ${CMAKE_CURRENT_LIST_DIR}/model_vecmath.c)
-target_link_libraries(model_vecmath PRIVATE gfmodel m)
-add_test(NAME model_vecmath COMMAND model_vecmath)
+add_executable(model_kernels ${CMAKE_CURRENT_LIST_DIR}/model_kernels.c)
+target_link_libraries(model_kernels PRIVATE gfmodel m)
+add_test(NAME model_kernels COMMAND model_kernels)
 add_executable(f32_compare ${CMAKE_CURRENT_LIST_DIR}/f32_compare.c)
 target_link_libraries(f32_compare PRIVATE m)
 
@@ -43,3 +43,28 @@ add_test(NAME model_split_make
 set_tests_properties(model_split_make PROPERTIES FIXTURES_SETUP random_split4)
 add_test(NAME model_split COMMAND model_split ${GF_RANDOM_DIR}/split4.gguf ${GF_RANDOM_DIR}/tiny3.gguf)
 set_tests_properties(model_split PROPERTIES FIXTURES_REQUIRED "random_split4;random_tiny3")
+
+# bf16 compute through oneDNN: its layout, rows and threads, and the references within bf16's
+# error (skipped where the build has no oneDNN or the CPU no AVX512-BF16).
+add_executable(model_bf16 ${CMAKE_CURRENT_LIST_DIR}/model_bf16.c)
+target_link_libraries(model_bf16 PRIVATE gfmodel m)
+add_test(NAME model_bf16 COMMAND model_bf16 ${GF_TESTDATA}/goldfinch/a1 ${GF_TESTDATA}/goldfinch/a2
+                                 ${GF_TESTDATA}/goldfinch/a3)
+set_tests_properties(model_bf16 PROPERTIES SKIP_RETURN_CODE 77)
+
+# The path of a CPU without AVX-512: the kernels capped at AVX2 (GOLDFINCH_ISA), OpenBLAS on its
+# Haswell kernels, and bf16 compute asked for but unavailable there (the loads fall back to
+# f32): the references still hold at the f32 tolerance. model_random checks the bits of every
+# kernel set against this CPU's best.
+foreach(case a1 a2)
+  add_test(NAME model_forward_${case}_no_avx512 COMMAND model_forward ${GF_TESTDATA}/goldfinch/${case})
+  set_tests_properties(model_forward_${case}_no_avx512 PROPERTIES ENVIRONMENT
+                       "GOLDFINCH_ISA=avx2;OPENBLAS_CORETYPE=Haswell;GOLDFINCH_COMPUTE=bf16")
+endforeach()
+add_test(NAME model_forward_a1_scalar COMMAND model_forward ${GF_TESTDATA}/goldfinch/a1)
+set_tests_properties(model_forward_a1_scalar PROPERTIES ENVIRONMENT "GOLDFINCH_ISA=scalar")
+# Split against whole with bf16 compute (oneDNN's tasks are rows of 64: the step of a split).
+# Where bf16 compute is unavailable the loads fall back to f32 and this repeats model_split.
+add_test(NAME model_split_bf16 COMMAND model_split ${GF_RANDOM_DIR}/split4.gguf ${GF_RANDOM_DIR}/tiny3.gguf)
+set_tests_properties(model_split_bf16 PROPERTIES FIXTURES_REQUIRED "random_split4;random_tiny3"
+                     ENVIRONMENT "GOLDFINCH_COMPUTE=bf16")

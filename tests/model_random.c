@@ -147,6 +147,28 @@ int main(int argc, char **argv)
 		free(again);
 		gf_model_free(mapped);
 	}
+	/* The kernels of every instruction set below this CPU's best give the same bits
+	 * (GOLDFINCH_ISA caps them at load): a machine without AVX-512 answers as this one. */
+	{
+		static const char *const caps[] = { "avx2", "scalar" };
+		float *again = malloc(sizeof(float) * (size_t)T * V);
+		for (int i = 0; i < 2 && again; i++) {
+			gf_model *capped;
+			setenv("GOLDFINCH_ISA", caps[i], 1);
+			if (gf_model_load(&capped, argv[1], err) ||
+			    gf_forward_full(capped, tok, T, again, NULL, NULL, NULL, err)) {
+				fprintf(stderr, "%s load: %s\n", caps[i], err);
+				return 1;
+			}
+			unsetenv("GOLDFINCH_ISA");
+			const bool same = !memcmp(again, full, sizeof(float) * (size_t)T * V);
+			printf("kernels %s (this CPU's best: %s): %s\n", gf_model_isa_name(capped),
+			       gf_model_isa_name(m), same ? "the same bits" : "FAIL: other bits");
+			failures += !same;
+			gf_model_free(capped);
+		}
+		free(again);
+	}
 	for (int chunk = W; chunk <= W + 3; chunk += 3) {
 		gf_workspace *ws;
 		gf_state st;
