@@ -75,8 +75,10 @@ static void usage(FILE *f)
 "      --seed S                sampling seed (unsigned 64-bit)\n"
 "  gf contexts         lists contexts: serial, name, tokens, disk bytes, sealed, last use\n"
 "  gf drop CONTEXT     deletes a context (BUSY while a job uses it)\n"
-"  gf status           server, model, jobs, queue, memory, disk, and each queued or\n"
-"                      running job: JOB number, kind, state, context, tokens, age, peer\n"
+"  gf status           server, model, jobs, queue, memory (resident, and weights, page\n"
+"                      cache and tier against their budgets), compute mode, disk, and\n"
+"                      each queued or running job: JOB number, kind, state, context,\n"
+"                      tokens, age, peer\n"
 "  gf cancel JOB       cancels job number JOB (as gf status lists it), started by any\n"
 "                      client: exit 0 once the server accepted, 3 if no such job is\n"
 "                      queued or running. The job's own client then ends: gf ask and\n"
@@ -437,6 +439,9 @@ static void print_hello(const gfc_conn *c)
 			"vocab %u, cache %u per token\n",
 			m->name ? m->name : "?", m->n_layer, m->first_gold, m->n_embd, m->n_head,
 			m->head_size, m->vocab_size, m->ckv_dim);
+	if (m && m->compute) /* 1.2 */
+		fprintf(stderr, "gf: compute %s (kernels %s), weights %" PRIu64 " bytes\n", m->compute,
+			m->kernels ? m->kernels : "?", m->weight_bytes);
 }
 
 /* ---- ingest --------------------------------------------------------------------------- */
@@ -957,6 +962,46 @@ static cJSON *job_json(const Goldfinch__V1__JobInfo *ji)
 	return o;
 }
 
+static void json_str_or_null(cJSON *o, const char *key, const char *v)
+{
+	if (v)
+		cJSON_AddStringToObject(o, key, v);
+	else
+		cJSON_AddNullToObject(o, key);
+}
+
+static void json_u64_or_null(cJSON *o, const char *key, bool has, uint64_t v)
+{
+	if (has)
+		cJSON_AddNumberToObject(o, key, (double)v);
+	else
+		cJSON_AddNullToObject(o, key);
+}
+
+/* The resident set, and from a 1.2 server what makes it up, each part against its budget:
+ * "memory  48.2 MiB resident: weights 6.6 MiB, page cache 12.0 MiB of 256.0 MiB, tier
+ * 300.0 MiB of 512.0 MiB", then the compute mode and its kernels. */
+static void print_memory(const Goldfinch__V1__StatusReply *s, bool ranks)
+{
+	char b[6][32];
+	printf("memory       %s resident%s", human_bytes(s->rss_bytes, b[0], sizeof(b[0])),
+	       ranks ? " on rank 0" : "");
+	if (s->has_weight_bytes && s->has_page_cache_bytes && s->has_tier_bytes) {
+		printf(": weights %s, page cache %s of %s, tier ",
+		       human_bytes(s->weight_bytes, b[1], sizeof(b[1])),
+		       human_bytes(s->page_cache_bytes, b[2], sizeof(b[2])),
+		       human_bytes(s->page_cache_budget_bytes, b[3], sizeof(b[3])));
+		if (s->tier_budget_bytes)
+			printf("%s of %s", human_bytes(s->tier_bytes, b[4], sizeof(b[4])),
+			       human_bytes(s->tier_budget_bytes, b[5], sizeof(b[5])));
+		else
+			printf("off");
+	}
+	printf("\n");
+	if (s->compute)
+		printf("compute      %s (kernels %s)\n", s->compute, s->kernels ? s->kernels : "?");
+}
+
 static int cmd_status(gfc_conn *c, const struct args *a)
 {
 	const Goldfinch__V1__HelloReply *h = gfc_hello(c);
@@ -991,6 +1036,10 @@ static int cmd_status(gfc_conn *c, const struct args *a)
 			cJSON_AddNumberToObject(mo, "head_size", m->head_size);
 			cJSON_AddNumberToObject(mo, "vocab_size", m->vocab_size);
 			cJSON_AddNumberToObject(mo, "ckv_dim", m->ckv_dim);
+			/* 1.2; null from older servers, so that the keys are always there. */
+			json_str_or_null(mo, "compute", m->compute);
+			json_str_or_null(mo, "kernels", m->kernels);
+			json_u64_or_null(mo, "weight_bytes", m->has_weight_bytes, m->weight_bytes);
 		}
 		cJSON_AddNumberToObject(o, "jobs_running", s->jobs_running);
 		cJSON_AddNumberToObject(o, "jobs_queued", s->jobs_queued);
@@ -1002,13 +1051,24 @@ static int cmd_status(gfc_conn *c, const struct args *a)
 		cJSON_AddNumberToObject(o, "connections", s->connections);
 		cJSON_AddNumberToObject(o, "tokens_ingested", (double)s->tokens_ingested);
 		cJSON_AddNumberToObject(o, "tokens_generated", (double)s->tokens_generated);
+		/* 1.2: compute and memory against budgets (rank 0's with several ranks); null
+		 * from a server before 1.2. */
+		json_str_or_null(o, "compute", s->compute);
+		json_str_or_null(o, "kernels", s->kernels);
+		json_u64_or_null(o, "weight_bytes", s->has_weight_bytes, s->weight_bytes);
+		json_u64_or_null(o, "page_cache_bytes", s->has_page_cache_bytes, s->page_cache_bytes);
+		json_u64_or_null(o, "page_cache_budget_bytes", s->has_page_cache_budget_bytes,
+				 s->page_cache_budget_bytes);
+		json_u64_or_null(o, "tier_bytes", s->has_tier_bytes, s->tier_bytes);
+		json_u64_or_null(o, "tier_budget_bytes", s->has_tier_budget_bytes,
+				 s->tier_budget_bytes);
 		/* A 1.0 server sends no job list: [] as for none. */
 		cJSON *jobs = cJSON_AddArrayToObject(o, "jobs");
 		for (size_t i = 0; i < s->n_jobs; i++)
 			cJSON_AddItemToArray(jobs, job_json(s->jobs[i]));
 		rc = print_json(o);
 	} else {
-		char b1[32], b2[32], b3[32];
+		char b2[32], b3[32];
 		printf("server       %s at %s, protocol %u.%u, %u rank(s)\n",
 		       h->server ? h->server : "?", gfc_server_address(c), h->major, h->minor,
 		       h->has_ranks ? h->ranks : 1);
@@ -1020,7 +1080,7 @@ static int cmd_status(gfc_conn *c, const struct args *a)
 		       s->jobs_queued, s->max_jobs);
 		printf("connections  %u\n", s->connections);
 		printf("contexts     %u\n", s->contexts);
-		printf("memory       %s resident\n", human_bytes(s->rss_bytes, b1, sizeof(b1)));
+		print_memory(s, h->has_ranks && h->ranks > 1);
 		printf("disk         %s used, budget %s\n",
 		       human_bytes(s->disk_used_bytes, b2, sizeof(b2)),
 		       s->disk_budget_bytes ? human_bytes(s->disk_budget_bytes, b3, sizeof(b3)) :

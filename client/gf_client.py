@@ -23,9 +23,10 @@ As a program (the same commands as `gf`, fewer flags):
         --frequency-penalty X --stop S --seed S] [-v] | contexts | drop CONTEXT | status | \\
         cancel JOB
 
-`status` lists the queued and running jobs with their server-wide numbers; `cancel JOB`
-stops one, whichever client started it (protocol 1.1: exit 0 when the server accepted, 3
-when there is no such job).
+`status` lists the queued and running jobs with their server-wide numbers and, from a
+protocol 1.2 server, its compute mode and the memory it holds against the budgets (null
+from an older one); `cancel JOB` stops one, whichever client started it (protocol 1.1:
+exit 0 when the server accepted, 3 when there is no such job).
 
 The bindings are found by --proto-dir, else $GF_PROTO_PYTHON_DIR. Exit codes are gf's
 (gf --help): 0 ok, 1 server error, 2 usage, 3 not found, 4 connection or protocol,
@@ -40,7 +41,7 @@ import stat
 import struct
 import sys
 
-PROTO_MAJOR, PROTO_MINOR = 1, 1
+PROTO_MAJOR, PROTO_MINOR = 1, 2
 DEFAULT_SERVER = "127.0.0.1:7433"
 PIECE_BYTES = 64 << 10
 SNIFF_BYTES = 8192
@@ -504,8 +505,16 @@ def job_dict(j):
             "peer": j.peer}
 
 
+# StatusReply fields of protocol 1.2: the compute mode and the memory held against its
+# budgets (rank 0's with several ranks). None when the server is older, as gf --json gives.
+STATUS_1_2 = ("compute", "kernels", "weight_bytes", "page_cache_bytes",
+              "page_cache_budget_bytes", "tier_bytes", "tier_budget_bytes")
+
+
 def status_dict(s):
     d = {f.name: v for f, v in s.ListFields() if f.name != "jobs"}
+    for k in STATUS_1_2:
+        d.setdefault(k, None)
     d["jobs"] = [job_dict(j) for j in s.jobs]  # [] from a 1.0 server
     return d
 
@@ -570,7 +579,13 @@ def main(argv=None):
                            "ranks": h.ranks, "max_frame": h.max_frame,
                            "model": {"name": h.model.name, "n_layer": h.model.n_layer,
                                      "n_embd": h.model.n_embd,
-                                     "vocab_size": h.model.vocab_size}}, out, indent=2)
+                                     "vocab_size": h.model.vocab_size,
+                                     # 1.2; None from an older server
+                                     "compute": h.model.compute or None,
+                                     "kernels": h.model.kernels or None,
+                                     "weight_bytes": (h.model.weight_bytes
+                                                      if h.model.HasField("weight_bytes")
+                                                      else None)}}, out, indent=2)
                 out.write("\n")
             elif a.cmd == "ingest":
                 inputs = []

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,17 @@ static struct tier_entry *tier_get(struct tier *t, uint64_t owner, int g, uint64
 	return e;
 }
 
+/* Whether the tier holds the block (no pin, no statistics). */
+static bool tier_has(struct tier *t, uint64_t owner, int g, uint64_t block)
+{
+	pthread_mutex_lock(&t->mu);
+	struct tier_entry *e = t->buckets[tier_hash(owner, g, block)];
+	while (e && !(e->owner == owner && e->g == g && e->block == block))
+		e = e->hnext;
+	pthread_mutex_unlock(&t->mu);
+	return e != NULL;
+}
+
 /* A new pinned entry to fill (the caller then publishes it with tier_publish), or NULL when
  * the budget cannot make room. Attention walks a context's blocks in the same order at every
  * step, and least-recently-used eviction of that cycle, when it is larger than the budget,
@@ -107,7 +119,7 @@ static struct tier_entry *tier_alloc(struct tier *t, uint64_t owner)
 	if (!room)
 		return NULL;
 	struct tier_entry *e = calloc(1, sizeof(*e));
-	char *kv = malloc(t->entry_bytes);
+	char *kv = calloc(1, t->entry_bytes); /* a block's padding stays zero */
 	if (!e || !kv) {
 		free(e);
 		free(kv);
@@ -224,8 +236,7 @@ int gfe_open(gfe_engine **out, const gfe_config *cfg, char *err)
 			      gf_dtype_name(cfg->kv_dtype));
 		goto fail_engine;
 	}
-	e->tier.entry_bytes = 2ull * GF_KV_BLOCK * (uint64_t)mc->dim_att *
-			      gf_dtype_size(cfg->kv_dtype);
+	e->tier.entry_bytes = 2ull * gf_kv_block_bytes(mc, cfg->kv_dtype);
 	*out = e;
 	return 0;
 fail_engine:
@@ -239,6 +250,8 @@ void gfe_close(gfe_engine *e)
 		return;
 	while (e->tier.head)
 		tier_drop(&e->tier, e->tier.head);
+	for (int i = 0; i < e->n_ws_free; i++)
+		gf_workspace_free(e->ws_free[i]);
 	cs_store_close(e->store);
 	if (e->has_tokenizer)
 		gf_tokenizer_free(&e->tokenizer);
@@ -480,35 +493,31 @@ static int paged_rebuild(struct paged_src *ps, gf_workspace *ws, int g, int64_t 
 			     k + (size_t)from * c->dim_att, v + (size_t)from * c->dim_att);
 }
 
-/* paged_rebuild into k, v of the source's type: rows [from, n) of the block, the floats
- * rounded to bf16 where that is the type (a rebuilt block then has the bits it has in the
- * tier). */
+/* Rows [from, n) of a block rebuilt into the key and value blocks k, v (gf_kv_block_bytes of
+ * the source's type; bf16 rounded there, so a rebuilt block has the bits it has in the tier). */
 static int rebuild_as(struct paged_src *ps, gf_workspace *ws, int g, int64_t first, int from,
 		      int n, void *k, void *v)
 {
-	if (ps->src.kv_dtype == GF_DTYPE_F32)
-		return paged_rebuild(ps, ws, g, first, from, n, k, v);
-	const size_t A = (size_t)ps->e->model->cfg.dim_att, at = (size_t)from * A;
+	const gf_config *c = &ps->e->model->cfg;
+	const size_t at = (size_t)from * c->dim_att;
 	float *fk, *fv;
 	gf_workspace_kv_scratch(ws, &fk, &fv);
 	int rc = paged_rebuild(ps, ws, g, first, from, n, fk, fv);
 	if (rc)
 		return rc;
-	gf_round_bf16(fk + at, (uint16_t *)k + at, (size_t)(n - from) * A);
-	gf_round_bf16(fv + at, (uint16_t *)v + at, (size_t)(n - from) * A);
+	gf_kv_block_put(c, ps->src.kv_dtype, fk + at, fv + at, c->dim_att, from, n - from, k, v);
 	return 0;
 }
 
 static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		     const void **k, const void **v, int *ld)
+		     const void **k, const void **v)
 {
 	struct paged_src *ps = (struct paged_src *)src;
 	const gf_config *c = &ps->e->model->cfg;
 	struct tier *t = &ps->e->tier;
 	const uint64_t block = (uint64_t)first / GF_KV_BLOCK;
-	const size_t block_bytes = (size_t)GF_KV_BLOCK * c->dim_att * gf_dtype_size(src->kv_dtype);
+	const size_t block_bytes = gf_kv_block_bytes(c, src->kv_dtype);
 	int rc;
-	*ld = c->dim_att;
 	gfe_tier_unpin(t, ps->pinned);
 	ps->pinned = NULL;
 
@@ -552,14 +561,10 @@ static int paged_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, 
 			}
 		}
 	}
-	float *sk, *sv;
-	gf_workspace_kv_scratch(ws, &sk, &sv);
-	void *bk = src->kv_dtype == GF_DTYPE_F32 ? (void *)sk : ps->k16;
-	void *bv = src->kv_dtype == GF_DTYPE_F32 ? (void *)sv : ps->v16;
-	if ((rc = rebuild_as(ps, ws, g, first, 0, n, bk, bv)))
+	if ((rc = rebuild_as(ps, ws, g, first, 0, n, ps->kblk, ps->vblk)))
 		return rc;
-	*k = bk;
-	*v = bv;
+	*k = ps->kblk;
+	*v = ps->vblk;
 	return 0;
 }
 
@@ -580,21 +585,19 @@ int gfe_paged_init(struct paged_src *ps, gfe_engine *e, cs_reader *reader, uint6
 	ps->c = malloc(rows * c->ckv_dim * sizeof(float));
 	ps->tok = malloc(rows * sizeof(int32_t));
 	if (growing) {
-		const size_t es = gf_dtype_size(e->cfg.kv_dtype);
-		ps->open_k = malloc(n_gold * GF_KV_BLOCK * c->dim_att * es);
-		ps->open_v = malloc(n_gold * GF_KV_BLOCK * c->dim_att * es);
+		const size_t bb = gf_kv_block_bytes(c, e->cfg.kv_dtype);
+		ps->open_k = calloc(n_gold, bb);
+		ps->open_v = calloc(n_gold, bb);
 		ps->open_first = malloc(n_gold * sizeof(int64_t));
 		ps->open_rows = calloc(n_gold, sizeof(int));
 		if (ps->open_first)
 			for (size_t g = 0; g < n_gold; g++)
 				ps->open_first[g] = -1;
 	}
-	if (e->cfg.kv_dtype == GF_DTYPE_BF16) {
-		ps->k16 = malloc(sizeof(uint16_t) * GF_KV_BLOCK * c->dim_att);
-		ps->v16 = malloc(sizeof(uint16_t) * GF_KV_BLOCK * c->dim_att);
-		if (!ps->k16 || !ps->v16)
-			return -ENOMEM;
-	}
+	ps->kblk = calloc(1, gf_kv_block_bytes(c, e->cfg.kv_dtype));
+	ps->vblk = calloc(1, gf_kv_block_bytes(c, e->cfg.kv_dtype));
+	if (!ps->kblk || !ps->vblk)
+		return -ENOMEM;
 	if (!ps->raw || !ps->raw_tok || !ps->c || !ps->tok ||
 	    (growing && (!ps->open_k || !ps->open_v || !ps->open_first || !ps->open_rows)))
 		return -ENOMEM;
@@ -641,11 +644,170 @@ void gfe_paged_free(struct paged_src *ps)
 	free(ps->tok);
 	free(ps->open_k);
 	free(ps->open_v);
-	free(ps->k16);
-	free(ps->v16);
+	free(ps->kblk);
+	free(ps->vblk);
 	free(ps->open_first);
 	free(ps->open_rows);
 	memset(ps, 0, sizeof(*ps));
+}
+
+/* ---- filling the tier for a cold question ---------------------------------------------------
+ * A question on a context the tier does not hold would rebuild every block of every GOLD layer
+ * one layer after the other, each block's key stream (most of the work, the same for every
+ * layer) once per layer, on one thread. Before the question runs, every missing full block is
+ * instead rebuilt once for all the layers this engine holds, by all the threads, each with its
+ * own workspace and reader, as far as the budget allows (blocks in position order). The
+ * entries are those the question would have rebuilt (gf_key_stream + gf_kv_expand give the
+ * bits of gf_kv_rebuild), so an answer is the same cold, warm or with the tier off. */
+
+struct fill_job {
+	gfe_engine *e;
+	uint64_t serial;
+	int64_t n_blocks;
+	atomic_int_fast64_t next;
+	atomic_bool full;      /* the budget is spent: stop */
+	atomic_int rc;
+	char err[GF_ERR_LEN];  /* the first error's (set once, by the thread that set rc) */
+	pthread_mutex_t mu;
+};
+
+static bool holds_kv(const gf_model *m, int g)
+{
+	return m->layers[m->cfg.first_gold + g].key_w1.p != NULL;
+}
+
+static int fill_block(struct fill_job *j, struct paged_src *ps, gf_workspace *ws, float *stream,
+		      int64_t b)
+{
+	gfe_engine *e = j->e;
+	const gf_model *m = e->model;
+	const gf_config *c = &m->cfg;
+	const int n_gold = c->n_layer - c->first_gold;
+	struct tier *t = &e->tier;
+	bool any = false;
+	for (int g = 0; g < n_gold && !any; g++)
+		any = holds_kv(m, g) && !tier_has(t, j->serial, g, (uint64_t)b);
+	if (!any)
+		return 0;
+	const int64_t first = b * GF_KV_BLOCK;
+	const int has_prev = first > 0;
+	int rc = paged_rows(ps, first - has_prev, GF_KV_BLOCK + has_prev);
+	if (!rc)
+		rc = gf_key_stream(m, ws, ps->c, ps->tok, has_prev, first, GF_KV_BLOCK, stream);
+	for (int g = 0; g < n_gold && !rc; g++) {
+		if (!holds_kv(m, g) || tier_has(t, j->serial, g, (uint64_t)b))
+			continue;
+		struct tier_entry *te = tier_alloc(t, j->serial);
+		if (!te) {
+			atomic_store(&j->full, true);
+			return 0;
+		}
+		float *fk, *fv;
+		gf_workspace_kv_scratch(ws, &fk, &fv);
+		if ((rc = gf_kv_expand(m, ws, g, stream, first, GF_KV_BLOCK, fk, fv))) {
+			free(te->k);
+			free(te);
+			pthread_mutex_lock(&t->mu);
+			t->bytes -= t->entry_bytes;
+			pthread_mutex_unlock(&t->mu);
+			break;
+		}
+		gf_kv_block_put(c, e->cfg.kv_dtype, fk, fv, c->dim_att, 0, GF_KV_BLOCK, te->k, te->v);
+		tier_publish(t, te, j->serial, g, (uint64_t)b);
+		gfe_tier_unpin(t, te);
+	}
+	return rc;
+}
+
+static void *fill_worker(void *arg)
+{
+	struct fill_job *j = arg;
+	gfe_engine *e = j->e;
+	char err[GF_ERR_LEN] = "";
+	gf_workspace *ws = NULL;
+	cs_reader *rd = NULL;
+	struct paged_src ps = { 0 };
+	float *stream = malloc(sizeof(float) * gf_key_stream_floats(&e->model->cfg, GF_KV_BLOCK));
+	int rc = stream ? 0 : -ENOMEM;
+	if (!rc)
+		rc = gf_workspace_init_threads(&ws, e->model, GF_KV_BLOCK, 1);
+	if (!rc)
+		rc = cs_reader_open(e->store, j->serial, &rd, err);
+	if (!rc)
+		rc = gfe_paged_init(&ps, e, rd, j->serial, (uint64_t)j->n_blocks * GF_KV_BLOCK, false);
+	while (!rc && !atomic_load(&j->full) && !atomic_load(&j->rc)) {
+		const int64_t b = atomic_fetch_add(&j->next, 1);
+		if (b >= j->n_blocks)
+			break;
+		rc = fill_block(j, &ps, ws, stream, b);
+		if (rc && ps.err[0])
+			snprintf(err, sizeof(err), "%s", ps.err);
+	}
+	if (rc) {
+		pthread_mutex_lock(&j->mu);
+		if (!atomic_load(&j->rc)) {
+			snprintf(j->err, sizeof(j->err), "%s", err[0] ? err : "out of memory");
+			atomic_store(&j->rc, rc);
+		}
+		pthread_mutex_unlock(&j->mu);
+	}
+	gfe_paged_free(&ps);
+	cs_reader_close(rd);
+	gf_workspace_free(ws);
+	free(stream);
+	return NULL;
+}
+
+/* ---- workspaces ------------------------------------------------------------------------------
+ * A workspace (a chunk's buffers, tens of MB, and a thread pool) is kept when its ingest or
+ * session ends and handed to the next: a question then starts without allocating, faulting in
+ * fresh pages or starting threads. */
+
+int gfe_workspace_take(gfe_engine *e, gf_workspace **out)
+{
+	pthread_mutex_lock(&e->mu);
+	*out = e->n_ws_free ? e->ws_free[--e->n_ws_free] : NULL;
+	pthread_mutex_unlock(&e->mu);
+	return *out ? 0 : gf_workspace_init(out, e->model, e->cfg.chunk);
+}
+
+void gfe_workspace_give(gfe_engine *e, gf_workspace *ws)
+{
+	if (!ws)
+		return;
+	pthread_mutex_lock(&e->mu);
+	if (e->n_ws_free < GFE_WS_KEEP) {
+		e->ws_free[e->n_ws_free++] = ws;
+		ws = NULL;
+	}
+	pthread_mutex_unlock(&e->mu);
+	gf_workspace_free(ws);
+}
+
+int gfe_tier_fill(gfe_engine *e, uint64_t serial, uint64_t n_tokens, char *err)
+{
+	const int64_t n_blocks = (int64_t)(n_tokens / GF_KV_BLOCK);
+	if (e->tier.budget == 0 || n_blocks == 0)
+		return 0;
+	struct fill_job j = { .e = e, .serial = serial, .n_blocks = n_blocks };
+	pthread_mutex_init(&j.mu, NULL);
+	const int threads = gf_blas_threads() > 1 ? gf_blas_threads() : 1;
+	pthread_t tid[64];
+	int started = 0;
+	for (int i = 1; i < threads && i < 64; i++)
+		if (!pthread_create(&tid[i], NULL, fill_worker, &j))
+			started = i;
+		else
+			break;
+	fill_worker(&j);
+	for (int i = 1; i <= started; i++)
+		pthread_join(tid[i], NULL);
+	pthread_mutex_destroy(&j.mu);
+	const int rc = atomic_load(&j.rc);
+	if (rc)
+		return gf_error(err, rc, "filling the tier for context #%llu: %s",
+				(unsigned long long)serial, j.err);
+	return 0;
 }
 
 /* ---- ingest --------------------------------------------------------------------------------- */
@@ -678,7 +840,7 @@ static int ingest_alloc(gfe_engine *e, gfe_ingest **out, char *err)
 	if (!in)
 		return gf_error(err, -ENOMEM, "out of memory");
 	in->e = e;
-	int rc = gf_workspace_init(&in->ws, e->model, e->cfg.chunk);
+	int rc = gfe_workspace_take(e, &in->ws);
 	if (!rc)
 		rc = gf_state_init(&in->st, c);
 	in->pending = malloc(ch * sizeof(int32_t));
@@ -983,7 +1145,7 @@ void gfe_ingest_free(gfe_ingest *in)
 	if (!in)
 		return;
 	cs_writer_free(in->w);
-	gf_workspace_free(in->ws);
+	gfe_workspace_give(in->e, in->ws);
 	gf_state_free(&in->st);
 	free(in->pending);
 	free(in->x);
@@ -1033,7 +1195,7 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	}
 	if ((rc = gfe_check_context(e, serial, info.model_id, info.width, info.dtype, err)))
 		goto fail_session;
-	if ((rc = gf_state_init(&s->st, c)) || (rc = gf_workspace_init(&s->ws, e->model, e->cfg.chunk)))
+	if ((rc = gf_state_init(&s->st, c)) || (rc = gfe_workspace_take(e, &s->ws)))
 		goto fail_oom;
 	if ((rc = cs_reader_blob(s->reader, &blob, &len, err)))
 		goto fail_session;
@@ -1055,6 +1217,9 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 		goto fail_oom;
 	s->ps.branch = s->branch;
 	s->ps.session_owner = s->id;
+	/* A context the tier lacks: its blocks rebuilt for every layer at once, on every thread. */
+	if ((rc = gfe_tier_fill(e, serial, info.n_tokens, err)))
+		goto fail_session;
 	s->x = malloc(ch * c->n_embd * sizeof(float));
 	s->c = malloc(ch * c->ckv_dim * sizeof(float));
 	s->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
@@ -1141,7 +1306,7 @@ void gfe_session_free(gfe_session *s)
 		gfe_tier_forget(&s->e->tier, s->id);
 	cs_branch_free(s->branch);
 	cs_reader_close(s->reader);
-	gf_workspace_free(s->ws);
+	gfe_workspace_give(s->e, s->ws);
 	gf_state_free(&s->st);
 	free(s->x);
 	free(s->c);

@@ -14,7 +14,7 @@ struct tier_entry {
 	uint64_t owner;              /* context serial, or session id | TIER_SESSION */
 	int g;
 	uint64_t block;
-	void *k, *v;                 /* [GF_KV_BLOCK][A] each, of the engine's kv_dtype */
+	void *k, *v;                 /* a key and a value block (gf_kv_block_bytes, kv_dtype) */
 	int pins;
 	struct tier_entry *hnext;    /* hash chain */
 	struct tier_entry *prev, *next; /* LRU list, most recent first */
@@ -31,6 +31,8 @@ struct tier {
 	uint64_t hits, misses, blocks;
 };
 
+#define GFE_WS_KEEP 8
+
 struct gfe_engine {
 	gfe_config cfg;
 	gf_model *model;
@@ -41,6 +43,8 @@ struct gfe_engine {
 	pthread_mutex_t mu;
 	uint64_t next_session;
 	uint32_t slice;       /* gfe_slice_code of the blocks loaded; 0 = every block */
+	gf_workspace *ws_free[GFE_WS_KEEP]; /* workspaces of ended jobs, for the next (under mu) */
+	int n_ws_free;
 };
 
 struct paged_src {
@@ -55,8 +59,8 @@ struct paged_src {
 	uint32_t *raw_tok;        /* [GF_KV_BLOCK + 1] */
 	float *c;                 /* [GF_KV_BLOCK + 1][Ck] */
 	int32_t *tok;             /* [GF_KV_BLOCK + 1] */
-	void *open_k, *open_v;    /* [n_gold][GF_KV_BLOCK][A] of kv_dtype: the growing block */
-	uint16_t *k16, *v16;      /* [GF_KV_BLOCK][A]: a rebuilt block rounded to bf16 */
+	void *open_k, *open_v;    /* [n_gold] blocks of kv_dtype: the growing block */
+	void *kblk, *vblk;        /* a block rebuilt outside the tier */
 	int64_t *open_first;      /* [n_gold]: its first position, -1 = none */
 	int *open_rows;           /* [n_gold]: rows valid */
 	struct tier_entry *pinned;
@@ -96,6 +100,12 @@ int gfe_snapshot_read(const gf_model *m, const void *buf, size_t len, uint32_t s
 void gfe_c_to_storage(cs_dtype t, const float *src, void *dst, size_t n);
 
 void gfe_tier_unpin(struct tier *t, struct tier_entry *e);
+/* Rebuilds into the tier every full block of the first n_tokens positions of context `serial`
+ * that it lacks, for every GOLD layer this engine holds, on all the threads (see engine.c). */
+int gfe_tier_fill(gfe_engine *e, uint64_t serial, uint64_t n_tokens, char *err);
+/* A workspace for a job (one kept from an ended job, or a new one), and back when it ends. */
+int gfe_workspace_take(gfe_engine *e, gf_workspace **out);
+void gfe_workspace_give(gfe_engine *e, gf_workspace *ws);
 void gfe_tier_forget(struct tier *t, uint64_t owner);
 
 /* A key/value source over a stored context (reader) or a session's branch over it (set

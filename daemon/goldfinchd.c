@@ -46,9 +46,13 @@ void gfd_usage(FILE *f)
 		"  --threads N              compute threads (OpenBLAS and decode); 0 = all cores\n"
 		"  --checkpoint-tokens K    an ingest commits every K tokens (default 262144)\n"
 		"  --c-dtype T              storage of the cache rows: f16 (default), bf16, f32\n"
-		"  --tier-mb N              RAM for expanded keys/values shared by generations\n"
-		"                           (default: a quarter of RAM, at most 4096; 0 = off:\n"
-		"                           every token rebuilds the keys of the whole context)\n"
+		"  --tier-mb N              RAM for expanded keys/values shared by generations,\n"
+		"                           MiB (default %d; 0 = off: every token rebuilds the\n"
+		"                           keys of the whole context; any size, same answers)\n"
+		"  --compute f32|bf16|auto  how prefill multiplies (default %s, or\n"
+		"                           $GOLDFINCH_COMPUTE): f32 is exact; bf16 (AVX512-BF16\n"
+		"                           CPUs) makes ingest faster. A context is continued\n"
+		"                           only in the mode that ingested it\n"
 		"  --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics\n"
 		"  --log-file F             append the log here (default: stderr)\n"
 		"  --server-file F          once listening, write the addresses clients can use\n"
@@ -63,10 +67,12 @@ void gfd_usage(FILE *f)
 		"                           (default 1M:1000:1M; an ingest-heavy service: 1:0:1)\n"
 		"  --help, --version\n"
 		"\n"
-		"BYTES take K, M, G, T suffixes (powers of 1024). SIGTERM or SIGINT stops the daemon\n"
-		"cleanly: running ingests checkpoint (resumable), generations stop, exit status 0.\n"
-		"Exit status: 0 clean stop, 1 failure to start or run, 2 bad command line.\n",
-		GFD_DEFAULT_LISTEN);
+		"BYTES take K, M, G, T suffixes (powers of 1024). Resident memory is about the\n"
+		"weights + the store's page cache (256 MiB) + the tier (--tier-mb), plus a little\n"
+		"per job; gf status shows each against its budget. SIGTERM or SIGINT stops the\n"
+		"daemon cleanly: running ingests checkpoint (resumable), generations stop, exit\n"
+		"status 0. Exit status: 0 clean stop, 1 failure to start or run, 2 bad command line.\n",
+		GFD_DEFAULT_LISTEN, GFE_TIER_DEFAULT_MB, gf_compute_name(gf_compute_default()));
 }
 
 void gfd_options_defaults(gfd_options *o)
@@ -74,11 +80,10 @@ void gfd_options_defaults(gfd_options *o)
 	memset(o, 0, sizeof(*o));
 	o->max_frame = PROTO_DEFAULT_MAX_FRAME;
 	o->max_jobs = 2;
-	/* Without the tier every decoded token rebuilds the keys of the whole context; a quarter
-	 * of RAM, at most 4 GiB, holds those of a few hundred thousand tokens of a small model. */
-	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-	uint64_t ram_mb = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page >> 20 : 4096;
-	o->tier_mb = ram_mb / 4 < 4096 ? ram_mb / 4 : 4096;
+	/* The engine's default, not a share of this machine's RAM: what a daemon holds is then
+	 * known before it starts (weights + page cache + tier), whatever host it lands on. */
+	o->tier_mb = GFE_TIER_DEFAULT_MB;
+	o->compute = gf_compute_default();
 	o->max_queue = 16;
 	o->c_dtype = CS_DTYPE_F16;
 	o->ranks = 1;
@@ -234,6 +239,14 @@ int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err)
 			if (gfd_parse_uint(val, 1u << 24, &v))
 				return bad(err, flag, val, "expected a number of MiB");
 			o->tier_mb = v;
+		} else if (!strcmp(flag, "--compute")) {
+			char why[GF_ERR_LEN];
+			/* Resolved now: "auto" or bf16 on a CPU without it are settled (or refused)
+			 * before anything loads. */
+			if (gf_compute_parse(val, &o->compute, why)) {
+				snprintf(err, GF_ERR_LEN, "--compute: %.200s", why);
+				return -EINVAL;
+			}
 		} else if (!strcmp(flag, "--metrics")) {
 			o->metrics = val;
 		} else if (!strcmp(flag, "--log-file")) {
@@ -275,6 +288,7 @@ void gfd_options_print(const gfd_options *o, FILE *f)
 		fprintf(f, "checkpoint-tokens = 262144 (engine default)\n");
 	fprintf(f, "c-dtype = %s\n", cs_dtype_name(o->c_dtype));
 	fprintf(f, "tier-mb = %llu\n", (unsigned long long)o->tier_mb);
+	fprintf(f, "compute = %s\n", gf_compute_name(o->compute));
 	fprintf(f, "metrics = %s\n", o->metrics ? o->metrics : "(off)");
 	fprintf(f, "log-file = %s\n", o->log_file ? o->log_file : "(stderr)");
 }
@@ -520,6 +534,20 @@ static void server_file_remove(struct server_file *sf)
 	sf->written = false;
 }
 
+/* What the memory will hold, once the model is loaded: weights, and the budgets the page
+ * cache and the tier grow to. */
+static void log_memory(gfd_log *log, const gfd_backend *be, int ranks)
+{
+	gfd_backend_info info;
+	gfd_memory m;
+	be->ops->info(be->self, &info);
+	be->ops->memory(be->self, &m);
+	gfd_logf(log, "compute %s (kernels %s); memory%s: weights %.1f MiB, page cache up to %.0f MiB, tier up to %.0f MiB",
+		 gf_compute_name(info.compute), info.kernels, ranks > 1 ? " of rank 0" : "",
+		 (double)m.weight_bytes / 1048576.0, (double)m.page_cache_budget / 1048576.0,
+		 (double)m.tier_budget / 1048576.0);
+}
+
 int main(int argc, char **argv)
 {
 	char err[GF_ERR_LEN] = "";
@@ -568,6 +596,8 @@ int main(int argc, char **argv)
 		.tier_bytes = o.tier_mb << 20,
 		.disk_budget = o.disk_budget,
 		.threads = o.threads,
+		.compute_set = true,
+		.compute = o.compute,
 	};
 	/* Under mpirun or srun --mpi=pmix: this rank's slice; ranks >= 1 serve rank 0. */
 	part_workload workload;
@@ -592,6 +622,7 @@ int main(int argc, char **argv)
 			    : gfd_backend_local_open(&be, &lc, err);
 	if (rc)
 		goto fail;
+	log_memory(&log, &be, ranks.size);
 	if (sf.path)
 		server_file_before(&sf);
 	if ((rc = gfd_server_create(&srv, &o, &be, &log, err)))

@@ -184,7 +184,7 @@ static int part_alloc(gfr_ctx *x, uint32_t stream, gfm_box *box, bool session, g
 	p->box = box;
 	p->session = session;
 	p->credits = x->credits;
-	int rc = gf_workspace_init(&p->ws, e->model, e->cfg.chunk);
+	int rc = gfe_workspace_take(e, &p->ws);
 	if (!rc)
 		rc = gf_state_init(&p->st, c);
 	p->c = malloc(ch * c->ckv_dim * sizeof(float));
@@ -257,7 +257,7 @@ void gfr_part_free(gfr_part *p)
 	cs_branch_free(p->branch);
 	cs_reader_close(p->reader);
 	cs_writer_free(p->w);
-	gf_workspace_free(p->ws);
+	gfe_workspace_give(p->x->e, p->ws);
 	gf_state_free(&p->st);
 	for (gfm_msg *m = p->held, *next; m; m = next) {
 		next = m->next;

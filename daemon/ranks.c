@@ -112,6 +112,12 @@ int gfd_ranks_start(gfd_ranks *r, const gfd_local_config *lc, const part_workloa
 	ec.prev_ffn = gfr_takes_boundary(&r->plan, r->rank);
 	/* ...and one before it computes rows of that rank's first time mix. */
 	ec.next_att = gfr_gives_ahead(&r->plan, r->rank);
+	/* Every rank computes in rank 0's mode: the pipeline's rows and the cache pages must be
+	 * those of one process, and "auto" (or GOLDFINCH_COMPUTE) may resolve otherwise on a
+	 * node of another CPU. A rank that cannot run it fails its open below, with the reason. */
+	int compute = (int)ec.compute;
+	MPI_Bcast(&compute, 1, MPI_INT, 0, MPI_COMM_WORLD);
+	ec.compute = compute == GF_COMPUTE_BF16 ? GF_COMPUTE_BF16 : GF_COMPUTE_F32;
 	char why[GF_ERR_LEN];
 	rc = gfe_open(&r->e, &ec, why);
 	/* Every rank must get here, or the others would wait for it in the collectives below. */

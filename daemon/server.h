@@ -54,7 +54,8 @@ typedef struct gfd_options {
 	int threads;                  /* 0 = OpenBLAS's default */
 	uint64_t checkpoint_tokens;   /* 0 = engine default */
 	cs_dtype c_dtype;
-	uint64_t tier_mb;
+	uint64_t tier_mb;             /* default GFE_TIER_DEFAULT_MB */
+	gf_compute compute;           /* resolved: "auto" is f32 or bf16 by now */
 	const char *metrics;          /* HOST:PORT or NULL */
 	const char *log_file;         /* NULL = stderr */
 	bool print_config;

@@ -34,7 +34,19 @@ typedef struct gfd_backend_info {
 	cs_dtype c_dtype;            /* how this server stores c rows */
 	uint32_t ranks;              /* processes serving (1 for the local backend) */
 	uint64_t disk_budget;        /* bytes; 0 = unlimited */
+	gf_compute compute;          /* how prefill multiplies, as loaded (every rank alike) */
+	char kernels[16];            /* gf_model_isa_name: "avx512", "avx2", "scalar" */
+	uint64_t weight_bytes;       /* as loaded (rank 0's slice with several ranks) */
 } gfd_backend_info;
+
+/* The memory the engine holds, each part against its budget (engine.h, gfe_memory): resident
+ * memory is about weights + page cache + tier, plus the small state of each job. A
+ * multi-rank backend reports rank 0's process, as gfd_rss_bytes does. */
+typedef struct gfd_memory {
+	uint64_t weight_bytes;
+	uint64_t page_cache_bytes, page_cache_budget;
+	uint64_t tier_bytes, tier_budget;
+} gfd_memory;
 
 /* What an ingest has done so far. */
 typedef struct gfd_ingest_state {
@@ -51,6 +63,7 @@ typedef struct gfd_backend_ops {
 	const char *name;
 	void (*close)(void *self);  /* every handle freed first */
 	void (*info)(void *self, gfd_backend_info *out);
+	void (*memory)(void *self, gfd_memory *out);
 
 	/* Contexts: a snapshot of the store's catalogue. */
 	int (*list)(void *self, cs_ctx_info **out, size_t *n, char *err); /* *out malloc'd */
@@ -95,6 +108,16 @@ typedef struct gfd_local_config {
 	uint64_t disk_budget;
 	int threads;
 	int chunk;                   /* Finch-stage chunk in tokens; 0 = the engine's default */
+	/* How prefill multiplies: `compute` when compute_set, else gf_compute_default(); a
+	 * flag rather than a value so that a config zeroed field by field keeps the default
+	 * (GF_COMPUTE_F32 is 0). Several ranks all take rank 0's (gfd_ranks_start). */
+	bool compute_set;
+	gf_compute compute;
+	/* Expanded keys and values: `kv_dtype` (GF_DTYPE_F32 or GF_DTYPE_BF16) when
+	 * kv_dtype_set, else the engine's default (bf16); f32 where results are held to the
+	 * float references. Zero-safe as compute is. */
+	bool kv_dtype_set;
+	gf_dtype kv_dtype;
 } gfd_local_config;
 
 /* The engine settings these give (every rank of a multi-rank daemon uses them too). */

@@ -39,6 +39,17 @@ static void local_info(void *self, gfd_backend_info *out)
 	*out = ((struct local *)self)->info;
 }
 
+static void local_memory(void *self, gfd_memory *out)
+{
+	gfe_memory m;
+	gfe_memory_get(((struct local *)self)->e, &m);
+	out->weight_bytes = m.weight_bytes;
+	out->page_cache_bytes = m.page_cache_bytes;
+	out->page_cache_budget = m.page_cache_budget;
+	out->tier_bytes = m.tier_bytes;
+	out->tier_budget = m.tier_budget;
+}
+
 static int local_list(void *self, cs_ctx_info **out, size_t *n, char *err)
 {
 	return cs_store_list(gfe_store(((struct local *)self)->e), out, n, err);
@@ -181,6 +192,7 @@ static const gfd_backend_ops local_ops = {
 	.name = "local",
 	.close = local_close,
 	.info = local_info,
+	.memory = local_memory,
 	.list = local_list,
 	.ctx_info = local_ctx_info,
 	.lookup_name = local_lookup_name,
@@ -214,6 +226,10 @@ void gfd_local_engine_config(const gfd_local_config *cfg, gfe_config *ec)
 	ec->threads = cfg->threads;
 	if (cfg->chunk)
 		ec->chunk = cfg->chunk;
+	if (cfg->compute_set)
+		ec->compute = cfg->compute;
+	if (cfg->kv_dtype_set)
+		ec->kv_dtype = cfg->kv_dtype;
 }
 
 int gfd_backend_local_open(gfd_backend *out, const gfd_local_config *cfg, char *err)
@@ -238,6 +254,9 @@ int gfd_backend_local_open(gfd_backend *out, const gfd_local_config *cfg, char *
 	l->info.c_dtype = cfg->c_dtype;
 	l->info.ranks = 1;
 	l->info.disk_budget = cfg->disk_budget;
+	l->info.compute = m->compute;
+	snprintf(l->info.kernels, sizeof(l->info.kernels), "%s", gf_model_isa_name(m));
+	l->info.weight_bytes = m->weight_bytes;
 	out->ops = &local_ops;
 	out->self = l;
 	return 0;

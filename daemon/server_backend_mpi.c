@@ -99,6 +99,20 @@ static void be_info(void *self, gfd_backend_info *out)
 	*out = ((struct mpi_be *)self)->info;
 }
 
+/* Rank 0's engine: the other ranks' memory is theirs to report (each has a page cache and a
+ * tier of the same budgets, and the weights of its own blocks); asking them would put a
+ * round trip over the link into every Status. */
+static void be_memory(void *self, gfd_memory *out)
+{
+	gfe_memory m;
+	gfe_memory_get(((struct mpi_be *)self)->cx.e, &m);
+	out->weight_bytes = m.weight_bytes;
+	out->page_cache_bytes = m.page_cache_bytes;
+	out->page_cache_budget = m.page_cache_budget;
+	out->tier_bytes = m.tier_bytes;
+	out->tier_budget = m.tier_budget;
+}
+
 static int be_list(void *self, cs_ctx_info **out, size_t *n, char *err)
 {
 	return cs_store_list(store_of(self), out, n, err);
@@ -576,6 +590,7 @@ static const gfd_backend_ops mpi_ops = {
 	.name = "mpi",
 	.close = be_close,
 	.info = be_info,
+	.memory = be_memory,
 	.list = be_list,
 	.ctx_info = be_ctx_info,
 	.lookup_name = be_lookup_name,
@@ -612,6 +627,9 @@ int gfd_backend_mpi_open(gfd_backend *out, gfe_engine *e, gfm_link *link, const 
 	b->info.c_dtype = cfg->c_dtype;
 	b->info.ranks = (uint32_t)b->cx.size;
 	b->info.disk_budget = cfg->disk_budget;
+	b->info.compute = m->compute; /* every rank's: gfd_ranks_start gave them rank 0's */
+	snprintf(b->info.kernels, sizeof(b->info.kernels), "%s", gf_model_isa_name(m));
+	b->info.weight_bytes = m->weight_bytes;
 	if (pthread_create(&b->watcher, NULL, watch, b) == 0)
 		b->watching = true;
 	out->ops = &mpi_ops;

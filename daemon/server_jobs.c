@@ -1107,6 +1107,18 @@ static void ctl_status(gfd_server *s, struct gfd_ctl_task *t)
 	r.connections = st.connections;
 	r.tokens_ingested = st.tokens_ingested;
 	r.tokens_generated = st.tokens_decoded;
+	/* 1.2: what the engine holds against its budgets (rank 0's with several ranks). */
+	gfd_memory mem;
+	s->be.ops->memory(s->be.self, &mem);
+	r.compute = (char *)gf_compute_name(s->info.compute);
+	r.kernels = s->info.kernels;
+	r.has_weight_bytes = r.has_page_cache_bytes = r.has_page_cache_budget_bytes = true;
+	r.has_tier_bytes = r.has_tier_budget_bytes = true;
+	r.weight_bytes = mem.weight_bytes;
+	r.page_cache_bytes = mem.page_cache_bytes;
+	r.page_cache_budget_bytes = mem.page_cache_budget;
+	r.tier_bytes = mem.tier_bytes;
+	r.tier_budget_bytes = mem.tier_budget;
 	/* The jobs as the loop saw them when the request arrived (server_loop.c). */
 	Goldfinch__V1__JobInfo *ji = t->n_jobs ? calloc(t->n_jobs, sizeof(*ji)) : NULL;
 	Goldfinch__V1__JobInfo **jp = t->n_jobs ? calloc(t->n_jobs, sizeof(*jp)) : NULL;

@@ -588,6 +588,11 @@ static void on_hello(gfd_server *s, struct gfd_conn *c, uint64_t id, const Goldf
 	mi.head_size = (uint32_t)mc->head_size;
 	mi.vocab_size = (uint32_t)mc->vocab_size;
 	mi.ckv_dim = (uint32_t)mc->ckv_dim;
+	/* 1.2: fixed at load, so the loop answers them without asking the backend. */
+	mi.compute = (char *)gf_compute_name(s->info.compute);
+	mi.kernels = s->info.kernels;
+	mi.has_weight_bytes = true;
+	mi.weight_bytes = s->info.weight_bytes;
 	Goldfinch__V1__HelloReply hr = GOLDFINCH__V1__HELLO_REPLY__INIT;
 	hr.major = PROTO_VERSION_MAJOR;
 	hr.minor = PROTO_VERSION_MINOR;

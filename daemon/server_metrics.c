@@ -175,6 +175,29 @@ char *gfd_metrics_render(gfd_server *srv)
 	put(&t, "goldfinch_connections %u\n", st.connections);
 	family(&t, "goldfinch_rss_bytes", "gauge", "Resident memory of the daemon.");
 	put(&t, "goldfinch_rss_bytes %llu\n", (unsigned long long)gfd_rss_bytes());
+	/* Resident memory is about weights + page cache + tier: each part and its budget, so
+	 * that an alert can tell a full cache (by design) from growth elsewhere. Rank 0's with
+	 * several ranks, as the resident set above. */
+	gfd_memory mem;
+	srv->be.ops->memory(srv->be.self, &mem);
+	family(&t, "goldfinch_weight_bytes", "gauge", "Bytes of model weights in memory.");
+	put(&t, "goldfinch_weight_bytes %llu\n", (unsigned long long)mem.weight_bytes);
+	family(&t, "goldfinch_page_cache_bytes", "gauge",
+	       "Decompressed cache pages held in RAM, in use or kept.");
+	put(&t, "goldfinch_page_cache_bytes %llu\n", (unsigned long long)mem.page_cache_bytes);
+	family(&t, "goldfinch_page_cache_budget_bytes", "gauge",
+	       "The most bytes of pages the page cache keeps when no reader uses them.");
+	put(&t, "goldfinch_page_cache_budget_bytes %llu\n",
+	    (unsigned long long)mem.page_cache_budget);
+	family(&t, "goldfinch_tier_bytes", "gauge", "Expanded keys and values held for decode.");
+	put(&t, "goldfinch_tier_bytes %llu\n", (unsigned long long)mem.tier_bytes);
+	family(&t, "goldfinch_tier_budget_bytes", "gauge", "The tier's budget (--tier-mb); 0 = off.");
+	put(&t, "goldfinch_tier_budget_bytes %llu\n", (unsigned long long)mem.tier_budget);
+	/* Settings as labels of a constant 1, the Prometheus way to export strings. */
+	family(&t, "goldfinch_info", "gauge",
+	       "Always 1: the server's version, compute mode (f32 or bf16) and kernels.");
+	put(&t, "goldfinch_info{version=\"%s\",compute=\"%s\",kernels=\"%s\"} 1\n", GFD_VERSION,
+	    gf_compute_name(srv->info.compute), srv->info.kernels);
 	if (t.oom) {
 		free(t.buf);
 		return NULL;

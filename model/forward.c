@@ -67,7 +67,8 @@ struct gf_workspace {
 	float *att_y;        /* [M][A] unnormalised output merged over the spans so far */
 	float *sp_max, *sp_sum; /* [M][H] of the span being computed */
 	float *kv_k, *kv_v;  /* [GF_KV_BLOCK][A] scratch for sources that rebuild */
-	float *kw_k, *kw_v;  /* [GF_KV_BLOCK][A] a bf16 block widened for many queries */
+	float *ek, *ev;      /* [M][A] rows of keys and values on their way into blocks */
+	float *attn_part;    /* per pool part: scores [max_rows][GF_KV_BLOCK] */
 	float *e_cat;        /* [M+1][C+Ck]: [x0 ; c] rows, previous position first */
 	float *e_kc;         /* [M+1][A] key stream */
 	float *e_xn;         /* [M+1][C] rms(x0) */
@@ -91,6 +92,11 @@ static int imax(int a, int b)
 }
 
 int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
+{
+	return gf_workspace_init_threads(out, m, max_chunk, gf_blas_threads());
+}
+
+int gf_workspace_init_threads(gf_workspace **out, const gf_model *m, int max_chunk, int threads)
 {
 	const gf_config *c = &m->cfg;
 	if (max_chunk < 1)
@@ -117,7 +123,8 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 		{ &ws->scores, M * GF_KV_BLOCK }, { &ws->att_max, M * H }, { &ws->att_sum, M * H },
 		{ &ws->att_y, M * A },   { &ws->sp_max, M * H }, { &ws->sp_sum, M * H },
 		{ &ws->kv_k, GF_KV_BLOCK * A }, { &ws->kv_v, GF_KV_BLOCK * A },
-		{ &ws->kw_k, GF_KV_BLOCK * A }, { &ws->kw_v, GF_KV_BLOCK * A },
+		{ &ws->ek, M * A },      { &ws->ev, M * A },
+
 		{ &ws->e_cat, (M + 1) * (C + Ck) },
 		{ &ws->e_kc, (M + 1) * A }, { &ws->e_xn, (M + 1) * C }, { &ws->e_dxn, M * C },
 		{ &ws->fx, M * C },      { &ws->fc, M * Ck },
@@ -127,7 +134,9 @@ int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk)
 		total += (parts[i].n + 15) & ~(size_t)15; /* 64-byte aligned parts */
 	ws->block = aligned_alloc(64, total * sizeof(float));
 	ws->rope_freq = malloc(sizeof(double) * (size_t)(c->head_size / 2 + 1));
-	if (!ws->block || !ws->rope_freq || gf_pool_init(&ws->pool, gf_blas_threads()) ||
+	if (!ws->block || !ws->rope_freq || gf_pool_init(&ws->pool, threads) ||
+	    !(ws->attn_part = aligned_alloc(64, sizeof(float) * M * GF_KV_BLOCK *
+						    (size_t)gf_pool_threads(ws->pool))) ||
 	    gf_dnnl_scratch_init(&ws->dnnl_scratch, m, (int)M, gf_pool_threads(ws->pool))) {
 		gf_workspace_free(ws);
 		return -ENOMEM;
@@ -155,6 +164,7 @@ void gf_workspace_free(gf_workspace *ws)
 		return;
 	free(ws->block);
 	free(ws->rope_freq);
+	free(ws->attn_part);
 	gf_dnnl_scratch_free(ws->dnnl_scratch);
 	gf_pool_free(ws->pool);
 	free(ws);
@@ -630,19 +640,94 @@ int gf_finch_chunk(const gf_model *m, gf_workspace *ws, gf_state *st, const int3
 
 /* ---- GOLD keys and values ------------------------------------------------------------------ */
 
-/* Grows kv so it can hold `need` positions; layers are laid out [n_gold][cap][A]. */
+/* ---- key/value blocks ----------------------------------------------------------------------
+ * The layout of gf_kv_block_bytes: per head, keys as a gf_mat of k = N by n = GF_KV_BLOCK and
+ * values as one of k = GF_KV_BLOCK by n = N. */
+
+static size_t kv_head_k(const gf_config *c, gf_dtype t)
+{
+	return (size_t)GF_KV_BLOCK * (size_t)gf_mat_kp(t, c->head_size);
+}
+
+static size_t kv_head_v(const gf_config *c)
+{
+	return (size_t)(c->head_size + GF_PANEL - 1) / GF_PANEL * GF_PANEL * GF_KV_BLOCK;
+}
+
+size_t gf_kv_block_bytes(const gf_config *c, gf_dtype t)
+{
+	const size_t per = kv_head_k(c, t) > kv_head_v(c) ? kv_head_k(c, t) : kv_head_v(c);
+	return per * (size_t)c->n_head * gf_dtype_size(t);
+}
+
+/* Head h's keys and values of a block holding nb positions, as the matrices of the products
+ * S = q . K_h^T and y += P . V_h. */
+static void kv_block_mats(const gf_config *c, gf_dtype t, const void *kblock, const void *vblock,
+			  int h, int nb, gf_mat *Bk, gf_mat *Bv)
+{
+	const size_t es = gf_dtype_size(t);
+	const size_t per = gf_kv_block_bytes(c, t) / es / (size_t)c->n_head;
+	*Bk = (gf_mat){ .p = (const char *)kblock + (size_t)h * per * es, .dtype = t,
+			.k = c->head_size, .n = nb, .kp = gf_mat_kp(t, c->head_size) };
+	*Bv = (gf_mat){ .p = (const char *)vblock + (size_t)h * per * es, .dtype = t,
+			.k = nb, .n = c->head_size, .kp = GF_KV_BLOCK };
+}
+
+/* Offset of element (row r, column col < 64) in a panel of type t. */
+static inline size_t panel_at(gf_dtype t, int r, int col)
+{
+	return t == GF_DTYPE_BF16 ? (size_t)(r / 2) * 2 * GF_PANEL + (size_t)col * 2 + (r & 1) :
+				    (size_t)r * GF_PANEL + (size_t)col;
+}
+
+void gf_kv_block_put(const gf_config *c, gf_dtype t, const float *k, const float *v, int ld,
+		     int row0, int n, void *kblock, void *vblock)
+{
+	const int N = c->head_size, H = c->n_head;
+	const size_t per = gf_kv_block_bytes(c, t) / gf_dtype_size(t) / (size_t)H;
+	const int kp = gf_mat_kp(t, N);
+	for (int h = 0; h < H; h++)
+		for (int i = 0; i < n; i++) {
+			const int j = row0 + i; /* the key */
+			const float *kr = k + (size_t)i * ld + (size_t)h * N;
+			const float *vr = v + (size_t)i * ld + (size_t)h * N;
+			/* keys: row d, column j of panel j/64; values: row j, column d of panel d/64 */
+			const size_t kb = (size_t)h * per + (size_t)(j / GF_PANEL) * kp * GF_PANEL;
+			const size_t vb = (size_t)h * per;
+			if (t == GF_DTYPE_BF16) {
+				uint16_t *K = kblock, *V = vblock;
+				for (int d = 0; d < N; d++) {
+					K[kb + panel_at(t, d, j % GF_PANEL)] = gf_f32_to_bf16(kr[d]);
+					V[vb + (size_t)(d / GF_PANEL) * GF_KV_BLOCK * GF_PANEL +
+					  panel_at(t, j, d % GF_PANEL)] = gf_f32_to_bf16(vr[d]);
+				}
+			} else {
+				float *K = kblock, *V = vblock;
+				for (int d = 0; d < N; d++) {
+					K[kb + panel_at(t, d, j % GF_PANEL)] = kr[d];
+					V[vb + (size_t)(d / GF_PANEL) * GF_KV_BLOCK * GF_PANEL +
+					  panel_at(t, j, d % GF_PANEL)] = vr[d];
+				}
+			}
+		}
+}
+
+/* Grows kv so it can hold `need` positions; layers are laid out [n_gold][cap / GF_KV_BLOCK]
+ * blocks. */
 static int kv_reserve(gf_kv *kv, const gf_config *c, int64_t need)
 {
 	if (need <= kv->cap)
 		return 0;
-	int64_t cap = kv->cap ? kv->cap : 256;
+	int64_t cap = kv->cap ? kv->cap : GF_KV_BLOCK;
 	while (cap < need)
 		cap *= 2;
-	const size_t A = (size_t)c->dim_att, Ck = (size_t)c->ckv_dim, G = (size_t)kv->n_gold;
+	const size_t Ck = (size_t)c->ckv_dim, G = (size_t)kv->n_gold;
+	const size_t blk = kv->block_floats;
+	const size_t nblk = (size_t)cap / GF_KV_BLOCK, oblk = (size_t)kv->cap / GF_KV_BLOCK;
 	float *nc = malloc(sizeof(float) * (size_t)cap * Ck);
 	int32_t *nt = malloc(sizeof(int32_t) * (size_t)cap);
-	float *nk = malloc(sizeof(float) * (size_t)cap * A * G);
-	float *nv = malloc(sizeof(float) * (size_t)cap * A * G);
+	float *nk = calloc(nblk * blk * G, sizeof(float));
+	float *nv = calloc(nblk * blk * G, sizeof(float));
 	if (!nc || !nt || !nk || !nv) {
 		free(nc);
 		free(nt);
@@ -654,8 +739,8 @@ static int kv_reserve(gf_kv *kv, const gf_config *c, int64_t need)
 		memcpy(nc, kv->c, sizeof(float) * (size_t)kv->n_pos * Ck);
 		memcpy(nt, kv->tok, sizeof(int32_t) * (size_t)kv->n_pos);
 		for (size_t g = 0; g < G; g++) {
-			memcpy(nk + g * cap * A, kv->k + g * kv->cap * A, sizeof(float) * kv->n_pos * A);
-			memcpy(nv + g * cap * A, kv->v + g * kv->cap * A, sizeof(float) * kv->n_pos * A);
+			memcpy(nk + g * nblk * blk, kv->k + g * oblk * blk, sizeof(float) * oblk * blk);
+			memcpy(nv + g * nblk * blk, kv->v + g * oblk * blk, sizeof(float) * oblk * blk);
 		}
 	}
 	free(kv->c);
@@ -762,9 +847,20 @@ int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c_
 			if (b < m->block_first || b >= m->block_end)
 				continue; /* another rank's layer */
 			const gf_layer *l = &m->layers[b];
-			float *k = kv->k + ((size_t)g * kv->cap + t0) * A;
-			float *v = kv->v + ((size_t)g * kv->cap + t0) * A;
-			expand_layer(m, ws, l, step, t0, ws->e_kc, ws->e_xn, k, v);
+			expand_layer(m, ws, l, step, t0, ws->e_kc, ws->e_xn, ws->ek, ws->ev);
+			/* Into the blocks the rows fall in. */
+			const size_t blk = kv->block_floats;
+			float *kg = kv->k + (size_t)g * (size_t)(kv->cap / GF_KV_BLOCK) * blk;
+			float *vg = kv->v + (size_t)g * (size_t)(kv->cap / GF_KV_BLOCK) * blk;
+			for (int r = 0; r < step;) {
+				const int64_t t = t0 + r;
+				const int in = (int)(t % GF_KV_BLOCK);
+				const int run = GF_KV_BLOCK - in < step - r ? GF_KV_BLOCK - in : step - r;
+				const size_t at = (size_t)(t / GF_KV_BLOCK) * blk;
+				gf_kv_block_put(c, GF_DTYPE_F32, ws->ek + (size_t)r * A, ws->ev + (size_t)r * A,
+						A, in, run, kg + at, vg + at);
+				r += run;
+			}
 		}
 		done += step;
 	}
@@ -817,6 +913,12 @@ int gf_kv_rebuild(const gf_model *m, gf_workspace *ws, int g, const float *c,
 	return 0;
 }
 
+/* Pool part `part`'s scores buffer (see the workspace). */
+static float *attn_scratch(gf_workspace *ws, int part)
+{
+	return ws->attn_part + (size_t)ws->max_rows * GF_KV_BLOCK * (size_t)part;
+}
+
 void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v)
 {
 	*k = ws->kv_k;
@@ -824,15 +926,17 @@ void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v)
 }
 
 static int ram_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		   const void **k, const void **v, int *ld)
+		   const void **k, const void **v)
 {
 	const gf_kv *kv = src->user;
 	(void)ws;
-	if (first < 0 || n < 0 || first + n > kv->n_pos)
+	if (first < 0 || n < 0 || first + n > kv->n_pos || first % GF_KV_BLOCK)
 		return -EINVAL;
-	*ld = kv->dim;
-	*k = kv->k + ((size_t)g * kv->cap + first) * kv->dim;
-	*v = kv->v + ((size_t)g * kv->cap + first) * kv->dim;
+	const size_t blk = kv->block_floats;
+	const size_t at = ((size_t)g * (size_t)(kv->cap / GF_KV_BLOCK) +
+			   (size_t)(first / GF_KV_BLOCK)) * blk;
+	*k = kv->k + at;
+	*v = kv->v + at;
 	return 0;
 }
 
@@ -847,16 +951,86 @@ void gf_kv_source_ram(gf_kv_source *src, const gf_kv *kv)
 
 /* ---- GOLD attention and blocks ------------------------------------------------------------ */
 
+/* One key block's part of the attention, for the heads of one pool part. */
+struct attn_job {
+	const gf_config *c;
+	gf_workspace *ws;
+	int isa;
+	const void *K, *V;   /* the block's keys and values (gf_kv_block_bytes) */
+	gf_dtype dtype;
+	const float *q;      /* [n][A] */
+	int64_t p0, kb;      /* the queries' first position; the block's first key */
+	int n, nb, t_first;  /* queries; keys in the block; first query that sees it */
+	float scale;
+	float *att_max, *att_sum, *y;
+};
+
+/* The online softmax of row s [nb] of query t and head h (keys [0, visible) of the block
+ * seen): exponentials in place, the running max and sum moved on; returns the rescale of
+ * the query's output so far. Keys past `visible` get weight 0. */
+static float softmax_row(float *s, int nb, int visible, float *mx_t, float *sum_t)
+{
+	float mx = *mx_t;
+	for (int j = 0; j < visible; j++)
+		mx = s[j] > mx ? s[j] : mx;
+	const float rescale = gf_exp(*mx_t - mx);
+	const float sum = gf_vexp_shift(s, visible, mx);
+	for (int j = visible; j < nb; j++)
+		s[j] = 0.0f;
+	*sum_t = *sum_t * rescale + sum;
+	*mx_t = mx;
+	return rescale;
+}
+
+/* Pool part `part` takes a contiguous range of heads: heads are independent, so the bits do
+ * not depend on how many parts there are. Per head, two products on the engine's kernels
+ * over the block as stored (its 16-bit keys and values widen in registers): the scores
+ * S = q . K_h^T and, after the softmax, y_h += S . V_h. A decode step's one query streams the
+ * block once. */
+static void attend_heads(void *arg, int part, int n_parts)
+{
+	const struct attn_job *j = arg;
+	const gf_config *c = j->c;
+	const int N = c->head_size, H = c->n_head, A = c->dim_att, nb = j->nb;
+	const int nq = j->n - j->t_first;
+	const int h0 = (int)((int64_t)H * part / n_parts), h1 = (int)((int64_t)H * (part + 1) / n_parts);
+	float *S = attn_scratch(j->ws, part);
+	for (int h = h0; h < h1; h++) {
+		gf_mat Bk, Bv;
+		kv_block_mats(c, j->dtype, j->K, j->V, h, nb, &Bk, &Bv);
+		const float *qh = j->q + (size_t)j->t_first * A + (size_t)h * N;
+		float *yh = j->y + (size_t)j->t_first * A + (size_t)h * N;
+		const bool stream = nq <= DECODE_ROWS;
+		gf_gemm_panels(j->isa, &Bk, qh, A, nq, S, nb, false, 0, gf_mat_panels(&Bk), stream);
+		for (int i = 0; i < nq; i++) {
+			const int t = j->t_first + i;
+			float *s = S + (size_t)i * nb;
+			for (int k = 0; k < nb; k++)
+				s[k] *= j->scale;
+			/* Query at p0+t sees keys up to p0+t. */
+			int visible = (int)(j->p0 + t - j->kb + 1);
+			visible = visible > nb ? nb : visible;
+			const float rescale = softmax_row(s, nb, visible, &j->att_max[t * H + h],
+							  &j->att_sum[t * H + h]);
+			if (rescale != 1.0f)
+				for (int d = 0; d < N; d++)
+					yh[(size_t)i * A + d] *= rescale;
+		}
+		gf_gemm_panels(j->isa, &Bv, S, nb, nq, yh, A, true, 0, gf_mat_panels(&Bv), stream);
+	}
+}
+
 /* The causal softmax attention of n queries at positions p0.. over the keys of blocks
  * [kb0, kb1) (a query at p sees keys up to p), from scratch: per query and head the running
  * max, the denominator and the unnormalised output (a partial, see gf_attn_spans). Key blocks
- * are the outer loop, so a source that rebuilds keys does so once per block. */
-static int attend_span(const gf_config *c, gf_workspace *ws, gf_kv_source *src, int g,
+ * are the outer loop, so a source that rebuilds keys does so once per block; each block's
+ * heads are spread over the pool. */
+static int attend_span(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
 		       const float *q, int64_t p0, int n, int64_t kb0, int64_t kb1,
 		       float *att_max, float *att_sum, float *y)
 {
+	const gf_config *c = &m->cfg;
 	const int N = c->head_size, H = c->n_head, A = c->dim_att;
-	const float scale = 1.0f / sqrtf((float)N);
 	const int64_t n_keys = p0 + n;
 	for (int i = 0; i < n * H; i++) {
 		att_max[i] = -INFINITY;
@@ -864,106 +1038,19 @@ static int attend_span(const gf_config *c, gf_workspace *ws, gf_kv_source *src, 
 	}
 	memset(y, 0, sizeof(float) * (size_t)n * A);
 	const int64_t k_end = kb1 * GF_KV_BLOCK < n_keys ? kb1 * GF_KV_BLOCK : n_keys;
+	struct attn_job j = { .c = c, .ws = ws, .isa = m->isa, .q = q, .p0 = p0, .n = n,
+			      .scale = 1.0f / sqrtf((float)N), .att_max = att_max,
+			      .att_sum = att_sum, .y = y, .dtype = src->kv_dtype };
 	for (int64_t kb = kb0 * GF_KV_BLOCK; kb < k_end; kb += GF_KV_BLOCK) {
-		const int nb = (int)(n_keys - kb < GF_KV_BLOCK ? n_keys - kb : GF_KV_BLOCK);
+		j.nb = (int)(n_keys - kb < GF_KV_BLOCK ? n_keys - kb : GF_KV_BLOCK);
+		j.kb = kb;
 		/* Only queries that see some key of this block take part. */
-		const int t_first = kb > p0 ? (int)(kb - p0) : 0;
-		const int nq = n - t_first;
-		const void *Kp, *Vp;
-		int ld;
-		int rc = src->get(src, ws, g, kb, nb, &Kp, &Vp, &ld);
+		j.t_first = kb > p0 ? (int)(kb - p0) : 0;
+		int rc = src->get(src, ws, g, kb, j.nb, &j.K, &j.V);
 		if (rc)
 			return rc;
-		const bool b16 = src->kv_dtype == GF_DTYPE_BF16;
-		if (nq == 1 && H * nb <= ws->max_rows * GF_KV_BLOCK) {
-			/* One query (decode): it sees the whole block. Read each key and value
-			 * row once for all heads, off OpenBLAS (whose threads would wake and
-			 * compete with the decode pool for the cores). */
-			const int t = n - 1;
-			float *S = ws->scores, *yt = y + (size_t)t * A;
-			if (b16)
-				gf_attn_scores_bf16(Kp, ld, nb, q + (size_t)t * A, H, N, scale, S);
-			else
-				gf_attn_scores(Kp, ld, nb, q + (size_t)t * A, H, N, scale, S);
-			for (int h = 0; h < H; h++) {
-				float *s = S + (size_t)h * nb;
-				float *mx_t = &att_max[t * H + h], *sum_t = &att_sum[t * H + h];
-				float mx = *mx_t;
-				for (int j = 0; j < nb; j++)
-					mx = s[j] > mx ? s[j] : mx;
-				const float rescale = expf(*mx_t - mx);
-				float sum = 0.0f;
-				for (int j = 0; j < nb; j++) {
-					s[j] = expf(s[j] - mx);
-					sum += s[j];
-				}
-				*sum_t = *sum_t * rescale + sum;
-				*mx_t = mx;
-				if (rescale != 1.0f)
-					for (int d = 0; d < N; d++)
-						yt[h * N + d] *= rescale;
-			}
-			if (b16)
-				gf_attn_accum_bf16(Vp, ld, nb, S, H, N, yt);
-			else
-				gf_attn_accum(Vp, ld, nb, S, H, N, yt);
-			continue;
-		}
-		const float *K = Kp, *V = Vp;
-		if (b16) { /* many queries: the block widened once, then GEMMs as for floats */
-			gf_widen_bf16_rows(Kp, ld, nb, A, ws->kw_k);
-			gf_widen_bf16_rows(Vp, ld, nb, A, ws->kw_v);
-			K = ws->kw_k;
-			V = ws->kw_v;
-			ld = A;
-		}
-		for (int h = 0; h < H; h++) {
-			const float *qh = q + (size_t)t_first * A + h * N;
-			const float *Kb = K + h * N, *Vb = V + h * N;
-			float *yh = y + (size_t)t_first * A + h * N;
-			float *S = ws->scores;
-			/* One query (decode) stays off OpenBLAS, whose threads would wake and
-			 * compete with the decode pool for the cores. */
-			if (nq == 1)
-				for (int j = 0; j < nb; j++)
-					S[j] = scale * gf_vdot(Kb + (size_t)j * ld, qh, N);
-			else
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nb, N, scale, qh,
-					    A, Kb, ld, 0.0f, S, nb);
-			for (int i = 0; i < nq; i++) {
-				const int t = t_first + i;
-				float *s = S + (size_t)i * nb;
-				float *mx_t = &att_max[t * H + h], *sum_t = &att_sum[t * H + h];
-				/* Query at p0+t sees keys up to p0+t. */
-				int visible = (int)(p0 + t - kb + 1);
-				if (visible > nb)
-					visible = nb;
-				float mx = *mx_t;
-				for (int j = 0; j < visible; j++)
-					mx = s[j] > mx ? s[j] : mx;
-				const float rescale = expf(*mx_t - mx);
-				float sum = 0.0f;
-				for (int j = 0; j < visible; j++) {
-					s[j] = expf(s[j] - mx);
-					sum += s[j];
-				}
-				for (int j = visible; j < nb; j++)
-					s[j] = 0.0f;
-				*sum_t = *sum_t * rescale + sum;
-				*mx_t = mx;
-				if (rescale != 1.0f) {
-					float *yt = yh + (size_t)i * A;
-					for (int d = 0; d < N; d++)
-						yt[d] *= rescale;
-				}
-			}
-			if (nq == 1)
-				for (int j = 0; j < nb; j++)
-					gf_vaxpy(yh, S[j], Vb + (size_t)j * ld, N);
-			else
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, N, nb, 1.0f, S,
-					    nb, Vb, ld, 1.0f, yh, A);
-		}
+		const int parts = gf_pool_threads(ws->pool) < H ? gf_pool_threads(ws->pool) : H;
+		gf_pool_run_n(ws->pool, attend_heads, &j, parts);
 	}
 	return 0;
 }
@@ -1053,7 +1140,7 @@ int gf_attn_spans(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
 	for (int s = s0; s < s1; s++) {
 		float *mx, *sum, *y;
 		partial_parts(c, n, partials + (size_t)(s - s0) * pf, &mx, &sum, &y);
-		int rc = attend_span(c, ws, src, g, q, p0, n, s * per, (s + 1) * per, mx, sum, y);
+		int rc = attend_span(m, ws, src, g, q, p0, n, s * per, (s + 1) * per, mx, sum, y);
 		if (rc)
 			return rc;
 	}
@@ -1106,7 +1193,7 @@ static int attention(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int
 	}
 	memset(ws->att_y, 0, sizeof(float) * (size_t)n * (size_t)c->dim_att);
 	for (int s = 0; s < spans; s++) {
-		int rc = attend_span(c, ws, src, g, q, p0, n, s * per, (s + 1) * per, ws->sp_max,
+		int rc = attend_span(m, ws, src, g, q, p0, n, s * per, (s + 1) * per, ws->sp_max,
 				     ws->sp_sum, y);
 		if (rc)
 			return rc;

@@ -344,12 +344,13 @@ void gf_state_free(gf_state *st);
  * next position's token shift can be computed.
  */
 typedef struct gf_kv {
-	int64_t n_pos, cap;
+	int64_t n_pos, cap;  /* cap: a multiple of GF_KV_BLOCK */
 	float *c;        /* [cap][Ck] */
 	int32_t *tok;    /* [cap] */
-	float *k, *v;    /* [n_gold][cap][A] */
+	float *k, *v;    /* [n_gold][cap / GF_KV_BLOCK] blocks (gf_kv_block_bytes, f32) */
 	int n_gold;
 	int dim;         /* A */
+	size_t block_floats; /* of one key or value block */
 } gf_kv;
 
 int gf_kv_init(gf_kv *kv, const gf_config *cfg, int64_t initial_cap);
@@ -361,6 +362,9 @@ void gf_kv_reset(gf_kv *kv);
  * denormal floats flushed to zero and gives the calling thread its float mode back. */
 typedef struct gf_workspace gf_workspace;
 int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk);
+/* The same with a pool of `threads` threads (the caller included) instead of OpenBLAS's
+ * thread count: for callers that run several workspaces at once. */
+int gf_workspace_init_threads(gf_workspace **out, const gf_model *m, int max_chunk, int threads);
 void gf_workspace_free(gf_workspace *ws);
 int gf_workspace_max_chunk(const gf_workspace *ws);
 
@@ -380,6 +384,17 @@ int gf_kv_append(const gf_model *m, gf_workspace *ws, gf_kv *kv, const float *c,
  * (an online softmax across blocks). */
 #define GF_KV_BLOCK 256
 
+/* A block of keys (or of values) of one GOLD layer, laid out for the attention's products on
+ * the engine's kernels (model/gemm.h panels), in f32 or bf16, heads one after the other:
+ *   keys:   per head, K_h^T packed as a matrix of k = N dims by n = GF_KV_BLOCK keys;
+ *   values: per head, V_h packed as a matrix of k = GF_KV_BLOCK keys by n = N dims.
+ * Zeroed where unwritten. gf_kv_block_put writes rows (position-major floats, as
+ * gf_kv_rebuild gives them) [row0, row0 + n) of a key block and a value block; bf16 is
+ * rounded to nearest even (gf_f32_to_bf16). */
+size_t gf_kv_block_bytes(const gf_config *c, gf_dtype t);
+void gf_kv_block_put(const gf_config *c, gf_dtype t, const float *k, const float *v, int ld,
+		     int row0, int n, void *kblock, void *vblock);
+
 /* Where the GOLD blocks read the keys and values of cached positions [0, n_pos): expanded
  * rows in RAM (gf_kv), or rows rebuilt block by block from the per-token cache (c, tok)
  * wherever it lives (the paged store of daemon/). */
@@ -387,14 +402,15 @@ typedef struct gf_kv_source gf_kv_source;
 struct gf_kv_source {
 	int64_t n_pos;
 	/* Keys and values of GOLD block g (0 = block G) for positions [first, first + n),
-	 * first a multiple of GF_KV_BLOCK, n <= GF_KV_BLOCK: pointers to n rows of A elements of
-	 * type kv_dtype with row stride *ld (elements), valid until the next call. A source that
-	 * rebuilds may use gf_workspace_kv_scratch(ws) and gf_kv_rebuild. */
+	 * first a multiple of GF_KV_BLOCK, n <= GF_KV_BLOCK: a key block and a value block
+	 * (gf_kv_block_bytes, of kv_dtype) whose first n positions hold them, valid until the
+	 * next call. A source that rebuilds may use gf_workspace_kv_scratch(ws), gf_kv_rebuild
+	 * and gf_kv_block_put. */
 	int (*get)(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		   const void **k, const void **v, int *ld);
+		   const void **k, const void **v);
 	void *user;
 	/* GF_DTYPE_F32 (0: a zeroed source) or GF_DTYPE_BF16: keys and values rounded to bf16
-	 * (nearest even, gf_round_bf16), half the bytes of an expanded tier. A source gives
+	 * (nearest even), half the bytes of an expanded tier. A source gives
 	 * every block in one type, so that where a block comes from never changes the bits. */
 	gf_dtype kv_dtype;
 	/* Optional (NULL: attend here through get): the whole attention of GOLD block g for n
@@ -425,9 +441,6 @@ int gf_attn_spans(const gf_model *m, gf_workspace *ws, gf_kv_source *src, int g,
 void gf_attn_acc_init(const gf_config *c, int n, float *acc);
 void gf_attn_acc_merge(const gf_config *c, int n, float *acc, const float *partial);
 void gf_attn_acc_finish(const gf_config *c, int n, const float *acc, float *y);
-
-/* dst[i] = bf16(src[i]), rounded to nearest even: what a bf16 key/value source stores. */
-void gf_round_bf16(const float *src, uint16_t *dst, size_t n);
 
 /* Two scratch blocks of [GF_KV_BLOCK][A] floats in ws, for a source to rebuild into. */
 void gf_workspace_kv_scratch(gf_workspace *ws, float **k, float **v);

@@ -561,6 +561,7 @@ int gf_kv_init(gf_kv *kv, const gf_config *cfg, int64_t initial_cap)
 	memset(kv, 0, sizeof(*kv));
 	kv->n_gold = cfg->n_layer - cfg->first_gold;
 	kv->dim = cfg->dim_att;
+	kv->block_floats = gf_kv_block_bytes(cfg, GF_DTYPE_F32) / sizeof(float);
 	(void)initial_cap; /* storage grows on the first append */
 	return 0;
 }

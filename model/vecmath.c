@@ -67,6 +67,30 @@ static inline float one_minus_exp_neg(float y)
 	return y < 0.35f ? series : direct;
 }
 
+float gf_exp(float x)
+{
+	return exp_approx(x);
+}
+
+HOT float gf_vexp_shift(float *s, int n, float shift)
+{
+	float acc[LANES] = { 0 };
+	int i = 0;
+	for (; i + LANES <= n; i += LANES)
+		for (int u = 0; u < LANES; u++) {
+			s[i + u] = exp_approx(s[i + u] - shift);
+			acc[u] += s[i + u];
+		}
+	float sum = 0.0f;
+	for (; i < n; i++) {
+		s[i] = exp_approx(s[i] - shift);
+		sum += s[i];
+	}
+	for (int u = 0; u < LANES; u++)
+		sum += acc[u];
+	return sum;
+}
+
 HOT float gf_vsum(const float *x, int n)
 {
 	float acc[LANES] = { 0 };
@@ -160,135 +184,5 @@ HOT void gf_wkv_step(float *S, const float *r, const float *k, const float *v,
 		for (int u = 0; u < LANES; u++)
 			sum += acc[u];
 		y[i] = sum;
-	}
-}
-
-HOT float gf_vdot(const float *restrict a, const float *restrict b, int n)
-{
-	float acc[LANES] = { 0 };
-	int i = 0;
-	for (; i + LANES <= n; i += LANES)
-		for (int u = 0; u < LANES; u++)
-			acc[u] += a[i + u] * b[i + u];
-	float s = 0.0f;
-	for (; i < n; i++)
-		s += a[i] * b[i];
-	for (int u = 0; u < LANES; u++)
-		s += acc[u];
-	return s;
-}
-
-HOT void gf_vaxpy(float *restrict y, float a, const float *restrict x, int n)
-{
-	for (int i = 0; i < n; i++)
-		y[i] += a * x[i];
-}
-
-/* One query over a block of keys, every head at once: S[h][j] = scale * K[j]_h . q_h. Each key
- * row (all heads, A floats) is read once and in order; a per-head loop would stride over the
- * rows H times, at a fraction of the read bandwidth. */
-HOT void gf_attn_scores(const float *restrict K, int ld, int nb, const float *restrict q, int H,
-			int N, float scale, float *restrict S)
-{
-	for (int j = 0; j < nb; j++) {
-		const float *kr = K + (size_t)j * ld;
-		for (int h = 0; h < H; h++) {
-			const float *kh = kr + (size_t)h * N, *qh = q + (size_t)h * N;
-			float acc[LANES] = { 0 };
-			int d = 0;
-			for (; d + LANES <= N; d += LANES)
-				for (int u = 0; u < LANES; u++)
-					acc[u] += kh[d + u] * qh[d + u];
-			float s = 0.0f;
-			for (; d < N; d++)
-				s += kh[d] * qh[d];
-			for (int u = 0; u < LANES; u++)
-				s += acc[u];
-			S[(size_t)h * nb + j] = scale * s;
-		}
-	}
-}
-
-/* y_h += sum over j of P[h][j] * V[j]_h, every head at once, each value row read once. */
-HOT void gf_attn_accum(const float *restrict V, int ld, int nb, const float *restrict P, int H,
-		       int N, float *restrict y)
-{
-	for (int j = 0; j < nb; j++) {
-		const float *vr = V + (size_t)j * ld;
-		for (int h = 0; h < H; h++) {
-			const float p = P[(size_t)h * nb + j];
-			const float *vh = vr + (size_t)h * N;
-			float *yh = y + (size_t)h * N;
-			for (int d = 0; d < N; d++)
-				yh[d] += p * vh[d];
-		}
-	}
-}
-
-static inline float widen_bf16(uint16_t h)
-{
-	const uint32_t u = (uint32_t)h << 16;
-	float f;
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
-
-/* Nearest even on the bits: add half an ulp of bf16 (minus one when the kept part is even),
- * then truncate. NaNs stay NaNs (quiet bit set); infinities and overflow to infinity are
- * what rounding gives. Branch-free, so it vectorises, and every CPU gets the same bits. */
-HOT void gf_round_bf16(const float *src, uint16_t *dst, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		uint32_t u;
-		memcpy(&u, &src[i], sizeof(u));
-		const uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
-		const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-		dst[i] = (uint16_t)(nan ? (u >> 16) | 0x40u : r);
-	}
-}
-
-HOT void gf_widen_bf16_rows(const uint16_t *restrict src, int ld, int rows, int cols,
-			    float *restrict dst)
-{
-	for (int r = 0; r < rows; r++)
-		for (int c = 0; c < cols; c++)
-			dst[(size_t)r * cols + c] = widen_bf16(src[(size_t)r * ld + c]);
-}
-
-HOT void gf_attn_scores_bf16(const uint16_t *restrict K, int ld, int nb, const float *restrict q,
-			     int H, int N, float scale, float *restrict S)
-{
-	for (int j = 0; j < nb; j++) {
-		const uint16_t *kr = K + (size_t)j * ld;
-		for (int h = 0; h < H; h++) {
-			const uint16_t *kh = kr + (size_t)h * N;
-			const float *qh = q + (size_t)h * N;
-			float acc[LANES] = { 0 };
-			int d = 0;
-			for (; d + LANES <= N; d += LANES)
-				for (int u = 0; u < LANES; u++)
-					acc[u] += widen_bf16(kh[d + u]) * qh[d + u];
-			float s = 0.0f;
-			for (; d < N; d++)
-				s += widen_bf16(kh[d]) * qh[d];
-			for (int u = 0; u < LANES; u++)
-				s += acc[u];
-			S[(size_t)h * nb + j] = scale * s;
-		}
-	}
-}
-
-HOT void gf_attn_accum_bf16(const uint16_t *restrict V, int ld, int nb, const float *restrict P,
-			    int H, int N, float *restrict y)
-{
-	for (int j = 0; j < nb; j++) {
-		const uint16_t *vr = V + (size_t)j * ld;
-		for (int h = 0; h < H; h++) {
-			const float p = P[(size_t)h * nb + j];
-			const uint16_t *vh = vr + (size_t)h * N;
-			float *yh = y + (size_t)h * N;
-			for (int d = 0; d < N; d++)
-				yh[d] += p * widen_bf16(vh[d]);
-		}
 	}
 }

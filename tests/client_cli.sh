@@ -176,6 +176,16 @@ expect 0 "$GF" status --json
 	fail "status --json: $(cat "$TMP/out")"
 expect 0 "$GF" status
 grep -q '^jobs  *0 running, 0 queued, 2 at most' "$TMP/out" || fail "status: $(cat "$TMP/out")"
+# A server before protocol 1.2 sends no compute mode or memory parts: the resident set
+# alone, no compute line, and null in the JSON of both clients.
+grep -q '^memory  *1.0 MiB resident$' "$TMP/out" && ! grep -q '^compute' "$TMP/out" ||
+	fail "status of a 1.0 server: $(cat "$TMP/out")"
+expect 0 "$GF" status --json
+[ "$(json 'j["compute"], j["tier_budget_bytes"], j["weight_bytes"], j["model"]["compute"]')" = \
+	"(None, None, None, None)" ] || fail "status --json of a 1.0 server: $(cat "$TMP/out")"
+expect 0 "$PY" "$PYCLIENT" status
+[ "$(json 'j["compute"], j["tier_budget_bytes"], j["contexts"]')" = "(None, None, 5)" ] ||
+	fail "Python client's status of a 1.0 server: $(cat "$TMP/out")"
 
 # 8. Ctrl-C: gf sends Cancel and exits 5 once the server acknowledges.
 "$GF" ask code slow >"$TMP/out" 2>"$TMP/err" &

@@ -86,10 +86,28 @@ r = random.Random(5)
 w = 'the river ran past the old mill where the miller kept his books and his cats'.split()
 print('\n'.join(' '.join(r.choice(w) for _ in range(12)) for _ in range(600)))" >"$TMP/book.txt"
 
-# 1. Server and model.
+# 1. Server and model; its compute mode and memory against the budgets (protocol 1.2). The
+#    daemon runs without --tier-mb: the tier's budget is the engine's default, 512 MiB.
 expect 0 $G status --json
-[ "$(json 'j["model"]["n_layer"], j["model"]["n_embd"], j["protocol"], j["jobs"]')" = "(4, 128, '1.1', [])" ] ||
+[ "$(json 'j["model"]["n_layer"], j["model"]["n_embd"], j["protocol"], j["jobs"]')" = "(4, 128, '1.2', [])" ] ||
 	fail "status: $(cat "$TMP/out")"
+[ "$(json 'j["compute"] in ("f32", "bf16"), j["kernels"] in ("avx512", "avx2", "scalar"),
+	j["model"]["compute"] == j["compute"], j["weight_bytes"] > 0,
+	j["weight_bytes"] == j["model"]["weight_bytes"], j["weight_bytes"] < j["rss_bytes"],
+	j["tier_budget_bytes"], j["tier_bytes"] <= j["tier_budget_bytes"],
+	j["page_cache_budget_bytes"] > 0, j["page_cache_bytes"] >= 0')" = \
+	"(True, True, True, True, True, True, 536870912, True, True, True)" ] ||
+	fail "status --json memory: $(cat "$TMP/out")"
+expect 0 $G status
+grep -q '^memory  *[0-9.]* [KMG]iB resident: weights [0-9.]* [KMG]*i*B, page cache [0-9.]* [KMG]*i*B of [0-9.]* [KMG]iB, tier [0-9.]* [KMG]*i*B of 512.0 MiB$' "$TMP/out" &&
+	grep -Eq '^compute  *(f32|bf16) \(kernels (avx512|avx2|scalar)\)$' "$TMP/out" ||
+	fail "gf status memory and compute: $(cat "$TMP/out")"
+expect 0 "$PY" "$PYCLIENT" status
+[ "$(json 'j["compute"] in ("f32", "bf16"), j["tier_budget_bytes"], j["weight_bytes"] > 0')" = \
+	"(True, 536870912, True)" ] || fail "Python client's status: $(cat "$TMP/out")"
+expect 0 "$PY" "$PYCLIENT" hello
+[ "$(json 'j["protocol"], j["model"]["compute"] in ("f32", "bf16"), j["model"]["weight_bytes"] > 0')" = \
+	"('1.2', True, True)" ] || fail "Python client's hello: $(cat "$TMP/out")"
 
 alive "before step 2"
 # 2. The codebase: the daemon's context has the tokens of the expected stream (its key is

@@ -11,6 +11,7 @@ Exit status: 0 pass, 1 fail, 77 skip.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -221,7 +222,7 @@ def case_hello():
     c = Conn("unix:" + st["sock"])
     id = c.hello(major=2)
     r = c.expect_error("ERROR_VERSION", id)
-    check("speaks 1.1" in r.error.message, "version error names ours: " + r.error.message)
+    check("speaks 1.2" in r.error.message, "version error names ours: " + r.error.message)
     check(c.recv(10) is None, "connection still open after a version mismatch")
     # Same major, newer minor: accepted.
     c = Conn(st["tcp"])
@@ -306,6 +307,64 @@ def case_codebase():
     r = c.expect_error("ERROR_BAD_REQUEST", id)
     check("path" in r.error.message, r.error.message)
     c.status()
+    c.close()
+
+
+def old_response_class(minor):
+    """Response as a peer built from the protocol 1.<minor> file parses it: the 1.2 fields
+    of ModelInfo and StatusReply taken out of the generated descriptor."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    added = {"ModelInfo": 10, "StatusReply": 12}  # the first field number of 1.2
+    fdp = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(fdp)
+    fdp.name = "goldfinch_1_%d.proto" % minor
+    fdp.package = "goldfinch.old%d" % minor
+    for m in fdp.message_type:
+        keep = [f for f in m.field if f.number < added.get(m.name, 1 << 29)]
+        del m.field[:]
+        m.field.extend(keep)
+        for f in m.field:
+            if f.type_name.startswith(".goldfinch.v1."):
+                f.type_name = ".%s.%s" % (fdp.package, f.type_name[len(".goldfinch.v1."):])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    desc = pool.FindMessageTypeByName(fdp.package + ".Response")
+    return message_factory.MessageFactory(pool).GetPrototype(desc)
+
+
+def case_status_memory():
+    """Protocol 1.2: the compute mode and the memory against its budgets, in HelloReply.model
+    and StatusReply; a 1.1 decoder still parses both."""
+    st = state()
+    c = Conn("unix:" + st["sock"])
+    h = c.hello_ok()
+    check(h.minor == 2, "server minor %d" % h.minor)
+    m = h.model
+    check(m.compute in ("f32", "bf16"), "ModelInfo.compute %r" % m.compute)
+    check(m.kernels in ("avx512", "avx2", "scalar"), "ModelInfo.kernels %r" % m.kernels)
+    # 3 layers, n_embd 64, 65536-token vocabulary: the embedding and the head alone are
+    # 2 * 65536 * 64 numbers of at least 2 bytes.
+    check(m.weight_bytes >= 2 * 65536 * 64 * 2, "ModelInfo.weight_bytes %d" % m.weight_bytes)
+    # A question fills the tier with the context's expanded keys and values.
+    c.ask("book", PROMPT, max_tokens=2, temperature=0.0)
+    s = c.status()
+    for f in ("compute", "kernels", "weight_bytes", "page_cache_bytes", "page_cache_budget_bytes",
+              "tier_bytes", "tier_budget_bytes"):
+        check(s.HasField(f), "StatusReply.%s missing: %s" % (f, s))
+    check(s.compute == m.compute and s.kernels == m.kernels, "compute %s/%s" % (s.compute, s.kernels))
+    check(s.weight_bytes == m.weight_bytes and s.weight_bytes < s.rss_bytes,
+          "weights %d, resident %d" % (s.weight_bytes, s.rss_bytes))
+    check(s.tier_budget_bytes == 32 << 20, "tier budget %d, --tier-mb 32" % s.tier_budget_bytes)
+    check(0 < s.tier_bytes <= s.tier_budget_bytes, "tier %d after a question" % s.tier_bytes)
+    check(s.page_cache_budget_bytes > 0, "page cache budget %d" % s.page_cache_budget_bytes)
+    check(s.page_cache_bytes < s.rss_bytes, "page cache %d" % s.page_cache_bytes)
+    # What a 1.1 client makes of the same replies: the 1.2 fields skipped, the rest intact.
+    Old = old_response_class(1)
+    old = Old.FromString(pb.Response(id=5, status=s).SerializeToString())
+    check(old.status.contexts == s.contexts and old.status.rss_bytes == s.rss_bytes
+          and not hasattr(old.status, "tier_budget_bytes"), "1.1 view of StatusReply: %s" % old)
+    old = Old.FromString(pb.Response(id=6, hello=h).SerializeToString())
+    check(old.hello.model.n_layer == 3 and old.hello.minor == 2, "1.1 view of HelloReply: %s" % old)
     c.close()
 
 
@@ -696,6 +755,19 @@ def case_metrics():
           "context hits")
     check(vals["goldfinch_disk_bytes"] > 0 and vals['goldfinch_jobs_total{state="done"}'] >= 2, "disk, jobs")
     check("# TYPE goldfinch_tokens_decoded_total counter" in body, "TYPE lines")
+    # The memory, each part against its budget (the shared daemon runs --tier-mb 32).
+    for k in ("goldfinch_weight_bytes", "goldfinch_page_cache_bytes",
+              "goldfinch_page_cache_budget_bytes", "goldfinch_tier_bytes",
+              "goldfinch_tier_budget_bytes"):
+        check(k in vals and "# TYPE %s gauge" % k in body, "gauge %s missing" % k)
+    check(vals["goldfinch_weight_bytes"] > 0 and vals["goldfinch_page_cache_budget_bytes"] > 0,
+          "weights, page cache budget")
+    check(vals["goldfinch_tier_budget_bytes"] == 32 << 20, "tier budget %s" % vals["goldfinch_tier_budget_bytes"])
+    check(vals["goldfinch_tier_bytes"] <= vals["goldfinch_tier_budget_bytes"], "tier within budget")
+    info = [k for k in vals if k.startswith("goldfinch_info{")]
+    check(len(info) == 1 and vals[info[0]] == 1, "goldfinch_info: %s" % info)
+    check(re.search(r'compute="(f32|bf16)"', info[0]) and re.search(r'kernels="(avx512|avx2|scalar)"', info[0]),
+          "goldfinch_info labels: %s" % info[0])
     try:
         urllib.request.urlopen("http://%s/nothing" % st["metrics"], timeout=10)
         raise Fail("/nothing answered 200")
@@ -938,17 +1010,36 @@ def case_auth():
     p = subprocess.run([EXE, "--help"], capture_output=True, text=True)
     for flag in ("--model", "--cache-dir", "--listen", "--auth-token-file", "--max-frame", "--max-jobs",
                  "--max-queue", "--max-context-tokens", "--disk-budget", "--threads",
-                 "--checkpoint-tokens", "--c-dtype", "--tier-mb", "--metrics", "--log-file",
-                 "--print-config"):
+                 "--checkpoint-tokens", "--c-dtype", "--tier-mb", "--compute", "--metrics",
+                 "--log-file", "--print-config"):
         check(flag in p.stdout, "--help lacks " + flag)
     p = subprocess.run([EXE, "--model", "m", "--cache-dir", "d", "--disk-budget", "2G",
                         "--max-frame=1M", "--print-config"], capture_output=True, text=True)
     check(p.returncode == 0 and "disk-budget = 2147483648" in p.stdout and "max-frame = 1048576" in p.stdout
           and "listen = 127.0.0.1:7433" in p.stdout, "print-config: %s" % p.stdout)
-    for bad in (["--max-jobs", "0"], ["--disk-budget", "12X"], ["--c-dtype", "f8"], ["--bogus"], []):
+    # The tier's default is the engine's, not a share of this host's RAM; the compute mode
+    # is resolved ("auto" is f32 or bf16 by now).
+    check("tier-mb = 512\n" in p.stdout and re.search(r"^compute = (f32|bf16)$", p.stdout, re.M),
+          "print-config defaults: %s" % p.stdout)
+    p = subprocess.run([EXE, "--model", "m", "--cache-dir", "d", "--compute", "auto", "--print-config"],
+                       capture_output=True, text=True)
+    check(p.returncode == 0 and re.search(r"^compute = (f32|bf16)$", p.stdout, re.M), "--compute auto: %s" % p.stdout)
+    p = subprocess.run([EXE, "--model", "m", "--cache-dir", "d", "--compute=f32", "--print-config"],
+                       capture_output=True, text=True)
+    check(p.returncode == 0 and "compute = f32\n" in p.stdout, "--compute f32: %s" % p.stdout)
+    # bf16 runs where the CPU and the build have it; elsewhere it is a usage error saying why.
+    p = subprocess.run([EXE, "--model", "m", "--cache-dir", "d", "--compute", "bf16", "--print-config"],
+                       capture_output=True, text=True)
+    check((p.returncode == 0 and "compute = bf16\n" in p.stdout) or
+          (p.returncode == 2 and p.stderr.count("\n") == 1 and "bf16" in p.stderr),
+          "--compute bf16: %d %r %r" % (p.returncode, p.stdout, p.stderr))
+    for bad in (["--max-jobs", "0"], ["--disk-budget", "12X"], ["--c-dtype", "f8"], ["--bogus"],
+                ["--compute", "nonsense"], ["--compute"], []):
         p = subprocess.run(([EXE, "--model", "m", "--cache-dir", "d"] if bad else [EXE]) + bad,
                            capture_output=True, text=True)
         check(p.returncode == 2 and p.stderr.count("\n") == 1, "bad flags %s: %d %r" % (bad, p.returncode, p.stderr))
+        if bad[:2] == ["--compute", "nonsense"]:
+            check("f32, bf16 or auto" in p.stderr, "--compute nonsense: %r" % p.stderr)
 
 
 def restart(sig):

@@ -25,20 +25,24 @@ struct rebuild_src {
 	const gf_model *m;
 	const float *c;        /* [n_pos][Ck] */
 	const int32_t *tok;    /* [n_pos] */
+	float kblk[1 << 17], vblk[1 << 17]; /* a block (gf_kv_block_bytes, f32) */
 };
 
 static int rebuild_get(gf_kv_source *src, gf_workspace *ws, int g, int64_t first, int n,
-		       const void **k, const void **v, int *ld)
+		       const void **k, const void **v)
 {
-	const struct rebuild_src *r = src->user;
-	const int has_prev = first > 0, Ck = r->m->cfg.ckv_dim;
+	struct rebuild_src *r = src->user;
+	const gf_config *c = &r->m->cfg;
+	const int has_prev = first > 0, Ck = c->ckv_dim;
 	float *kb, *vb;
+	if (gf_kv_block_bytes(c, GF_DTYPE_F32) > sizeof(r->kblk))
+		return -E2BIG;
 	gf_workspace_kv_scratch(ws, &kb, &vb);
 	int rc = gf_kv_rebuild(r->m, ws, g, r->c + (size_t)(first - has_prev) * Ck,
 			       r->tok + first - has_prev, has_prev, first, n, kb, vb);
-	*k = kb;
-	*v = vb;
-	*ld = r->m->cfg.dim_att;
+	gf_kv_block_put(c, GF_DTYPE_F32, kb, vb, c->dim_att, 0, n, r->kblk, r->vblk);
+	*k = r->kblk;
+	*v = r->vblk;
 	return rc;
 }
 
@@ -217,7 +221,8 @@ int main(int argc, char **argv)
 		    gf_state_init(&st2, c) || gf_kv_init(&kv, c, 0) ||
 		    gf_prefill(m, ws, &st, &kv, tl, TL, a) || gf_state_copy(&st2, &st, c))
 			return 1;
-		struct rebuild_src rs = { m, kv.c, kv.tok };
+		static struct rebuild_src rs;
+		rs.m = m, rs.c = kv.c, rs.tok = kv.tok;
 		gf_kv_source src = { .n_pos = kv.n_pos, .get = rebuild_get, .user = &rs };
 		int rc = gf_gold_tail(m, ws, &st2, &src, b);
 		double d = rc ? INFINITY : rel_diff(b, a, V);
@@ -240,7 +245,7 @@ int main(int argc, char **argv)
 		int32_t *ts = malloc(sizeof(int32_t) * (size_t)TS);
 		float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
 		gf_model *part[SHARERS];
-		struct rebuild_src rs[SHARERS + 1];
+		static struct rebuild_src rs[SHARERS + 1];
 		struct shared_src sh = { .cfg = c };
 		gf_workspace *ws;
 		gf_state st1, st2;
@@ -260,12 +265,12 @@ int main(int argc, char **argv)
 			}
 			if (gf_workspace_init(&sh.ws[i], part[i], W))
 				return 1;
-			rs[i] = (struct rebuild_src){ part[i], cs, ts };
+			rs[i].m = part[i], rs[i].c = cs, rs[i].tok = ts;
 			sh.part[i] = (gf_kv_source){ .n_pos = TS, .get = rebuild_get, .user = &rs[i] };
 		}
 		const int spans = gf_attn_n_spans(TS);
 		sh.partials = malloc(sizeof(float) * gf_attn_partial_floats(c, W) * (size_t)(spans + 1));
-		rs[SHARERS] = (struct rebuild_src){ m, cs, ts };
+		rs[SHARERS].m = m, rs[SHARERS].c = cs, rs[SHARERS].tok = ts;
 		gf_kv_source one = { .n_pos = TS, .get = rebuild_get, .user = &rs[SHARERS] };
 		sh.src = (gf_kv_source){ .n_pos = TS, .get = rebuild_get, .user = &rs[SHARERS],
 					 .attend = shared_attend };

@@ -21,8 +21,9 @@ check_case() { # $1 = checkpoint file
 	"$convert" "$case_dir/$1" "$tmp/m.gguf" 2>"$tmp/convert.err"
 	"$eval_" --model "$tmp/m.gguf" --tokens "$case_dir/tokens.i32" --logits "$tmp/full.f32"
 	"$cmp" "$tmp/full.f32" "$case_dir/logits.f32"
+	# --compute f32 said outright: the exact mode, whatever GOLDFINCH_COMPUTE says.
 	"$eval_" --model "$tmp/m.gguf" --tokens "$case_dir/tokens.i32" --prefill "$P" \
-		--logits "$tmp/pre.f32" --dump-cache "$tmp/c.f32"
+		--logits "$tmp/pre.f32" --dump-cache "$tmp/c.f32" --compute f32
 	# Row 0 is position P-1 (the prefill's last); rows 1.. are the decoded positions P..T-1.
 	"$cmp" "$tmp/pre.f32" "$case_dir/logits.f32" --count "$V" --b-offset $(( (P - 1) * V ))
 	"$cmp" "$tmp/pre.f32" "$case_dir/decode_logits.f32" --a-offset "$V"
@@ -56,5 +57,6 @@ expect_error "token id = vocab" "$eval_" --model "$tmp/m.gguf" --tokens "$tmp/ba
 expect_error "empty input" "$eval_" --model "$tmp/m.gguf" --tokens "$tmp/empty.i32" --logits "$tmp/x"
 expect_error "truncated gguf" "$eval_" --model "$tmp/trunc.gguf" --tokens "$case_dir/tokens.i32" --logits "$tmp/x"
 expect_error "truncated pth" "$convert" "$tmp/trunc.pth" "$tmp/y.gguf"
+expect_error "unknown compute mode" "$eval_" --model "$tmp/m.gguf" --tokens "$case_dir/tokens.i32" --logits "$tmp/x" --compute f8
 expect_error "prefill beyond input" "$eval_" --model "$tmp/m.gguf" --tokens "$case_dir/tokens.i32" --prefill $((T + 1)) --logits "$tmp/x"
 echo PASS

@@ -25,6 +25,8 @@
  *                   tier_hits, tier_misses, tier_hit_rate, page_cache_hit_rate_min,
  *                   kv_bytes_per_token, bound_tokens_per_s, fraction_of_bound;
  *                   longest_fraction_of_bound
+ * Every object also says "compute" (f32 or bf16, --compute) and, but memory-compare's,
+ * "kernels" (gf_model_isa_name).
  * Ratios that matter are measured within one run, so that a busy shared machine slows both
  * sides of each ratio alike. A benchmark, not a test: it asserts nothing.
  */
@@ -72,6 +74,7 @@ struct opts {
 	int chunk;
 	uint32_t page_tokens;
 	cs_dtype dtype;
+	gf_compute compute;        /* every engine of the run; default gf_compute_default() */
 	bool keep;
 	bool no_tier_off;          /* decode: skip the (slow) tier-off runs */
 };
@@ -222,9 +225,12 @@ static void print_json(cJSON *j)
 	cJSON_Delete(j);
 }
 
-static void json_model(cJSON *j, const struct opts *o, const gf_config *c)
+static void json_model(cJSON *j, const struct opts *o, const gf_model *m)
 {
+	const gf_config *c = &m->cfg;
 	cJSON_AddStringToObject(j, "model", o->model);
+	cJSON_AddStringToObject(j, "compute", gf_compute_name(m->compute));
+	cJSON_AddStringToObject(j, "kernels", gf_model_isa_name(m));
 	cJSON_AddNumberToObject(j, "n_layer", c->n_layer);
 	cJSON_AddNumberToObject(j, "n_embd", c->n_embd);
 	cJSON_AddNumberToObject(j, "n_gold", c->n_layer - c->first_gold);
@@ -269,6 +275,7 @@ static int run_open(struct run *r, int threads, uint64_t tier_bytes)
 	cfg.tier_bytes = tier_bytes;
 	cfg.ram_cache_bytes = r->o->ram_cache;
 	cfg.c_dtype = r->o->dtype;
+	cfg.compute = r->o->compute;
 	if (r->o->chunk > 0)
 		cfg.chunk = r->o->chunk;
 	if (r->o->page_tokens > 0)
@@ -309,7 +316,8 @@ static bool find_random(struct run *r, uint64_t n, uint64_t seed, int32_t *buf,
 	const gf_config *c = &gfe_model(r->e)->cfg;
 	cs_hasher *h;
 	uint64_t s = seed;
-	if (cs_hash_init(&h, c->model_id))
+	/* Contexts are keyed by the model id of the engine's compute mode (engine.h). */
+	if (cs_hash_init(&h, gfe_key_model_id(gfe_model(r->e))))
 		return false;
 	for (uint64_t done = 0; done < n;) {
 		size_t k = n - done < (uint64_t)r->o->piece ? (size_t)(n - done) : (size_t)r->o->piece;
@@ -415,7 +423,7 @@ static int cmd_memory(const struct opts *o)
 	       (double)res.ctx.disk_bytes / (double)res.ctx.n_tokens);
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "bench", "memory");
-	json_model(j, o, c);
+	json_model(j, o, gfe_model(r.e));
 	cJSON_AddNumberToObject(j, "tokens", (double)res.ctx.n_tokens);
 	cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)peak);
 	cJSON_AddNumberToObject(j, "stream_rss_peak_bytes", (double)res.stream_rss_peak);
@@ -425,6 +433,10 @@ static int cmd_memory(const struct opts *o)
 	cJSON_AddNumberToObject(j, "disk_bytes", (double)res.ctx.disk_bytes);
 	cJSON_AddNumberToObject(j, "threads", o->threads);
 	cJSON_AddNumberToObject(j, "ram_cache_bytes", (double)o->ram_cache);
+	gfe_memory mem;
+	gfe_memory_get(r.e, &mem);
+	cJSON_AddNumberToObject(j, "weight_bytes", (double)mem.weight_bytes);
+	cJSON_AddNumberToObject(j, "page_cache_budget_bytes", (double)mem.page_cache_budget);
 	print_json(j);
 out:
 	run_end(&r);
@@ -436,6 +448,7 @@ static int memory_child(const struct opts *o, uint64_t tokens, double *peak, dou
 			double *stream_peak)
 {
 	char tok_s[32], thr_s[16], seed_s[32], piece_s[16], ram_s[32], dir_s[4096];
+	const char *compute = gf_compute_name(o->compute);
 	const char *argv[24];
 	int n = 0, fds[2];
 	snprintf(tok_s, sizeof(tok_s), "%" PRIu64, tokens);
@@ -454,6 +467,8 @@ static int memory_child(const struct opts *o, uint64_t tokens, double *peak, dou
 	argv[n++] = seed_s;
 	argv[n++] = "--piece";
 	argv[n++] = piece_s;
+	argv[n++] = "--compute"; /* resolved here: both children run the same mode */
+	argv[n++] = compute;
 	if (o->ram_cache) {
 		snprintf(ram_s, sizeof(ram_s), "%" PRIu64, o->ram_cache);
 		argv[n++] = "--ram-cache";
@@ -530,6 +545,7 @@ static int cmd_memory_compare(const struct opts *o)
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "bench", "memory-compare");
 	cJSON_AddStringToObject(j, "model", o->model);
+	cJSON_AddStringToObject(j, "compute", gf_compute_name(o->compute));
 	cJSON_AddNumberToObject(j, "small_tokens", (double)o->small);
 	cJSON_AddNumberToObject(j, "large_tokens", (double)o->large);
 	cJSON_AddNumberToObject(j, "small_peak_rss_bytes", peak_s);
@@ -730,7 +746,7 @@ static int cmd_size(const struct opts *o)
 	       c->n_layer, c->n_embd, llama, llama / disk_pt, llama / raw_pt, llama / all_pt);
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "bench", "size");
-	json_model(j, o, c);
+	json_model(j, o, gfe_model(r.e));
 	cJSON_AddStringToObject(j, "c_dtype", cs_dtype_name(info.dtype));
 	cJSON_AddStringToObject(j, "input", text ? "text" : "random");
 	cJSON_AddNumberToObject(j, "tokens", n);
@@ -893,7 +909,7 @@ static int cmd_reuse(const struct opts *o)
 
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "bench", "reuse");
-	json_model(j, o, &c);
+	json_model(j, o, gfe_model(r.e));
 	cJSON_AddNumberToObject(j, "tokens", (double)res.ctx.n_tokens);
 	cJSON_AddNumberToObject(j, "question_tokens", o->question);
 	cJSON_AddNumberToObject(j, "threads", o->threads);
@@ -905,6 +921,7 @@ static int cmd_reuse(const struct opts *o)
 	cJSON_AddNumberToObject(j, "warm_ttft_s", warm.total_s);
 	cJSON_AddNumberToObject(j, "warm_tier_hit_rate", hit);
 	cJSON_AddNumberToObject(j, "tier_bytes", (double)t2.bytes);
+	cJSON_AddNumberToObject(j, "tier_budget_bytes", (double)t2.budget);
 	cJSON_AddNumberToObject(j, "cold_speedup", t_ingest / cold.total_s);
 	cJSON_AddNumberToObject(j, "tier_fill_speedup", t_ingest / fill.total_s);
 	cJSON_AddNumberToObject(j, "warm_speedup", t_ingest / warm.total_s);
@@ -1071,9 +1088,10 @@ static int cmd_decode(const struct opts *o)
 
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "bench", "decode");
-	json_model(j, o, &c);
+	json_model(j, o, gfe_model(r.e));
 	cJSON_AddNumberToObject(j, "threads", o->decode_threads);
 	cJSON_AddNumberToObject(j, "read_gbs", bw / 1e9);
+	cJSON_AddNumberToObject(j, "tier_budget_bytes", (double)tier);
 	cJSON *arr = cJSON_AddArrayToObject(j, "contexts");
 	double last_ratio = 0;
 	for (int i = 0; i < n_ctx; i++) {
@@ -1175,7 +1193,14 @@ static void usage(FILE *f)
 "  --step-budget S       stop a decode measurement after S seconds, 2 steps at least\n"
 "                        (default 20; the tier-off 100K runs are slow)\n"
 "  --question N          question tokens (default 20)\n"
-"  --tier-bytes B        expanded tier budget (default: the whole context)\n"
+"  --tier-bytes B        the tier of reuse's warm questions and decode's tier-on runs\n"
+"                        (default: sized to hold the whole context, since those runs\n"
+"                        measure a warm tier; goldfinchd and gf-run start with %d MiB).\n"
+"                        Resident memory is about weights + page cache + tier, so there\n"
+"                        it grows with the context; the other runs keep the tier off\n"
+"  --compute MODE        f32, bf16 or auto: how prefill chunks multiply, every command\n"
+"                        (default %s, or $GOLDFINCH_COMPUTE); f32 is exact, bf16\n"
+"                        (AVX512-BF16 CPUs) ingests faster; \"compute\" in the JSON\n"
 "  --ram-cache B         the store's RAM page cache limit (default: cache_store's, 256 MiB)\n"
 "  --piece N             tokens per ingest call (default 1000)\n"
 "  --chunk N --page-tokens N --dtype f32|f16|bf16 --seed S\n"
@@ -1190,7 +1215,8 @@ static void usage(FILE *f)
 "                      --vocab-file $V m24x2048.gguf\n"
 "tools/bench-engine.sh makes them and runs every command.\n"
 "\n"
-"The last line of every command is one JSON object with the figures printed above it.\n");
+"The last line of every command is one JSON object with the figures printed above it.\n",
+		GFE_TIER_DEFAULT_MB, gf_compute_name(gf_compute_default()));
 }
 
 
@@ -1201,7 +1227,7 @@ int main(int argc, char **argv)
 		.tokens = 0, .small = 10000, .large = 1000000, .seed = 42, .threads = 2,
 		.decode_threads = 1, .piece = 1000, .question = 20, .steps = 32,
 		.step_budget = 20.0, .dtype = CS_DTYPE_F16, .contexts = "1000,10000,100000",
-		.repack = "4096",
+		.repack = "4096", .compute = gf_compute_default(),
 	};
 	static const struct option lopts[] = {
 		{ "model", required_argument, 0, 'm' },     { "cache-dir", required_argument, 0, 'd' },
@@ -1215,7 +1241,7 @@ int main(int argc, char **argv)
 		{ "page-tokens", required_argument, 0, 'P' }, { "dtype", required_argument, 0, 'D' },
 		{ "seed", required_argument, 0, 'e' },      { "keep", no_argument, 0, 'k' },
 		{ "no-tier-off", no_argument, 0, 'O' },     { "repack", required_argument, 0, 'K' },
-		{ "ram-cache", required_argument, 0, 'R' },
+		{ "ram-cache", required_argument, 0, 'R' }, { "compute", required_argument, 0, 'U' },
 		{ "help", no_argument, 0, 'h' },            { 0, 0, 0, 0 },
 	};
 	if (argc < 2 || argv[1][0] == '-') {
@@ -1240,6 +1266,14 @@ int main(int argc, char **argv)
 		case 'K': o.repack = optarg; break;
 		case 'k': o.keep = true; break;
 		case 'O': o.no_tier_off = true; break;
+		case 'U': {
+			char why[GF_ERR_LEN];
+			if (gf_compute_parse(optarg, &o.compute, why)) {
+				die("--compute: %s", why);
+				return 2;
+			}
+			break;
+		}
 		case 'h': usage(stdout); return 0;
 		case 'B':
 			o.step_budget = atof(optarg);

@@ -2,7 +2,7 @@
  * gf-eval — logits of a model over a token file, for checking the engine against references.
  *
  *   gf-eval --model M.gguf --tokens T.i32 --logits OUT.f32 [--prefill P]
- *           [--dump-cache C.f32] [--threads N]
+ *           [--dump-cache C.f32] [--threads N] [--compute f32|bf16|auto]
  *
  * Without --prefill: one exact full forward, logits [T][V] for every position.
  * With --prefill P: the linear prefill of the first P tokens, then one decode step per
@@ -27,7 +27,11 @@ static void usage(FILE *f)
 		"  --prefill P        linear prefill of the first P tokens, then decode the rest\n"
 		"                     one token at a time (logits of positions P-1..T-1)\n"
 		"  --dump-cache FILE  the compressed cache c as float32 [T][Ck]\n"
-		"  --threads N        OpenBLAS threads (default: OpenBLAS's choice)\n");
+		"  --threads N        OpenBLAS threads (default: OpenBLAS's choice)\n"
+		"  --compute MODE     f32, bf16 or auto: how prefill chunks multiply (default %s,\n"
+		"                     or $GOLDFINCH_COMPUTE). f32 is exact (what the reference\n"
+		"                     vectors check); bf16 (AVX512-BF16 CPUs) is faster, less exact\n",
+		gf_compute_name(gf_compute_default()));
 }
 
 static int read_tokens(const char *path, int32_t **out, int64_t *n)
@@ -71,11 +75,14 @@ int main(int argc, char **argv)
 	const char *model_path = NULL, *tokens_path = NULL, *logits_path = NULL, *cache_path = NULL;
 	long prefill = -1;
 	int threads = 0;
+	gf_compute compute = gf_compute_default();
+	char err[GF_ERR_LEN];
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, 'm' },   { "tokens", required_argument, 0, 't' },
 		{ "logits", required_argument, 0, 'l' },  { "prefill", required_argument, 0, 'p' },
 		{ "dump-cache", required_argument, 0, 'c' }, { "threads", required_argument, 0, 'j' },
-		{ "help", no_argument, 0, 'h' },          { 0, 0, 0, 0 },
+		{ "compute", required_argument, 0, 'C' }, { "help", no_argument, 0, 'h' },
+		{ 0, 0, 0, 0 },
 	};
 	for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
 		char *end;
@@ -98,6 +105,12 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'C':
+			if (gf_compute_parse(optarg, &compute, err)) {
+				fprintf(stderr, "gf-eval: --compute: %s\n", err);
+				return 2;
+			}
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -108,13 +121,12 @@ int main(int argc, char **argv)
 	}
 	gf_blas_set_threads(threads);
 
-	char err[GF_ERR_LEN];
 	gf_model *m = NULL;
 	int32_t *tok = NULL;
 	int64_t T = 0;
 	float *logits = NULL, *cache = NULL;
 	int status = 1;
-	if (gf_model_load(&m, model_path, err)) {
+	if (gf_model_load_slice(&m, model_path, 0, -1, gf_compute_load_flag(compute), err)) {
 		fprintf(stderr, "gf-eval: %s\n", err);
 		return 1;
 	}

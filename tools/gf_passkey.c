@@ -6,7 +6,8 @@
  * cache's bytes on disk; the last line is one JSON object.
  *
  *   gf-passkey --model M.gguf [--tokens N] [--trials K] [--seed S] [--cache-dir D]
- *              [--threads T] [--tier-mb MB] [--min-correct M] [--keep]
+ *              [--threads T] [--tier-mb MB] [--compute f32|bf16|auto] [--min-correct M]
+ *              [--keep]
  *   gf-passkey --print-haystack|--print-context [--tokens N] [--seed S]
  *
  * The haystack is the one the model was trained on (tools/train/data.py, passkey_text;
@@ -65,8 +66,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: gf-passkey --model M.gguf [--tokens N] [--trials K] [--seed S]\n"
-		"                  [--cache-dir D] [--threads T] [--tier-mb MB] [--min-correct M]\n"
-		"                  [--keep]\n"
+		"                  [--cache-dir D] [--threads T] [--tier-mb MB]\n"
+		"                  [--compute f32|bf16|auto] [--min-correct M] [--keep]\n"
 		"       gf-passkey --print-haystack|--print-context [--tokens N] [--seed S]\n"
 		"\n"
 		"Pass-key retrieval through the engine: per trial, a haystack of N tokens (default\n"
@@ -78,15 +79,20 @@ static void usage(FILE *f)
 		"  --cache-dir D     page store to use (default: a new folder under $TMPDIR or\n"
 		"                    /tmp, removed at the end unless --keep)\n"
 		"  --threads T       OpenBLAS threads (default: OpenBLAS's choice)\n"
-		"  --tier-mb MB      expanded key/value tier (default 256); the answer's decode\n"
+		"  --tier-mb MB      expanded key/value tier (default %d); the answer's decode\n"
 		"                    steps rebuild keys and values from the pages unless the tier\n"
-		"                    holds them: 2 * GOLD layers * C * 4 bytes per token\n"
+		"                    holds them: 2 * GOLD layers * C * 4 bytes per token. Resident\n"
+		"                    memory is about weights + page cache (256 MiB) + the tier\n"
+		"  --compute MODE    f32, bf16 or auto: how the ingest multiplies (default %s,\n"
+		"                    or $GOLDFINCH_COMPUTE). f32 is exact; bf16 (AVX512-BF16\n"
+		"                    CPUs) ingests faster\n"
 		"  --min-correct M   exit 1 when fewer than M trials pass (default 0)\n"
 		"  --keep            keep the contexts (default: each is removed after its trial)\n"
 		"  --print-haystack  write trial 0's context and question to stdout, its depth\n"
 		"                    and key to stderr, and exit (no model needed)\n"
 		"  --print-context   the same without the question (to ingest it elsewhere; the\n"
-		"                    question is \"\\nWhat is the pass key? The pass key is \")\n");
+		"                    question is \"\\nWhat is the pass key? The pass key is \")\n",
+		GFE_TIER_DEFAULT_MB, gf_compute_name(gf_compute_default()));
 }
 
 static int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -298,7 +304,8 @@ int main(int argc, char **argv)
 {
 	const char *model = NULL, *cache_dir = NULL;
 	uint64_t n_tokens = 100000, trials = 10, seed = 1, threads = 0, min_correct = 0;
-	uint64_t tier_mb = 256;
+	uint64_t tier_mb = GFE_TIER_DEFAULT_MB;
+	gf_compute compute = gf_compute_default();
 	bool keep = false;
 	int print = 0; /* 1: haystack and question, 2: context only */
 	char err[GF_ERR_LEN] = "", tmpdir[4096] = "";
@@ -341,6 +348,10 @@ int main(int argc, char **argv)
 			num = &threads, lo = 1, hi = 1024;
 		} else if (strcmp(a, "--tier-mb") == 0) {
 			num = &tier_mb, hi = 1u << 20;
+		} else if (strcmp(a, "--compute") == 0) {
+			char why[GF_ERR_LEN];
+			if (gf_compute_parse(v, &compute, why))
+				return die(EX_USAGE, "--compute: %s", why);
 		} else if (strcmp(a, "--min-correct") == 0) {
 			num = &min_correct, hi = MAX_TRIALS;
 		} else {
@@ -372,6 +383,7 @@ int main(int argc, char **argv)
 	cfg.cache_dir = cache_dir;
 	cfg.threads = (int)threads;
 	cfg.tier_bytes = tier_mb << 20; /* the answer's decode steps reuse expanded keys */
+	cfg.compute = compute;
 	if (gfe_open(&e, &cfg, err)) {
 		die(EX_FAIL, "%s", err);
 		goto out;
@@ -392,9 +404,10 @@ int main(int argc, char **argv)
 
 	const gf_config *mc = &gfe_model(e)->cfg;
 	printf("gf-passkey: model %s (layers %d, C %d, G %d), %" PRIu64 " tokens per haystack, "
-	       "%" PRIu64 " trials, seed %" PRIu64 ", OpenBLAS %s x%d\n", model, mc->n_layer,
-	       mc->n_embd, mc->first_gold, n_tokens, trials, seed, gf_blas_corename(),
-	       gf_blas_threads());
+	       "%" PRIu64 " trials, seed %" PRIu64 ", compute %s (kernels %s), OpenBLAS %s x%d\n",
+	       model, mc->n_layer, mc->n_embd, mc->first_gold, n_tokens, trials, seed,
+	       gf_compute_name(gfe_model(e)->compute), gf_model_isa_name(gfe_model(e)),
+	       gf_blas_corename(), gf_blas_threads());
 	uint64_t n_ok = 0;
 	for (uint64_t i = 0; i < trials; i++) {
 		struct trial *t = &tr[i];
@@ -437,8 +450,10 @@ int main(int argc, char **argv)
 	       ask_s / (double)trials, (double)disk / (double)trials,
 	       (double)disk / (double)ctx_tok);
 	printf("{\"tokens\":%" PRIu64 ",\"trials\":%" PRIu64 ",\"correct\":%" PRIu64
+	       ",\"compute\":\"%s\",\"kernels\":\"%s\""
 	       ",\"ingest_tokens_per_s\":%.1f,\"ask_s\":%.3f,\"cache_bytes_per_context\":%.0f,"
 	       "\"cache_bytes_per_token\":%.3f,\"by_depth\":[", n_tokens, trials, n_ok,
+	       gf_compute_name(gfe_model(e)->compute), gf_model_isa_name(gfe_model(e)),
 	       (double)ctx_tok / ingest_s, ask_s / (double)trials, (double)disk / (double)trials,
 	       (double)disk / (double)ctx_tok);
 	for (int b = 0, first = 1; b < N_BINS; b++) {

@@ -5,7 +5,9 @@
  * per rank the time spent computing over the wall time (the pipeline's efficiency).
  *
  * usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T]
- *        [--chunk C] [--plan-workload I:D:C] [--seed S]
+ *        [--chunk C] [--plan-workload I:D:C] [--seed S] [--compute f32|bf16|auto]
+ * --compute: how prefill chunks multiply (default gf_compute_default(): GOLDFINCH_COMPUTE,
+ * else f32); every rank takes rank 0's, as goldfinchd's do.
  * CACHE_DIR takes %r for the rank (or gets /rank<r> under MPI); it is emptied first by the
  * caller (tools/bench-ranks.sh). Every rank ends with a line on stderr: its user CPU time and,
  * where the CPU has counters, the clock it ran at and its instructions per cycle (a rank
@@ -48,11 +50,14 @@ int main(int argc, char **argv)
 {
 	char err[GF_ERR_LEN] = "";
 	if (argc < 3 || argv[1][0] == '-') {
-		fprintf(stderr, "usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T] [--chunk C] [--plan-workload I:D:C] [--seed S]\n");
+		fprintf(stderr, "usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T] [--chunk C] [--plan-workload I:D:C] [--seed S] [--compute f32|bf16|auto]\n"
+				"  --compute: f32 (exact) or bf16 (AVX512-BF16 CPUs, faster ingest); default %s\n",
+			gf_compute_name(gf_compute_default()));
 		return 2;
 	}
 	gfd_local_config lc = { .model_path = argv[1], .cache_dir = argv[2],
-				.c_dtype = CS_DTYPE_F16, .threads = 1 };
+				.c_dtype = CS_DTYPE_F16, .threads = 1, .compute_set = true,
+				.compute = gf_compute_default() };
 	uint64_t n_tokens = 65536, seed = 1;
 	part_workload w;
 	part_workload_default(&w);
@@ -66,6 +71,12 @@ int main(int argc, char **argv)
 			lc.chunk = atoi(v);
 		else if (!strcmp(f, "--seed"))
 			seed = strtoull(v, NULL, 10);
+		else if (!strcmp(f, "--compute")) {
+			if (gf_compute_parse(v, &lc.compute, err)) {
+				fprintf(stderr, "gf-ranks-bench: --compute: %s\n", err);
+				return 2;
+			}
+		}
 		else if (!strcmp(f, "--plan-workload") &&
 			 sscanf(v, "%lf:%lf:%lf", &w.ingest_tokens, &w.decode_tokens, &w.context_tokens) == 3)
 			;
@@ -144,7 +155,8 @@ int main(int argc, char **argv)
 				part_rank_blocks(&ranks.plan, r, &b0, &b1);
 			printf("%s\"%d..%d\"", r ? "," : "", b0, b1 - 1);
 		}
-		printf("],\"model\":\"%s\"}\n", info.model_name);
+		printf("],\"compute\":\"%s\",\"kernels\":\"%s\",\"model\":\"%s\"}\n",
+		       gf_compute_name(info.compute), info.kernels, info.model_name);
 	}
 	free(tok);
 	gfd_backend_close(&be);
