@@ -26,6 +26,11 @@ struct tier_entry {
 struct tier {
 	pthread_mutex_t mu;
 	uint64_t budget, bytes, entry_bytes;
+	char *slab;                  /* the slots of entries' keys and values (engine.c) */
+	size_t slab_len, slab_used;
+	void *slab_map;              /* the reservation the slab is aligned within */
+	size_t slab_map_len;
+	void *free_slots;            /* slots given back, a list through their first bytes */
 	struct tier_entry *buckets[TIER_BUCKETS];
 	struct tier_entry *head, *tail;
 	uint64_t hits, misses, blocks;

@@ -673,11 +673,14 @@ static void kv_block_mats(const gf_config *c, gf_dtype t, const void *kblock, co
 			.k = nb, .n = c->head_size, .kp = GF_KV_BLOCK };
 }
 
-/* Offset of element (row r, column col < 64) in a panel of type t. */
-static inline size_t panel_at(gf_dtype t, int r, int col)
+/* bf16 of f, nearest even (gf_f32_to_bf16's rounding, inline for the loops below). */
+static inline uint16_t bf16_round(float f)
 {
-	return t == GF_DTYPE_BF16 ? (size_t)(r / 2) * 2 * GF_PANEL + (size_t)col * 2 + (r & 1) :
-				    (size_t)r * GF_PANEL + (size_t)col;
+	uint32_t u;
+	memcpy(&u, &f, sizeof(u));
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40u); /* NaN stays a (quiet) NaN */
+	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 void gf_kv_block_put(const gf_config *c, gf_dtype t, const float *k, const float *v, int ld,
@@ -686,30 +689,35 @@ void gf_kv_block_put(const gf_config *c, gf_dtype t, const float *k, const float
 	const int N = c->head_size, H = c->n_head;
 	const size_t per = gf_kv_block_bytes(c, t) / gf_dtype_size(t) / (size_t)H;
 	const int kp = gf_mat_kp(t, N);
-	for (int h = 0; h < H; h++)
+	for (int h = 0; h < H; h++) {
+		const size_t hb = (size_t)h * per;
 		for (int i = 0; i < n; i++) {
-			const int j = row0 + i; /* the key */
+			const int j = row0 + i, col = j % GF_PANEL; /* the key, its column */
 			const float *kr = k + (size_t)i * ld + (size_t)h * N;
 			const float *vr = v + (size_t)i * ld + (size_t)h * N;
 			/* keys: row d, column j of panel j/64; values: row j, column d of panel d/64 */
-			const size_t kb = (size_t)h * per + (size_t)(j / GF_PANEL) * kp * GF_PANEL;
-			const size_t vb = (size_t)h * per;
+			const size_t kb = hb + (size_t)(j / GF_PANEL) * kp * GF_PANEL;
 			if (t == GF_DTYPE_BF16) {
-				uint16_t *K = kblock, *V = vblock;
-				for (int d = 0; d < N; d++) {
-					K[kb + panel_at(t, d, j % GF_PANEL)] = gf_f32_to_bf16(kr[d]);
-					V[vb + (size_t)(d / GF_PANEL) * GF_KV_BLOCK * GF_PANEL +
-					  panel_at(t, j, d % GF_PANEL)] = gf_f32_to_bf16(vr[d]);
-				}
+				uint16_t *K = (uint16_t *)kblock + kb, *V = (uint16_t *)vblock + hb;
+				/* dims 2i and 2i+1 of a key are one 32-bit lane of the panel's row i/2 */
+				for (int d = 0; d < N; d++)
+					K[(size_t)(d / 2) * 2 * GF_PANEL + (size_t)col * 2 + (d & 1)] =
+						bf16_round(kr[d]);
+				for (int d = 0; d < N; d++)
+					V[(size_t)(d / GF_PANEL) * GF_KV_BLOCK * GF_PANEL +
+					  (size_t)(j / 2) * 2 * GF_PANEL + (size_t)(d % GF_PANEL) * 2 + (j & 1)] =
+						bf16_round(vr[d]);
 			} else {
-				float *K = kblock, *V = vblock;
-				for (int d = 0; d < N; d++) {
-					K[kb + panel_at(t, d, j % GF_PANEL)] = kr[d];
-					V[vb + (size_t)(d / GF_PANEL) * GF_KV_BLOCK * GF_PANEL +
-					  panel_at(t, j, d % GF_PANEL)] = vr[d];
-				}
+				float *K = (float *)kblock + kb, *V = (float *)vblock + hb;
+				for (int d = 0; d < N; d++)
+					K[(size_t)d * GF_PANEL + (size_t)col] = kr[d];
+				for (int d0 = 0; d0 < N; d0 += GF_PANEL)
+					memcpy(V + (size_t)(d0 / GF_PANEL) * GF_KV_BLOCK * GF_PANEL +
+						       (size_t)j * GF_PANEL,
+					       vr + d0, sizeof(float) * (size_t)(N - d0 < GF_PANEL ? N - d0 : GF_PANEL));
 			}
 		}
+	}
 }
 
 /* Grows kv so it can hold `need` positions; layers are laid out [n_gold][cap / GF_KV_BLOCK]
