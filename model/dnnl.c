@@ -51,6 +51,7 @@ struct gf_dnnl_scratch {
 	uint16_t *xb;            /* [max_rows rounded up to GF_DNNL_ROWS][max_k] bf16 rows */
 	int max_rows;
 	int n_parts;
+	int n_prims;             /* memory objects per part, kept so that freeing needs no model */
 	struct scratch_part *parts;
 };
 
@@ -69,7 +70,7 @@ static int prim_index(const gf_dnnl *d, const struct prim *p)
 
 static bool eligible(const gf_mat *B)
 {
-	return B->p && B->dtype == GF_DTYPE_BF16 && B->k >= 256 && B->n >= 256;
+	return B->p && B->dtype == GF_DTYPE_BF16 && B->k >= 128 && B->n >= 128;
 }
 
 /* The widths of B's tasks: GF_DNNL_COLS, then what is left. */
@@ -203,6 +204,7 @@ int gf_dnnl_scratch_init(gf_dnnl_scratch **out, const gf_model *m, int max_rows,
 	s->d = d;
 	s->max_rows = max_rows;
 	s->n_parts = n_parts;
+	s->n_prims = d->n_prims;
 	const size_t rows = ((size_t)max_rows + GF_DNNL_ROWS - 1) / GF_DNNL_ROWS * GF_DNNL_ROWS;
 	s->xb = aligned_alloc(64, (rows * (size_t)d->max_k * 2 + 63) & ~(size_t)63);
 	s->parts = calloc((size_t)n_parts, sizeof(*s->parts));
@@ -238,7 +240,7 @@ void gf_dnnl_scratch_free(gf_dnnl_scratch *s)
 		return;
 	for (int i = 0; s->parts && i < s->n_parts; i++) {
 		struct scratch_part *p = &s->parts[i];
-		for (int j = 0; p->mem && j < s->d->n_prims; j++)
+		for (int j = 0; p->mem && j < s->n_prims; j++)
 			for (int a = 0; a < 4; a++)
 				if (p->mem[j][a])
 					dnnl_memory_destroy(p->mem[j][a]);

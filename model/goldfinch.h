@@ -359,7 +359,8 @@ void gf_kv_reset(gf_kv *kv);
 
 /* Scratch buffers for one sequence's forward, sized once for chunks of up to max_chunk
  * tokens: the forward functions allocate nothing. Every forward function computes with
- * denormal floats flushed to zero and gives the calling thread its float mode back. */
+ * denormal floats flushed to zero and gives the calling thread its float mode back. A workspace
+ * uses its model's oneDNN engine: free it before the model. */
 typedef struct gf_workspace gf_workspace;
 int gf_workspace_init(gf_workspace **out, const gf_model *m, int max_chunk);
 /* The same with a pool of `threads` threads (the caller included) instead of OpenBLAS's

@@ -322,8 +322,8 @@ int main(int argc, char **argv)
 		failures += !(rc_bare == -EINVAL && rc_refused == 0);
 		gf_model_free(bare);
 		for (int i = 0; i < SHARERS; i++) {
-			gf_model_free(part[i]);
 			gf_workspace_free(sh.ws[i]);
+			gf_model_free(part[i]);
 		}
 		gf_state_free(&st1);
 		gf_state_free(&st2);

@@ -92,10 +92,10 @@ int main(int argc, char **argv)
 		       b - 1, splits, n, step, same ? "bit-identical ok" : "FAIL",
 		       refused ? "refused ok" : "FAIL");
 		failures += !same || !refused;
-		gf_model_free(next);
-		gf_model_free(plain);
 		gf_workspace_free(ws);
 		gf_workspace_free(ws2);
+		gf_model_free(next);
+		gf_model_free(plain);
 		gf_state_free(&sa);
 		gf_state_free(&sb);
 	}
@@ -153,13 +153,13 @@ int main(int argc, char **argv)
 		       b, chunks, n - step, same ? "bit-identical ok" : "FAIL",
 		       refused ? "refused ok" : "FAIL");
 		failures += !same || !refused;
+		gf_workspace_free(ws);
+		gf_workspace_free(ws2);
+		gf_workspace_free(ws3);
 		gf_model_free(before);
 		gf_model_free(plain);
 		gf_model_free(at_b);
 		gf_model_free(after);
-		gf_workspace_free(ws);
-		gf_workspace_free(ws2);
-		gf_workspace_free(ws3);
 		gf_state_free(&sa);
 		gf_state_free(&sb);
 		free(ahead);

@@ -1,17 +1,20 @@
 /*
  * gf-eval — logits of a model over a token file, for checking the engine against references.
  *
- *   gf-eval --model M.gguf --tokens T.i32 --logits OUT.f32 [--prefill P]
+ *   gf-eval --model M.gguf --tokens T.i32 (--logits OUT.f32 | --loss) [--prefill P]
  *           [--dump-cache C.f32] [--threads N] [--compute f32|bf16|auto]
  *
  * Without --prefill: one exact full forward, logits [T][V] for every position.
  * With --prefill P: the linear prefill of the first P tokens, then one decode step per
  * remaining token; logits of positions P-1..T-1, [T-P+1][V].
+ * --loss prints the mean cross-entropy of each next token under the logits before it, in
+ * bits per token (bits per byte for a byte-level model), on one line.
  */
 #include "goldfinch.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,10 +23,12 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: gf-eval --model M.gguf --tokens T.i32 --logits OUT.f32 [options]\n"
+		"usage: gf-eval --model M.gguf --tokens T.i32 (--logits OUT.f32 | --loss) [options]\n"
 		"  --model FILE       GGUF model written by gf-convert\n"
 		"  --tokens FILE      int32 little-endian token ids\n"
 		"  --logits FILE      float32 logits out: [T][V], or [T-P+1][V] with --prefill\n"
+		"  --loss             print the next-token cross-entropy in bits per token (with or\n"
+		"                     without --logits)\n"
 		"  --prefill P        linear prefill of the first P tokens, then decode the rest\n"
 		"                     one token at a time (logits of positions P-1..T-1)\n"
 		"  --dump-cache FILE  the compressed cache c as float32 [T][Ck]\n"
@@ -69,12 +74,29 @@ static int write_floats(const char *path, const float *x, size_t n)
 	return 0;
 }
 
+/* Mean -log2 p(next[i]) under the softmax of logits row i, for i < n (doubles). */
+static void print_loss(const float *logits, size_t V, const int32_t *next, int64_t n)
+{
+	double bits = 0;
+	for (int64_t i = 0; i < n; i++) {
+		const float *row = logits + (size_t)i * V;
+		double mx = row[0], sum = 0;
+		for (size_t v = 1; v < V; v++)
+			mx = row[v] > mx ? row[v] : mx;
+		for (size_t v = 0; v < V; v++)
+			sum += exp((double)row[v] - mx);
+		bits += (log(sum) + mx - (double)row[next[i]]) / log(2.0);
+	}
+	printf("loss: %.6f bits per token over %lld predictions\n", n > 0 ? bits / (double)n : 0.0,
+	       (long long)n);
+}
+
 int main(int argc, char **argv)
 {
 	gf_blas_prefer_avx512(argv);
 	const char *model_path = NULL, *tokens_path = NULL, *logits_path = NULL, *cache_path = NULL;
 	long prefill = -1;
-	int threads = 0;
+	int threads = 0, loss = 0;
 	gf_compute compute = gf_compute_default();
 	char err[GF_ERR_LEN];
 	static const struct option opts[] = {
@@ -82,6 +104,7 @@ int main(int argc, char **argv)
 		{ "logits", required_argument, 0, 'l' },  { "prefill", required_argument, 0, 'p' },
 		{ "dump-cache", required_argument, 0, 'c' }, { "threads", required_argument, 0, 'j' },
 		{ "compute", required_argument, 0, 'C' }, { "help", no_argument, 0, 'h' },
+		{ "loss", no_argument, 0, 'L' },
 		{ 0, 0, 0, 0 },
 	};
 	for (int o; (o = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -111,11 +134,12 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'L': loss = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
-	if (!model_path || !tokens_path || !logits_path || optind != argc) {
+	if (!model_path || !tokens_path || (!logits_path && !loss) || optind != argc) {
 		usage(stderr);
 		return 2;
 	}
@@ -162,8 +186,10 @@ int main(int argc, char **argv)
 			fprintf(stderr, "gf-eval: %s\n", err);
 			goto out;
 		}
-		if (write_floats(logits_path, logits, (size_t)T * V))
+		if (logits_path && write_floats(logits_path, logits, (size_t)T * V))
 			goto out;
+		if (loss)
+			print_loss(logits, V, tok + 1, T - 1);
 	} else {
 		const size_t rows = (size_t)(T - prefill + 1);
 		gf_workspace *ws = NULL;
@@ -195,8 +221,10 @@ int main(int argc, char **argv)
 			fprintf(stderr, "gf-eval: prefill/decode failed: %s\n", strerror(-rc));
 			goto out;
 		}
-		if (write_floats(logits_path, logits, rows * V))
+		if (logits_path && write_floats(logits_path, logits, rows * V))
 			goto out;
+		if (loss)
+			print_loss(logits, V, tok + prefill, (int64_t)rows - 1);
 	}
 	if (cache && write_floats(cache_path, cache, (size_t)T * c->ckv_dim))
 		goto out;
