@@ -111,9 +111,13 @@ static void writer(const char *dir, const cst_mode *m, uint64_t rng, int fd)
 		}
 		free(list);
 		if (!w) {
-			cs_ctx_params cp = { .model_id = 77, .dtype = dts[cst_mix(rng++) % 3],
-					     .width = 1 + (uint32_t)(cst_mix(rng++) % 32),
-					     .page_tokens = pts[cst_mix(rng++) % 3] };
+			/* One draw per statement: an initializer list's order is unspecified. */
+			const uint64_t d_dtype = cst_mix(rng++);
+			const uint64_t d_width = cst_mix(rng++);
+			const uint64_t d_page = cst_mix(rng++);
+			cs_ctx_params cp = { .model_id = 77, .dtype = dts[d_dtype % 3],
+					     .width = 1 + (uint32_t)(d_width % 32),
+					     .page_tokens = pts[d_page % 3] };
 
 			rc = cs_writer_begin(s, &cp, &w, err);
 			if (rc)

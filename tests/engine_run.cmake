@@ -51,3 +51,11 @@ set_tests_properties(engine_invariance engine_sigkill engine_cli PROPERTIES
                      FIXTURES_REQUIRED engine_run_models)
 set_tests_properties(engine_invariance engine_question_rope engine_question_odd engine_sigkill
                      engine_cli PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
+# Snapshots of format 1.0 read and resumed; contexts continued only in their compute mode.
+add_executable(engine_snapshot ${CMAKE_CURRENT_LIST_DIR}/engine_snapshot.c)
+target_link_libraries(engine_snapshot PRIVATE gfengine)
+add_test(NAME engine_snapshot
+         COMMAND sh -c "rm -rf \"$2\" && mkdir -p \"$2\" && \"$0\" \"$1\" \"$2\""
+                 $<TARGET_FILE:engine_snapshot> ${GF_ENGINE_RUN_DIR}/models/odd.gguf
+                 ${GF_ENGINE_RUN_DIR}/snapshot)
+set_tests_properties(engine_snapshot PROPERTIES FIXTURES_REQUIRED engine_run_models)

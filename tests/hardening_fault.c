@@ -580,7 +580,7 @@ static void make_refs(const char *dir)
 	for (int t = 0; t < N_TEXT; t++) {
 		gfe_ingest *in;
 		gfe_context ctx;
-		cs_reader *rd;
+		cs_reader *rd = NULL;
 		struct ref *r = &refs[t];
 		if (gfe_ingest_begin(e, texts[t].name, &in, err) || feed(in, &texts[t], 0, texts[t].len, err) ||
 		    gfe_ingest_finish(in, &ctx, NULL, err))

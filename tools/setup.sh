@@ -3,7 +3,7 @@
 # missing) and builds it. Usage: tools/setup.sh [BUILD_DIR] [extra cmake args...]
 set -eu
 cd "$(dirname "$0")/.."
-PACKAGES="build-essential cmake pkg-config python3 libopenblas-dev libopenmpi-dev openmpi-bin
+PACKAGES="build-essential cmake pkg-config python3 libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin
  liburing-dev liblz4-dev libxxhash-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev
  libmicrohttpd-dev python3-protobuf protobuf-compiler"
 missing=""
