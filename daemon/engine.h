@@ -64,7 +64,7 @@ typedef struct gfe_config {
 } gfe_config;
 
 /* The tier every tool and the daemon start with: sized for a laptop; enough for the expanded
- * keys and values of about 250K tokens of the shipped model (the tier holds bf16). */
+ * keys and values of about 340K tokens of the shipped model (the tier holds bf16). */
 #define GFE_TIER_DEFAULT_MB 512
 
 void gfe_config_defaults(gfe_config *cfg);

@@ -130,14 +130,15 @@ void gfr_ctx_init(gfr_ctx *x, gfe_engine *e, gfm_link *link, const part_plan *pl
 	/* On unless turned off (to measure what it brings). */
 	env = getenv("GOLDFINCH_TAIL_SHARE");
 	x->share_tail = !(env && strcmp(env, "0") == 0);
-	/* The boundary moves where the next rank holds this rank's last channel mix and parts of
-	 * a chunk keep their bits (gf_split_step; one OpenBLAS thread, whose row tiles are then
-	 * the same in a part as in the whole). */
+	/* The boundary moves where the next rank holds this rank's last channel mix (parts of a
+	 * chunk keep their bits at any thread count: gf_split_step), in chunks of whole steps. */
 	env = getenv("GOLDFINCH_BOUNDARY");
 	x->split_test = env && !strcmp(env, "test");
-	if (x->rank + 1 < x->size && x->rank < x->emitter && x->has_finch && e->cfg.threads == 1 &&
-	    gfr_takes_boundary(plan, x->rank + 1) && e->cfg.chunk <= 32768)
-		x->split_step = gf_split_step(&e->model->cfg);
+	const int step = gf_split_step(&e->model->cfg);
+	if (x->rank + 1 < x->size && x->rank < x->emitter && x->has_finch &&
+	    gfr_takes_boundary(plan, x->rank + 1) && e->cfg.chunk <= 32768 &&
+	    e->cfg.chunk % step == 0)
+		x->split_step = step;
 	x->ahead = x->split_step && gfr_gives_ahead(plan, x->rank) &&
 		   e->model->layers[x->b1].att_key.p;
 }

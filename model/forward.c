@@ -496,10 +496,11 @@ int gf_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *s
 
 int gf_split_step(const gf_config *c)
 {
-	/* Each part's products must take the kernel path the whole chunk's take: OpenBLAS
-	 * switches to other kernels for products under about 100^3 multiply-adds, and for a
-	 * part of fewer rows than its 16-row tiles. 64 rows of n_embd >= 256 stay clear of both. */
-	return c->n_embd >= 256 && c->dim_ffn >= c->n_embd ? GF_SPLIT_ROWS : 0;
+	/* A row's products do not depend on the rows beside it (gemm.h), and oneDNN's bf16
+	 * tasks are 64 rows (dnnl.c): parts of 64 rows keep the whole chunk's bits in every
+	 * shape and mode. */
+	(void)c;
+	return GF_SPLIT_ROWS;
 }
 
 /* Block b's channel mix can be shared by the rank that runs b and the next (a pipeline's

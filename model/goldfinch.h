@@ -503,8 +503,8 @@ int gf_blocks(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source *s
  * [from, n) of its input x [n][C] (the rank before b's output) into ahead, of
  * gf_ahead_floats(n - from) floats, in a model that holds that time mix
  * (GF_LOAD_NEXT_ATT); from >= 1 (its first row's token shift is row from-1). n, keep and
- * from are multiples of gf_split_step(), which is 0 for a model too small to split with the
- * same bits (n_embd under 256); -EINVAL otherwise, and for a GOLD block or a block whose
+ * from are multiples of gf_split_step() (GF_SPLIT_ROWS: the bits stay those of the whole in
+ * every shape and compute mode); -EINVAL otherwise, and for a GOLD block or a block whose
  * weights are not loaded. */
 #define GF_SPLIT_ROWS 64
 typedef struct gf_split {

@@ -61,7 +61,7 @@ start three 3
 "$B/client/gf" ingest --name tree "$src/partition" "$src/protocol" >/dev/null
 ask tree >answer3
 "$B/client/gf" contexts
-stop || { echo "FAIL: 3 ranks did not stop cleanly"; exit 1; }
+stop || { echo "FAIL: 3 ranks did not stop cleanly; their log:"; cat "$work/three.log"; exit 1; }
 cmp answer1 answer3 || { echo "FAIL: 3 ranks answered differently from 1 process"; exit 1; }
 echo "1 process and 3 ranks give the same answer"
 

@@ -1,7 +1,7 @@
 #!/bin/sh
-# bench-engine.sh — makes the random models and runs every gf-engine-bench command (issue 4's
-# benchmark figures). Each command ends with one JSON line; this script collects them in
-# $OUT/engine-bench.jsonl.
+# bench-engine.sh — makes the random models and runs every gf-engine-bench command (the
+# figures of daemon/README.md and the top README). Each command ends with one JSON line; this
+# script collects them in $OUT/engine-bench.jsonl.
 #
 #   tools/bench-engine.sh BUILD_DIR [OUT_DIR] [COMMAND...]
 #
@@ -67,8 +67,11 @@ for c in $cmds; do
 		(IFS='
 '; run size --model "$out/m24x2048.gguf" --tokens 12288 $(cat "$out/texts.args")) ;;
 	reuse)
-		model m12x768 12 768
-		run reuse --model "$out/m12x768.gguf" --tokens 100000 ;;
+		# A bf16 file, as gf-convert recommends: re-ingesting against a question with the
+		# tier off, the first question of a fresh process (its tier lacks the context) and
+		# a later one.
+		model m12x768b 12 768 bf16
+		run reuse --model "$out/m12x768b.gguf" --tokens 100000 ;;
 	decode)
 		model m12x768 12 768
 		run decode --model "$out/m12x768.gguf" --contexts 1000,10000,100000 ;;

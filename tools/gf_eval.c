@@ -32,7 +32,7 @@ static void usage(FILE *f)
 		"  --prefill P        linear prefill of the first P tokens, then decode the rest\n"
 		"                     one token at a time (logits of positions P-1..T-1)\n"
 		"  --dump-cache FILE  the compressed cache c as float32 [T][Ck]\n"
-		"  --threads N        OpenBLAS threads (default: OpenBLAS's choice)\n"
+		"  --threads N        compute threads (default: OpenBLAS's count, the cores)\n"
 		"  --compute MODE     f32, bf16 or auto: how prefill chunks multiply (default %s,\n"
 		"                     or $GOLDFINCH_COMPUTE). f32 is exact (what the reference\n"
 		"                     vectors check); bf16 (AVX512-BF16 CPUs) is faster, less exact\n",

@@ -79,7 +79,7 @@ static void usage(FILE *f)
 		"Options (anywhere on the line; -- ends them):\n"
 		"  --model M.gguf         model written by gf-convert, with a vocabulary (ingest, ask)\n"
 		"  --cache-dir D          the cache store directory (created by ingest)\n"
-		"  --threads N            OpenBLAS threads (default: OpenBLAS's choice)\n"
+		"  --threads N            compute threads (default: OpenBLAS's count, the cores)\n"
 		"  --chunk N              Finch-stage chunk, tokens (default 256); use the same value\n"
 		"                         to resume an ingest bit-identically\n"
 		"  --page-tokens N        tokens per cache page (ingest; default 4096)\n"
