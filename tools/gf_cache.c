@@ -204,24 +204,72 @@ static int cmd_ls(const char *dir)
 
 /* ---- verify ---- */
 
-static int verify_one(cs_store *s, const cs_ctx_info *x)
+/* Whether a context's manifest entry moved on: any commit changes its last use. */
+static bool ctx_changed(const cs_ctx_info *a, const cs_ctx_info *b)
+{
+	return a->n_tokens != b->n_tokens || a->sealed != b->sealed ||
+	       a->disk_bytes != b->disk_bytes || a->blob_len != b->blob_len ||
+	       a->last_use_ns != b->last_use_ns || memcmp(&a->key, &b->key, sizeof(a->key));
+}
+
+/* A daemon may commit beside a read-only open: it replaces the blob file and deletes the
+ * old one, or removes a whole context, after this process read the manifest. A missing file
+ * is therefore damage only if the manifest still names it once read again unchanged; a
+ * context gone from it was removed, and one that moved on is checked again as it is now. */
+#define VERIFY_RETRIES 32
+
+static int verify_one(cs_store **s, const char *dir, const cs_ctx_info *listed)
 {
 	char err[CS_ERR_LEN] = "", hex[33], size[32];
+	cs_ctx_info x = *listed, now;
 	cs_verify_report rep;
-	int rc = cs_store_verify(s, x->serial, &rep, err);
+	int rc;
 
-	cs_key_hex(x->key, hex);
+	/* the entry this store holds (an earlier context's retry may have opened it again) */
+	if (cs_store_info(*s, listed->serial, &x, err))
+		x = *listed;
+	for (int tries = 0;; tries++) {
+		rc = cs_store_verify(*s, x.serial, &rep, err);
+		if (rc != -EBADMSG || !rep.missing_files)
+			break;
+		cs_store_close(*s);
+		*s = NULL;
+		rc = open_store(s, dir, true);
+		if (rc)
+			return rc;
+		if (cs_store_info(*s, x.serial, &now, NULL)) {
+			rc = -ENOENT;
+			break;
+		}
+		if (!ctx_changed(&x, &now)) {
+			rc = -EBADMSG;   /* missing from a manifest that stayed the same */
+			break;
+		}
+		if (tries == VERIFY_RETRIES) {
+			cs_key_hex(x.key, hex);
+			printf("ERROR   %.12s (#%" PRIu64 "): changed %d times while being checked, "
+			       "try again\n", hex, x.serial, tries + 1);
+			return EX_ERR;
+		}
+		x = now;
+	}
+	cs_key_hex(x.key, hex);
 	human(size, sizeof(size), (double)rep.bytes);
 	if (rc == -EBADMSG) {
 		printf("CORRUPT %.12s (#%" PRIu64 "): %" PRIu64 " of %" PRIu64 " records bad: %s\n",
-		       hex, x->serial, rep.bad_records, rep.records, err);
+		       hex, x.serial, rep.bad_records, rep.records, err);
 		return EX_CORRUPT;
 	}
+	if (rc == -ENOENT) {
+		/* dropped between the list and the check */
+		printf("gone    %.12s (#%" PRIu64 "): removed while being checked\n", hex, x.serial);
+		return EX_OK;
+	}
 	if (rc) {
-		printf("ERROR   %.12s (#%" PRIu64 "): %s\n", hex, x->serial, err);
+		printf("ERROR   %.12s (#%" PRIu64 "): %s\n", hex, x.serial, err);
 		return EX_ERR;
 	}
-	printf("ok      %.12s (#%" PRIu64 "): %" PRIu64 " records, %s\n", hex, x->serial, rep.records,
+	printf("ok      %.12s (#%" PRIu64 "): %" PRIu64 " records, %s\n", hex, x.serial, rep.records,
 	       size);
 	return EX_OK;
 }
@@ -248,13 +296,13 @@ static int cmd_verify(const char *dir, const char *id)
 		rc = resolve(s, id, &serial);
 		for (size_t i = 0; !rc && i < n; i++)
 			if (list[i].serial == serial)
-				worst = verify_one(s, &list[i]);
+				worst = verify_one(&s, dir, &list[i]);
 		bad = worst != EX_OK;
 		if (rc)
 			worst = rc;
 	} else {
-		for (size_t i = 0; i < n; i++) {
-			rc = verify_one(s, &list[i]);
+		for (size_t i = 0; i < n && s; i++) {
+			rc = verify_one(&s, dir, &list[i]);
 			bad += rc != EX_OK;
 			if (rc == EX_CORRUPT || (rc && worst == EX_OK))
 				worst = rc;
@@ -262,7 +310,8 @@ static int cmd_verify(const char *dir, const char *id)
 		printf("%zu context(s) checked, %zu with problems\n", n, bad);
 	}
 	free(list);
-	cs_store_close(s);
+	if (s)
+		cs_store_close(s);
 	return worst;
 }
 
