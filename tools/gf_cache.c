@@ -12,7 +12,8 @@
  *                                       write/read throughput and compression ratio of c
  *                                       rows from a real forward, against the raw disk
  *
- * ID: a context's name, #serial, or a prefix (>= 4 hex digits) of its key.
+ * ID: a context's name, #serial, or a prefix (>= 4 hex digits) of its key. In the store of an
+ * MPI rank other than 0, the name rank 0's context has finds that rank's copy.
  * ls and verify open the store read-only (they work beside a running daemon); rm and gc
  * take the store's lock. Exit codes: 0 ok, 1 error, 2 usage, 3 corruption found,
  * 4 no such context.
@@ -46,7 +47,8 @@ static void usage(FILE *f)
 		"       gf-cache --dir D gc [--budget BYTES] [--unsealed]\n"
 		"       gf-cache --dir D bench [--model M.gguf] [--tokens N] [--mb MB] [--page P]\n"
 		"                              [--threads T] [--keep]\n"
-		"ID: a context name, #serial, or a prefix (4+ hex digits) of its key.\n"
+		"ID: a context name, #serial, or a prefix (4+ hex digits) of its key; in the\n"
+		"store of MPI rank 1, 2, ..., the name of rank 0's context finds its copy.\n"
 		"Exit codes: 0 ok, 1 error, 2 usage, 3 corruption found, 4 no such context.\n"
 		"GF_CS_IO=sync|io_uring and GF_CS_DIRECT=0|1 pick the I/O path.\n");
 }
@@ -105,7 +107,37 @@ static int open_store(cs_store **s, const char *dir, bool rdonly)
 	return 0;
 }
 
-/* Resolves ID to a serial: exact name, #serial, or a unique key prefix. */
+/* The store of an MPI rank other than 0 names its copy of rank 0's context #S "r0-S:NAME"
+ * (daemon/rank_part.h), NAME cut to what a name holds: finds the copy of the context named id. */
+static int rank_copy(cs_store *s, const char *id, uint64_t *serial)
+{
+	cs_ctx_info *list;
+	size_t n, len = strlen(id);
+	int rc = -ENOENT;
+
+	if (cs_store_list(s, &list, &n, NULL))
+		return -ENOMEM;
+	for (size_t i = 0; i < n && rc; i++) {
+		const char *nm = list[i].name, *p = nm + 3;
+
+		if (strncmp(nm, "r0-", 3) || !isdigit((unsigned char)*p))
+			continue;
+		while (isdigit((unsigned char)*p))
+			p++;
+		if (*p++ != ':')
+			continue;
+		if (!strcmp(p, id) || (strlen(nm) == CS_NAME_MAX - 1 && !strncmp(p, id, strlen(p)) &&
+				       len > strlen(p))) {
+			*serial = list[i].serial;
+			rc = 0;
+		}
+	}
+	free(list);
+	return rc;
+}
+
+/* Resolves ID to a serial: exact name, a rank's copy of that name, #serial, or a unique key
+ * prefix. */
 static int resolve(cs_store *s, const char *id, uint64_t *serial)
 {
 	char err[CS_ERR_LEN] = "", hex[33];
@@ -117,6 +149,8 @@ static int resolve(cs_store *s, const char *id, uint64_t *serial)
 		*serial = info.serial;
 		return 0;
 	}
+	if (id[0] != '#' && rank_copy(s, id, serial) == 0)
+		return 0;
 	if (id[0] == '#') {
 		char *end;
 		unsigned long long v = strtoull(id + 1, &end, 10);
