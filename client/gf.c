@@ -7,6 +7,7 @@
  *
  * `gf --help` is the manual, exit codes included.
  */
+#include "goldfinch_version.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -24,7 +25,7 @@
 
 #include "gfclient.h"
 
-#define GF_VERSION "gf 0.1"
+#define GF_VERSION "gf " GOLDFINCH_VERSION
 #define GF_PROGRESS_SECONDS 5.0 /* between progress lines on a stderr that is no terminal */
 #define READ_BYTES GFC_PIECE_BYTES
 

@@ -18,6 +18,7 @@
  * take the store's lock. Exit codes: 0 ok, 1 error, 2 usage, 3 corruption found,
  * 4 no such context.
  */
+#include "goldfinch_version.h"
 #include "cache_store.h"
 #include "goldfinch.h"
 
@@ -901,6 +902,9 @@ int main(int argc, char **argv)
 	const char *dir = NULL, *cmd = NULL, *arg = NULL, *model = NULL, *budget = NULL;
 	long tokens = 2048, mb = 512, page = 1024, threads = 2;
 	bool unsealed = false, keep = false;
+
+	if (gf_version_asked(argc, argv, "gf-cache"))
+		return 0;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
