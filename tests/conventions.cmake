@@ -12,3 +12,8 @@ add_test(NAME conventions_cli
   COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/conventions_cli.sh ${PROJECT_VERSION}
           $<TARGET_FILE:goldfinchd> ${GF_VERSION_FILES})
 set_tests_properties(conventions_cli PROPERTIES TIMEOUT 60 LABELS daemon)
+
+# cmake --install into a temporary prefix, and what it installed used from there.
+add_test(NAME install_prefix
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/install_prefix.sh ${CMAKE_BINARY_DIR} ${CMAKE_C_COMPILER})
+set_tests_properties(install_prefix PROPERTIES TIMEOUT 120 LABELS install)
