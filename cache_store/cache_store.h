@@ -197,11 +197,17 @@ typedef struct cs_verify_report {
 	uint64_t records;       /* page records checked, superseded copies included */
 	uint64_t bad_records;
 	uint64_t bytes;         /* bytes read */
+	uint64_t missing_files; /* files the manifest names that were not there (counted in
+				 * bad_records too) */
 } cs_verify_report;
 
 /* Reads every record of the context's page file up to the committed length (superseded
  * copies of rewritten partial pages too), its index and its blob, and checks them all.
- * 0 if all is well, -EBADMSG naming the first bad page (rep counts them all). */
+ * 0 if all is well, -EBADMSG naming the first bad page (rep counts them all).
+ * Beside a running writer (a CS_OPEN_RDONLY store), a file may be missing only because the
+ * writer replaced it (a blob) or removed the context after this open read the manifest:
+ * when rep->missing_files is set, open the store again and verify again; a file missing
+ * from a manifest that did not change is real damage. */
 int cs_store_verify(cs_store *s, uint64_t serial, cs_verify_report *rep, char *err);
 
 /* Reads the committed blob of a context: *blob malloc'd (caller frees; NULL when empty). */

@@ -969,7 +969,7 @@ int cs_read_blob_fd(struct cs_io *io, int fd, const struct cs_ctx *snap, void **
 
 /* Opens the blob file of a committed context under s->mu, so a commit cannot delete it
  * between the look-up and the open. */
-static int open_blob_locked(cs_store *s, const struct cs_ctx *c, char *err)
+static int open_blob_locked(cs_store *s, const struct cs_ctx *c, bool *missing, char *err)
 {
 	char name[64], label[40];
 	int fd;
@@ -979,6 +979,8 @@ static int open_blob_locked(cs_store *s, const struct cs_ctx *c, char *err)
 	if (fd < 0) {
 		int e = errno;
 
+		if (missing)
+			*missing = e == ENOENT;
 		cs_ctx_label(label, c->key, c->serial);
 		cs_errf(err, "context %s: %s: %s", label, name, strerror(e));
 		return e == ENOENT ? -EBADMSG : -e;
@@ -988,7 +990,7 @@ static int open_blob_locked(cs_store *s, const struct cs_ctx *c, char *err)
 
 int cs_open_blob_locked(cs_store *s, const struct cs_ctx *c, char *err)
 {
-	return c->blob_gen ? open_blob_locked(s, c, err) : -1;
+	return c->blob_gen ? open_blob_locked(s, c, NULL, err) : -1;
 }
 
 int cs_store_read_blob(cs_store *s, uint64_t serial, void **blob, size_t *len, char *err)
@@ -1081,11 +1083,17 @@ int cs_store_verify(cs_store *s, uint64_t serial, cs_verify_report *rep, char *e
 	if (rc) {
 		if (rc == -EBADMSG)
 			rep->bad_records++;
+		/* a file once gone never comes back (serials are never reused) */
+		cs_name_idx(name, serial);
+		if (rc == -EBADMSG && faccessat(s->dirfd, name, F_OK, 0) && errno == ENOENT)
+			rep->missing_files++;
 		goto out_hold;
 	}
 	cs_name_pages(name, serial);
 	fd = cs_io_open_pages(&s->io, s->dirfd, name, O_RDONLY);
 	if (fd < 0) {
+		rep->bad_records += fd == -ENOENT;
+		rep->missing_files += fd == -ENOENT;
 		rc = fd == -ENOENT ? -EBADMSG : fd;
 		cs_errf(err, "context %s: %s: %s", label, name, strerror(-fd));
 		goto out_ents;
@@ -1171,11 +1179,13 @@ int cs_store_verify(cs_store *s, uint64_t serial, cs_verify_report *rep, char *e
 	if (snap.blob_gen) {
 		void *blob;
 		size_t blen;
+		bool missing = false;
 		int bfd;
 
 		pthread_mutex_lock(&s->mu);
-		bfd = open_blob_locked(s, &snap, why);
+		bfd = open_blob_locked(s, &snap, &missing, why);
 		pthread_mutex_unlock(&s->mu);
+		rep->missing_files += missing;
 		rc = bfd < 0 ? bfd : cs_read_blob_fd(&s->io, bfd, &snap, &blob, &blen, why);
 		if (bfd >= 0)
 			close(bfd);

@@ -7,6 +7,7 @@
  *
  * `gf --help` is the manual, exit codes included.
  */
+#include "goldfinch_version.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -24,7 +25,8 @@
 
 #include "gfclient.h"
 
-#define GF_VERSION "gf 0.1"
+#define GF_VERSION "gf " GOLDFINCH_VERSION
+#define GF_PROGRESS_SECONDS 5.0 /* between progress lines on a stderr that is no terminal */
 #define READ_BYTES GFC_PIECE_BYTES
 
 enum cmd {
@@ -52,7 +54,9 @@ static void usage(FILE *f)
 "      Skipped, with a note on stderr: binary files (a NUL byte or invalid UTF-8 in the\n"
 "      first 8 KiB), version-control folders (.git .hg .svn .bzr _darcs CVS .jj), links\n"
 "      to folders, special files. PATH \"-\" sends stdin as plain text. On a terminal a\n"
-"      progress bar shows tokens, tokens/s and the ETA. At the end: the context's\n"
+"      progress bar shows tokens, tokens/s and the ETA; elsewhere (a log, a pipe) a\n"
+"      progress line goes to stderr every $GOLDFINCH_PROGRESS_SECONDS (default 5;\n"
+"      0: each progress message; off: none). At the end: the context's\n"
 "      serial, name, tokens, bytes on disk, and whether an identical context was reused.\n"
 "      With -v, the job's number (for gf cancel) goes to stderr when the server sends it.\n"
 "      --name N        a name to find the context by (unique on the server)\n"
@@ -453,7 +457,25 @@ struct ingest_ui {
 	uint64_t job;          /* server-wide number (IngestProgress.job); 0 unknown */
 	uint64_t total_bytes;  /* rendered; 0 unknown */
 	struct timespec t0;
+	double every;          /* not a terminal: seconds between progress lines; < 0 none */
+	double drawn_at;       /* seconds after t0 of the last line (0 before the first) */
 };
+
+/* $GOLDFINCH_PROGRESS_SECONDS: how often a progress line goes to a stderr that is not a
+ * terminal (a log, CI): default 5 s, 0 every message the server sends, "off" never. */
+static double progress_every(void)
+{
+	const char *v = getenv("GOLDFINCH_PROGRESS_SECONDS");
+	char *end;
+	double d;
+
+	if (!v || !*v)
+		return GF_PROGRESS_SECONDS;
+	if (!strcmp(v, "off"))
+		return -1;
+	d = strtod(v, &end);
+	return *end || !(d >= 0) ? GF_PROGRESS_SECONDS : d;
+}
 
 static void note_skip(void *user, const char *path, const char *why)
 {
@@ -497,7 +519,7 @@ static int on_progress(void *user, const proto_response *r)
 			fprintf(stderr, "gf: job %" PRIu64 "\n", ui->job);
 		}
 	}
-	if (!ui->bar)
+	if (!ui->bar && !(ui->every >= 0 && since(&ui->t0) - ui->drawn_at >= ui->every))
 		return 0;
 	double frac = -1, eta = -1;
 	if (p->tokens_total)
@@ -513,6 +535,17 @@ static int on_progress(void *user, const proto_response *r)
 		eta = since(&ui->t0) * (1 / frac - 1);
 	char bar[32], etab[32];
 	fmt_eta(eta, etab, sizeof(etab));
+	if (!ui->bar) {
+		/* A log or a pipe: whole lines, at most one every ui->every seconds. */
+		ui->drawn_at = since(&ui->t0);
+		if (frac >= 0)
+			fprintf(stderr, "gf: ingest %d%%: %" PRIu64 " tokens, %.0f tokens/s, ETA %s\n",
+				(int)(frac * 100), p->tokens_done, p->tokens_per_s, etab);
+		else
+			fprintf(stderr, "gf: ingest: %" PRIu64 " tokens, %.0f tokens/s\n", p->tokens_done,
+				p->tokens_per_s);
+		return 0;
+	}
 	if (frac >= 0) {
 		int w = 24, k = (int)(frac * w + 0.5);
 		for (int i = 0; i < w; i++)
@@ -709,7 +742,8 @@ static int cmd_ingest(gfc_conn *c, const struct args *a, struct ingest_input *in
 		      uint64_t total)
 {
 	Goldfinch__V1__IngestStart s = GOLDFINCH__V1__INGEST_START__INIT;
-	struct ingest_ui ui = { .bar = isatty(2), .total_bytes = total, .verbose = a->verbose };
+	struct ingest_ui ui = { .bar = isatty(2), .total_bytes = total, .verbose = a->verbose,
+				.every = progress_every() };
 	char err[GFC_ERR_LEN] = "";
 	proto_response *ready = NULL;
 	uint64_t skip = 0;
@@ -766,6 +800,18 @@ static int cmd_ingest(gfc_conn *c, const struct args *a, struct ingest_input *in
 			gfc_server_address(c));
 		proto_response_free(ready);
 		return GFC_EXIT_CONNECTION;
+	}
+	/* The store keeps one name per context: an identical text found under another name
+	 * keeps that one, and the name asked for names nothing. Say which to use. */
+	if (cr->reused && a->name && !a->resume && strcmp(ci->name ? ci->name : "", a->name)) {
+		if (ci->name && ci->name[0])
+			fprintf(stderr, "gf: this text is stored already as \"%s\" (#%" PRIu64 "), so the "
+				"name \"%s\" was not kept; ask with: gf ask %s QUESTION\n", ci->name,
+				ci->serial, a->name, ci->name);
+		else
+			fprintf(stderr, "gf: this text is stored already, unnamed (#%" PRIu64 "), so the "
+				"name \"%s\" was not kept; ask with: gf ask '#%" PRIu64 "' QUESTION\n",
+				ci->serial, a->name, ci->serial);
 	}
 	if (a->json) {
 		cJSON *o = context_json(ci);

@@ -598,6 +598,12 @@ def main(argv=None):
                     else:
                         inputs.append(x)
                 r = c.ingest(inputs, a.name, a.c_dtype, a.resume)
+                if r.reused and a.name and not a.resume and r.context.name != a.name:
+                    # one name per context: the stored one stays, the new one names nothing
+                    ref = r.context.name or "'#%d'" % r.context.serial
+                    print('gf_client: this text is stored already as %s, so the name "%s" was '
+                          'not kept; ask with: gf_client.py ask %s QUESTION'
+                          % (ref, a.name, ref), file=sys.stderr)
                 d = context_dict(r.context)
                 d.update(reused=r.reused, seconds=r.seconds)
                 json.dump(d, out, indent=2)

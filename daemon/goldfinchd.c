@@ -20,6 +20,35 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Every setting's flag and the environment variable that gives it when the flag is absent
+ * (daemon/README.md has the table). GOLDFINCH_SERVER_FILE is gf's, the file to read: the
+ * daemon's --server-file has its own variable, so that a shell set up for gf does not make a
+ * second daemon overwrite the first one's file. */
+static const struct gfd_env_flag {
+	const char *flag, *env;
+} gfd_env[] = {
+	{ "--model", "GOLDFINCH_MODEL" },
+	{ "--cache-dir", "GOLDFINCH_CACHE_DIR" },
+	{ "--listen", "GOLDFINCH_LISTEN" },
+	{ "--host", "GOLDFINCH_HOST" },
+	{ "--port", "GOLDFINCH_PORT" },
+	{ "--auth-token-file", "GOLDFINCH_AUTH_TOKEN_FILE" },
+	{ "--max-frame", "GOLDFINCH_MAX_FRAME" },
+	{ "--max-jobs", "GOLDFINCH_MAX_JOBS" },
+	{ "--max-queue", "GOLDFINCH_MAX_QUEUE" },
+	{ "--max-context-tokens", "GOLDFINCH_MAX_CONTEXT_TOKENS" },
+	{ "--disk-budget", "GOLDFINCH_DISK_BUDGET" },
+	{ "--threads", "GOLDFINCH_THREADS" },
+	{ "--checkpoint-tokens", "GOLDFINCH_CHECKPOINT_TOKENS" },
+	{ "--c-dtype", "GOLDFINCH_C_DTYPE" },
+	{ "--tier-mb", "GOLDFINCH_TIER_MB" },
+	{ "--compute", "GOLDFINCH_COMPUTE" },
+	{ "--metrics", "GOLDFINCH_METRICS" },
+	{ "--log-file", "GOLDFINCH_LOG_FILE" },
+	{ "--plan-workload", "GOLDFINCH_PLAN_WORKLOAD" },
+	{ "--server-file", GFD_ENV_SERVER_FILE },
+};
+
 void gfd_usage(FILE *f)
 {
 	fprintf(f,
@@ -28,12 +57,14 @@ void gfd_usage(FILE *f)
 		"Serves GoldFinch contexts: clients ingest text or codebases into the paged cache\n"
 		"in DIR and ask questions about them (protocol/README.md; clients: gf, gf.py).\n"
 		"\n"
-		"  --model M.gguf           the model (gf-convert output); required\n"
+		"  -m, --model M.gguf       the model (gf-convert output); required\n"
 		"  --cache-dir DIR          the cache store: contexts live here across restarts;\n"
 		"                           one daemon per directory (it is locked); required\n"
 		"  --listen ADDR            unix:/path, HOST:PORT or [IPV6]:PORT; repeatable;\n"
 		"                           default %s. TCP beyond loopback needs\n"
 		"                           --auth-token-file. Port 0 picks a free port (logged)\n"
+		"  --host HOST, --port P    one more TCP listener, HOST:P, as llama-server takes\n"
+		"                           them (HOST default 127.0.0.1, P default 7433)\n"
 		"  --auth-token-file F      clients must send this file's contents (trailing\n"
 		"                           newline ignored) in Hello.auth_token\n"
 		"  --max-frame BYTES        largest frame accepted (default 16M)\n"
@@ -43,7 +74,7 @@ void gfd_usage(FILE *f)
 		"                           prompt; 0 = no limit (default 0)\n"
 		"  --disk-budget BYTES      bytes of context files; least recently used contexts\n"
 		"                           are evicted to make room; 0 = no limit (default 0)\n"
-		"  --threads N              compute threads (OpenBLAS and decode); 0 = all cores\n"
+		"  -t, --threads N          compute threads (OpenBLAS and decode); 0 = all cores\n"
 		"  --checkpoint-tokens K    an ingest commits every K tokens (default 262144)\n"
 		"  --c-dtype T              storage of the cache rows: f16 (default), bf16, f32\n"
 		"  --tier-mb N              RAM for expanded keys/values shared by generations,\n"
@@ -71,8 +102,13 @@ void gfd_usage(FILE *f)
 		"weights + the store's page cache (256 MiB) + the tier (--tier-mb), plus a little\n"
 		"per job; gf status shows each against its budget. SIGTERM or SIGINT stops the\n"
 		"daemon cleanly: running ingests checkpoint (resumable), generations stop, exit\n"
-		"status 0. Exit status: 0 clean stop, 1 failure to start or run, 2 bad command line.\n",
+		"status 0. Exit status: 0 clean stop, 1 failure to start or run, 2 bad command line.\n"
+		"\n"
+		"Environment: each setting also comes from a variable, used when its flag is not\n"
+		"given (the flag wins; $GOLDFINCH_LISTEN takes several addresses, comma-separated):\n",
 		GFD_DEFAULT_LISTEN, GFE_TIER_DEFAULT_MB, gf_compute_name(gf_compute_default()));
+	for (size_t i = 0; i < sizeof(gfd_env) / sizeof(gfd_env[0]); i++)
+		fprintf(f, "  %-28s %s\n", gfd_env[i].env, gfd_env[i].flag);
 }
 
 void gfd_options_defaults(gfd_options *o)
@@ -133,8 +169,141 @@ static int bad(char *err, const char *flag, const char *val, const char *want)
 	return -EINVAL;
 }
 
+/* One setting, from a flag or its variable. 0, or -EINVAL with err. */
+static int set_option(gfd_options *o, const char *flag, const char *val, char *err)
+{
+	uint64_t v;
+	if (!strcmp(flag, "--model")) {
+		o->model_path = val;
+	} else if (!strcmp(flag, "--plan-workload")) {
+		double *w = o->plan_workload;
+		char tail;
+		if (sscanf(val, "%lf:%lf:%lf%c", &w[0], &w[1], &w[2], &tail) != 3 || w[0] < 0 ||
+		    w[1] < 0 || w[2] < 0 || w[0] + w[1] == 0)
+			return bad(err, flag, val, "expected INGESTED:DECODED:CONTEXT token counts");
+	} else if (!strcmp(flag, "--cache-dir")) {
+		o->cache_dir = val;
+	} else if (!strcmp(flag, "--listen")) {
+		if (o->n_listen == GFD_MAX_LISTEN)
+			return bad(err, flag, val, "too many listen addresses");
+		o->listen[o->n_listen++] = val;
+	} else if (!strcmp(flag, "--auth-token-file")) {
+		o->auth_token_file = val;
+	} else if (!strcmp(flag, "--max-frame")) {
+		if (gfd_parse_size(val, &v) || v < 4096 || v > (1u << 30))
+			return bad(err, flag, val, "expected a size from 4K to 1G");
+		o->max_frame = v;
+	} else if (!strcmp(flag, "--max-jobs")) {
+		if (gfd_parse_uint(val, 256, &v) || v < 1)
+			return bad(err, flag, val, "expected 1..256");
+		o->max_jobs = (int)v;
+	} else if (!strcmp(flag, "--max-queue")) {
+		if (gfd_parse_uint(val, 1000000, &v) || v < 1)
+			return bad(err, flag, val, "expected 1..1000000");
+		o->max_queue = (int)v;
+	} else if (!strcmp(flag, "--max-context-tokens")) {
+		if (gfd_parse_size(val, &v))
+			return bad(err, flag, val, "expected a token count (K/M/G suffixes ok)");
+		o->max_context_tokens = v;
+	} else if (!strcmp(flag, "--disk-budget")) {
+		if (gfd_parse_size(val, &v))
+			return bad(err, flag, val, "expected a size such as 500M or 20G");
+		o->disk_budget = v;
+	} else if (!strcmp(flag, "--threads")) {
+		if (gfd_parse_uint(val, 1024, &v))
+			return bad(err, flag, val, "expected 0..1024");
+		o->threads = (int)v;
+	} else if (!strcmp(flag, "--checkpoint-tokens")) {
+		if (gfd_parse_size(val, &v) || v < 1)
+			return bad(err, flag, val, "expected a positive token count");
+		o->checkpoint_tokens = v;
+	} else if (!strcmp(flag, "--c-dtype")) {
+		if (!strcmp(val, "f16"))
+			o->c_dtype = CS_DTYPE_F16;
+		else if (!strcmp(val, "bf16"))
+			o->c_dtype = CS_DTYPE_BF16;
+		else if (!strcmp(val, "f32"))
+			o->c_dtype = CS_DTYPE_F32;
+		else
+			return bad(err, flag, val, "expected f16, bf16 or f32");
+	} else if (!strcmp(flag, "--tier-mb")) {
+		if (gfd_parse_uint(val, 1u << 24, &v))
+			return bad(err, flag, val, "expected a number of MiB");
+		o->tier_mb = v;
+	} else if (!strcmp(flag, "--compute")) {
+		char why[GF_ERR_LEN];
+		/* Resolved now: "auto" or bf16 on a CPU without it are settled (or refused)
+		 * before anything loads. */
+		if (gf_compute_parse(val, &o->compute, why)) {
+			snprintf(err, GF_ERR_LEN, "--compute: %.200s", why);
+			return -EINVAL;
+		}
+	} else if (!strcmp(flag, "--metrics")) {
+		o->metrics = val;
+	} else if (!strcmp(flag, "--log-file")) {
+		o->log_file = val;
+	} else if (!strcmp(flag, "--host")) {
+		if (!val[0] || strlen(val) > 255)
+			return bad(err, flag, val, "expected a host name or address");
+		o->host = val;
+	} else if (!strcmp(flag, "--port")) {
+		if (gfd_parse_uint(val, 65535, &v))
+			return bad(err, flag, val, "expected a TCP port, 0..65535");
+		o->port = val;
+	} else {
+		snprintf(err, GF_ERR_LEN, "unknown option %.100s (see --help)", flag);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Whether the command line gives flag (as "--flag V", "--flag=V" or llama-server's -m, -t). */
+static bool flag_given(int argc, char **argv, const char *flag)
+{
+	const size_t n = strlen(flag);
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if ((!strncmp(a, flag, n) && (!a[n] || a[n] == '=')) ||
+		    (!strcmp(a, "-m") && !strcmp(flag, "--model")) ||
+		    (!strcmp(a, "-t") && !strcmp(flag, "--threads")))
+			return true;
+	}
+	return false;
+}
+
+/* The settings the environment gives for the flags the command line does not (the flag
+ * wins: its variable is not even read). */
+static int options_from_env(gfd_options *o, int argc, char **argv, char *err)
+{
+	for (size_t i = 0; i < sizeof(gfd_env) / sizeof(gfd_env[0]); i++) {
+		const char *flag = gfd_env[i].flag, *val = getenv(gfd_env[i].env);
+		int rc = 0;
+		if (!val || !*val || !strcmp(flag, "--server-file") || flag_given(argc, argv, flag))
+			continue; /* main takes --server-file */
+		if (!strcmp(flag, "--listen")) {
+			/* several addresses, separated by commas */
+			snprintf(o->env_listen, sizeof(o->env_listen), "%s", val);
+			for (char *save, *a = strtok_r(o->env_listen, ",", &save); a && !rc;
+			     a = strtok_r(NULL, ",", &save))
+				rc = set_option(o, flag, a, err);
+		} else {
+			rc = set_option(o, flag, val, err);
+		}
+		if (rc) {
+			char why[GF_ERR_LEN];
+			snprintf(why, sizeof(why), "%s", err);
+			snprintf(err, GF_ERR_LEN, "$%s: %.200s", gfd_env[i].env, why);
+			return rc;
+		}
+	}
+	return 0;
+}
+
 int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err)
 {
+	int rc = options_from_env(o, argc, argv, err);
+	if (rc)
+		return rc;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		char flag[64];
@@ -167,11 +336,14 @@ int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err)
 			i++;
 			continue;
 		}
+		/* llama-server's short spellings */
+		if (!strcmp(a, "-m") || !strcmp(a, "-t"))
+			a = a[1] == 'm' ? "--model" : "--threads";
 		if (strncmp(a, "--", 2)) {
 			snprintf(err, GF_ERR_LEN, "unexpected argument \"%.100s\" (options start with --)", a);
 			return -EINVAL;
 		}
-		if (eq) {
+		if (eq && a == argv[i]) {
 			snprintf(flag, sizeof(flag), "%.*s", (int)(eq - a), a);
 			val = eq + 1;
 		} else {
@@ -179,82 +351,21 @@ int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err)
 			if (i + 1 < argc)
 				val = argv[++i];
 		}
-		uint64_t v;
 		if (!val)
 			return bad(err, flag, NULL, "needs a value");
-		if (!strcmp(flag, "--model")) {
-			o->model_path = val;
-		} else if (!strcmp(flag, "--plan-workload")) {
-			double *w = o->plan_workload;
-			char tail;
-			if (sscanf(val, "%lf:%lf:%lf%c", &w[0], &w[1], &w[2], &tail) != 3 || w[0] < 0 ||
-			    w[1] < 0 || w[2] < 0 || w[0] + w[1] == 0)
-				return bad(err, flag, val, "expected INGESTED:DECODED:CONTEXT token counts");
-		} else if (!strcmp(flag, "--cache-dir")) {
-			o->cache_dir = val;
-		} else if (!strcmp(flag, "--listen")) {
-			if (o->n_listen == GFD_MAX_LISTEN)
-				return bad(err, flag, val, "too many listen addresses");
-			o->listen[o->n_listen++] = val;
-		} else if (!strcmp(flag, "--auth-token-file")) {
-			o->auth_token_file = val;
-		} else if (!strcmp(flag, "--max-frame")) {
-			if (gfd_parse_size(val, &v) || v < 4096 || v > (1u << 30))
-				return bad(err, flag, val, "expected a size from 4K to 1G");
-			o->max_frame = v;
-		} else if (!strcmp(flag, "--max-jobs")) {
-			if (gfd_parse_uint(val, 256, &v) || v < 1)
-				return bad(err, flag, val, "expected 1..256");
-			o->max_jobs = (int)v;
-		} else if (!strcmp(flag, "--max-queue")) {
-			if (gfd_parse_uint(val, 1000000, &v) || v < 1)
-				return bad(err, flag, val, "expected 1..1000000");
-			o->max_queue = (int)v;
-		} else if (!strcmp(flag, "--max-context-tokens")) {
-			if (gfd_parse_size(val, &v))
-				return bad(err, flag, val, "expected a token count (K/M/G suffixes ok)");
-			o->max_context_tokens = v;
-		} else if (!strcmp(flag, "--disk-budget")) {
-			if (gfd_parse_size(val, &v))
-				return bad(err, flag, val, "expected a size such as 500M or 20G");
-			o->disk_budget = v;
-		} else if (!strcmp(flag, "--threads")) {
-			if (gfd_parse_uint(val, 1024, &v))
-				return bad(err, flag, val, "expected 0..1024");
-			o->threads = (int)v;
-		} else if (!strcmp(flag, "--checkpoint-tokens")) {
-			if (gfd_parse_size(val, &v) || v < 1)
-				return bad(err, flag, val, "expected a positive token count");
-			o->checkpoint_tokens = v;
-		} else if (!strcmp(flag, "--c-dtype")) {
-			if (!strcmp(val, "f16"))
-				o->c_dtype = CS_DTYPE_F16;
-			else if (!strcmp(val, "bf16"))
-				o->c_dtype = CS_DTYPE_BF16;
-			else if (!strcmp(val, "f32"))
-				o->c_dtype = CS_DTYPE_F32;
-			else
-				return bad(err, flag, val, "expected f16, bf16 or f32");
-		} else if (!strcmp(flag, "--tier-mb")) {
-			if (gfd_parse_uint(val, 1u << 24, &v))
-				return bad(err, flag, val, "expected a number of MiB");
-			o->tier_mb = v;
-		} else if (!strcmp(flag, "--compute")) {
-			char why[GF_ERR_LEN];
-			/* Resolved now: "auto" or bf16 on a CPU without it are settled (or refused)
-			 * before anything loads. */
-			if (gf_compute_parse(val, &o->compute, why)) {
-				snprintf(err, GF_ERR_LEN, "--compute: %.200s", why);
-				return -EINVAL;
-			}
-		} else if (!strcmp(flag, "--metrics")) {
-			o->metrics = val;
-		} else if (!strcmp(flag, "--log-file")) {
-			o->log_file = val;
-		} else {
-			snprintf(err, GF_ERR_LEN, "unknown option %.100s (see --help)", flag);
-			return -EINVAL;
-		}
+		if ((rc = set_option(o, flag, val, err)))
+			return rc;
+	}
+	if (o->host || o->port) {
+		/* --host/--port as llama-server takes them: one TCP listener, loopback and 7433
+		 * unless given */
+		const char *h = o->host ? o->host : "127.0.0.1";
+		bool v6 = strchr(h, ':') && h[0] != '[';
+		snprintf(o->host_port, sizeof(o->host_port), "%s%s%s:%s", v6 ? "[" : "", h, v6 ? "]" : "",
+			 o->port ? o->port : GFD_DEFAULT_PORT);
+		if (o->n_listen == GFD_MAX_LISTEN)
+			return bad(err, "--host/--port", o->host_port, "too many listen addresses");
+		o->listen[o->n_listen++] = o->host_port;
 	}
 	if (o->print_plan && o->model_path)
 		return 0; /* the plan needs the model only */
@@ -566,6 +677,8 @@ int main(int argc, char **argv)
 
 	gfd_options_defaults(&o);
 	rc = take_server_file(&argc, argv, &sf, err);
+	if (!rc && !sf.path && getenv(GFD_ENV_SERVER_FILE) && *getenv(GFD_ENV_SERVER_FILE))
+		sf.path = getenv(GFD_ENV_SERVER_FILE);
 	if (!rc)
 		rc = gfd_options_parse(&o, argc, argv, err);
 	if (rc == 1)

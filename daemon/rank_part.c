@@ -161,9 +161,52 @@ bool gfr_takes_boundary(const part_plan *plan, int rank)
 	return b0 < b1 && b0 < plan->first_gold;
 }
 
-void gfr_part_name(char *buf, size_t cap, uint64_t serial0)
+void gfr_part_name(char *buf, size_t cap, uint64_t serial0, const char *name, size_t len)
 {
-	snprintf(buf, cap, "r0-%" PRIu64, serial0);
+	int n = snprintf(buf, cap, "r0-%" PRIu64, serial0);
+	/* rank 0's name after a colon, cut to what the store keeps, without control bytes */
+	if (len && n > 0 && (size_t)n + 2 < cap) {
+		size_t k = (size_t)n;
+		buf[k++] = ':';
+		for (size_t i = 0; i < len && k + 1 < cap && k + 1 < CS_NAME_MAX; i++)
+			if ((unsigned char)name[i] >= 0x20)
+				buf[k++] = name[i];
+		buf[k] = 0;
+	}
+}
+
+int gfr_part_parse(const char *name, uint64_t *serial0)
+{
+	char *end;
+	if (strncmp(name, "r0-", 3) || name[3] < '0' || name[3] > '9')
+		return -EINVAL;
+	errno = 0;
+	unsigned long long v = strtoull(name + 3, &end, 10);
+	if (errno || (*end && *end != ':'))
+		return -EINVAL;
+	*serial0 = v;
+	return 0;
+}
+
+int gfr_part_lookup(cs_store *s, uint64_t serial0, cs_ctx_info *out)
+{
+	char name[64];
+	cs_ctx_info *list;
+	size_t n;
+	uint64_t s0;
+	gfr_part_name(name, sizeof(name), serial0, NULL, 0);
+	if (!cs_store_lookup_name(s, name, out))
+		return 0; /* a copy made before copies carried rank 0's name */
+	if (cs_store_list(s, &list, &n, NULL))
+		return -ENOMEM;
+	int rc = -ENOENT;
+	for (size_t i = n; i-- > 0 && rc;)
+		if (!gfr_part_parse(list[i].name, &s0) && s0 == serial0) {
+			*out = list[i];
+			rc = 0;
+		}
+	free(list);
+	return rc;
 }
 
 static const gf_config *cfg_of(const gfr_part *p)
@@ -1299,7 +1342,7 @@ static int handle(gfr_part *p, gfm_msg *m, char *err)
 void gfr_serve_stream(gfr_ctx *x, gfm_box *box, uint32_t stream)
 {
 	char err[GF_ERR_LEN] = "";
-	char name[64];
+	char name[CS_NAME_MAX];
 	cs_ctx_info info;
 	gfr_part *p = NULL;
 	gfm_msg *m;
@@ -1308,10 +1351,10 @@ void gfr_serve_stream(gfr_ctx *x, gfm_box *box, uint32_t stream)
 	/* The opening message: find this rank's copy of rank 0's context. */
 	const uint32_t kind = m->h.type;
 	int rc;
-	gfr_part_name(name, sizeof(name), m->h.aux);
 	if (kind == GFM_BEGIN) {
+		gfr_part_name(name, sizeof(name), m->h.aux, m->payload, m->len);
 		rc = gfr_part_begin(x, stream, box, name, &p, err);
-	} else if ((rc = cs_store_lookup_name(x->e->store, name, &info))) {
+	} else if ((rc = gfr_part_lookup(x->e->store, m->h.aux, &info))) {
 		rc = gf_error(err, rc == -ENOENT ? -ENOENT : rc,
 			      "rank %d has no copy of context #%" PRIu64 " (its cache directory lost it?)",
 			      x->rank, m->h.aux);

@@ -17,7 +17,8 @@
  * consumed. Work that needs rows not yet received (a GOLD block's attention, a commit) waits
  * for them, holding other messages back in order.
  *
- * A rank's copy of rank 0's context #S is named "r0-S" in its store; its snapshot holds the
+ * A rank's copy of rank 0's context #S is named "r0-S:NAME" in its store ("r0-S" when
+ * unnamed, and in stores written before copies carried the name); its snapshot holds the
  * state of its own blocks (gfe_slice_code). Rank 0 commits every checkpoint last and seals
  * last: a context is usable once rank 0 has sealed it, and then every rank has.
  *
@@ -83,7 +84,14 @@ cs_writer *gfr_part_writer(gfr_part *p);
 uint64_t gfr_part_compute_ns(const gfr_part *p);
 
 /* The local name of rank 0's context serial. */
-void gfr_part_name(char *buf, size_t cap, uint64_t serial0);
+/* The name of a rank's copy of rank 0's context #serial0: "r0-S", then ":" and rank 0's name
+ * (len bytes, cut to fit CS_NAME_MAX) when it has one, so that gf-cache finds a rank's copy
+ * by the name the user gave. */
+void gfr_part_name(char *buf, size_t cap, uint64_t serial0, const char *name, size_t len);
+/* Rank 0's serial from a copy's name ("r0-S" or "r0-S:NAME"); -EINVAL for other names. */
+int gfr_part_parse(const char *name, uint64_t *serial0);
+/* This rank's copy of rank 0's context #serial0 (either form of name); -ENOENT. */
+int gfr_part_lookup(cs_store *s, uint64_t serial0, cs_ctx_info *out);
 
 /* Runs this rank's slice on n rows (rank 0: tok only, x is scratch [n][C]) at position pos and
  * passes the result on (credits permitting). */

@@ -21,6 +21,7 @@
 #ifndef GFD_SERVER_H
 #define GFD_SERVER_H
 
+#include "goldfinch_version.h"
 #include "protocol.h"
 #include "server_backend.h"
 
@@ -31,9 +32,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define GFD_VERSION "0.1.0"
+#define GFD_VERSION GOLDFINCH_VERSION   /* CMake's project version */
 #define GFD_MAX_LISTEN 16
 #define GFD_DEFAULT_LISTEN "127.0.0.1:7433"
+#define GFD_DEFAULT_PORT "7433"    /* --port's without --host, and --host's without --port */
+/* The variable of --server-file (not gf's GOLDFINCH_SERVER_FILE: see goldfinchd.c). */
+#define GFD_ENV_SERVER_FILE "GOLDFINCH_WRITE_SERVER_FILE"
 #define GFD_MAX_STOP 16          /* stop strings per Generate */
 #define GFD_MAX_STOP_BYTES 256   /* bytes per stop string */
 #define GFD_MAX_GEN_TOKENS (1u << 20)
@@ -62,10 +66,14 @@ typedef struct gfd_options {
 	bool print_plan;             /* --print-plan: show the MPI plan for -n ranks, exit */
 	int ranks;                   /* -n / --ranks, for --print-plan */
 	double plan_workload[3];     /* --plan-workload: tokens ingested, decoded, context; 0s: default */
+	const char *host, *port;     /* --host/--port: one more TCP listener, HOST:PORT */
+	char host_port[300];         /* storage of that listener's address */
+	char env_listen[1024];       /* storage of $GOLDFINCH_LISTEN's addresses, split */
 } gfd_options;
 
 void gfd_options_defaults(gfd_options *o);
-/* Parses argv into o; 1 when --help/--version printed (exit 0), 0, or -EINVAL with err. */
+/* Parses $GOLDFINCH_* (gfd_usage lists them), then argv, into o: a flag wins over its
+ * variable. 1 when --help/--version printed (exit 0), 0, or -EINVAL with err. */
 int gfd_options_parse(gfd_options *o, int argc, char **argv, char *err);
 void gfd_options_print(const gfd_options *o, FILE *f);
 void gfd_usage(FILE *f);

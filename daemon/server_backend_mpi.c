@@ -201,7 +201,8 @@ static int be_ingest_begin(void *self, const char *name, gfd_ingest **out, char 
 	}
 	const uint64_t serial = gfr_part_serial(in->p);
 	gfm_hdr h = { .type = GFM_BEGIN, .stream = in->stream, .aux = serial };
-	if ((rc = all_ack(b, in->p, &h, NULL, 0, err))) {
+	/* The name goes along so that each rank's copy can be found by it (gf-cache). */
+	if ((rc = all_ack(b, in->p, &h, name, name ? strlen(name) : 0, err))) {
 		end_stream(b, in->stream, true);
 		in->ended = true;
 		ingest_release(in);
@@ -662,10 +663,8 @@ static void *stream_main(void *arg)
 
 static void remove_copy(gfr_ctx *cx, uint64_t serial0)
 {
-	char name[64];
 	cs_ctx_info info;
-	gfr_part_name(name, sizeof(name), serial0);
-	if (!cs_store_lookup_name(cx->e->store, name, &info))
+	if (!gfr_part_lookup(cx->e->store, serial0, &info))
 		cs_store_remove(cx->e->store, info.serial, NULL);
 }
 
@@ -732,8 +731,7 @@ int gfd_rank_reconcile(gfe_engine *e, int rank, const uint64_t *serials, size_t 
 		return 0;
 	for (size_t i = 0; i < count; i++) {
 		uint64_t s0;
-		char tail;
-		if (sscanf(list[i].name, "r0-%" SCNu64 "%c", &s0, &tail) != 1)
+		if (gfr_part_parse(list[i].name, &s0))
 			continue;
 		bool known = false;
 		for (size_t j = 0; j < n && !known; j++)

@@ -350,6 +350,28 @@ static void count_outcome(gfd_server *s, gfd_job_outcome o)
 	pthread_mutex_unlock(&s->stats.mu);
 }
 
+/* s as one word of a shell command line: as is when it is plain, else in single quotes. */
+static void shell_word(char *out, size_t cap, const char *s)
+{
+	size_t n = 0;
+	if (!s[strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+/:@,=")]) {
+		snprintf(out, cap, "%s", s);
+		return;
+	}
+	for (const char *p = s; *p && n + 6 < cap; p++) {
+		if (p == s)
+			out[n++] = '\'';
+		if (*p == '\'') {
+			memcpy(out + n, "'\\''", 4);
+			n += 4;
+		} else {
+			out[n++] = *p;
+		}
+	}
+	out[n++] = '\'';
+	out[n] = 0;
+}
+
 static const char *cancel_word(int why)
 {
 	switch (why) {
@@ -644,10 +666,14 @@ static gfd_job_outcome run_ingest(gfd_server *s, gfd_job *j)
 			s->stats.ingests_reused++;
 			pthread_mutex_unlock(&s->stats.mu);
 		}
+		char kept[CS_NAME_MAX + 64] = "";
+		if (reused && j->name && strcmp(j->name, info.name))
+			snprintf(kept, sizeof(kept), "; the name \"%.*s\" was not kept", CS_NAME_MAX - 1,
+				 j->name);
 		gfd_logf(s->log, "job %" PRIu64 " done: context #%" PRIu64 " \"%s\" key %.16s..., %" PRIu64
-			 " tokens, %" PRIu64 " bytes on disk%s, %.2f s, peer %s",
+			 " tokens, %" PRIu64 " bytes on disk%s%s, %.2f s, peer %s",
 			 j->number, info.serial, info.name, keyhex, info.n_tokens, info.disk_bytes,
-			 reused ? " (identical context reused)" : "", secs, j->peer);
+			 reused ? " (identical context reused)" : "", kept, secs, j->peer);
 	}
 	outcome = GFD_OUT_DONE;
 	goto close;
@@ -669,9 +695,16 @@ cancelled:
 		gfd_logf(s->log, "job %" PRIu64 " checkpoint at cancel failed: %s", j->number, err);
 	}
 	ops->ingest_state(r.in, &st);
-	snprintf(err, GF_ERR_LEN, "ingest of \"%.100s\" (#%" PRIu64 ") %s at token %" PRIu64
-		 "; resume it from byte %" PRIu64 " with IngestStart.resume",
-		 j->name ? j->name : "", st.serial, cancel_word(why), st.committed, st.input_bytes);
+	/* The hint names the command line the user types; an unnamed ingest is resumed by its
+	 * serial. */
+	char resume_ref[4 * CS_NAME_MAX + 4];
+	if (j->name && j->name[0])
+		shell_word(resume_ref, sizeof(resume_ref), j->name);
+	else
+		snprintf(resume_ref, sizeof(resume_ref), "'#%" PRIu64 "'", st.serial);
+	snprintf(err, GF_ERR_LEN, "ingest #%" PRIu64 " %s at token %" PRIu64 ", byte %" PRIu64
+		 "; finish it with: gf ingest --resume --name %.80s PATH... (the same input)",
+		 st.serial, cancel_word(why), st.committed, st.input_bytes, resume_ref);
 	code = why == GFD_CANCEL_SHUTDOWN ? GOLDFINCH__V1__ERROR_CODE__ERROR_SHUTTING_DOWN
 					  : GOLDFINCH__V1__ERROR_CODE__ERROR_CANCELLED;
 	if (st.committed == 0)

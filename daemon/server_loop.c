@@ -420,7 +420,10 @@ static void conn_mark_dead(gfd_server *s, struct gfd_conn *c, const char *why)
 	if (c->dead)
 		return;
 	c->dead = true;
-	c->close_reason = why;
+	/* A connection this server chose to close keeps its reason: the client's close that
+	 * follows (it read our last words) is not the why. */
+	if (!c->closing || !c->close_reason)
+		c->close_reason = why;
 	conn_drop_jobs(s, c);
 	epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 }
@@ -569,7 +572,8 @@ static void on_hello(gfd_server *s, struct gfd_conn *c, uint64_t id, const Goldf
 			conn_error(s, c, id, GOLDFINCH__V1__ERROR_CODE__ERROR_UNAUTHENTICATED,
 				   "authentication failed: %s auth token",
 				   h->auth_token ? "wrong" : "missing");
-			conn_fatal(s, c, "authentication failed");
+			conn_fatal(s, c, h->auth_token ? "authentication failed: wrong auth token"
+						       : "authentication failed: no auth token");
 			return;
 		}
 	}

@@ -36,3 +36,14 @@ add_test(NAME cache_store_tool
 set_tests_properties(cache_store_tool PROPERTIES TIMEOUT 60 LABELS cache_store)
 gf_cache_store_test(cache_store_stream cstest 60)
 target_include_directories(cache_store_stream PRIVATE ${CMAKE_SOURCE_DIR}/cache_store)
+
+# gf-cache verify in a loop beside a daemon that checkpoints often and drops contexts: never
+# a false report of damage (ITERATIONS=10000 sh tests/cache_store_verify_live.sh ... for the
+# long run).
+if(TARGET goldfinchd AND TARGET gf AND TARGET gf-convert)
+  add_test(NAME cache_store_verify_live
+    COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/cache_store_verify_live.sh $<TARGET_FILE:gf-cache>
+            $<TARGET_FILE:goldfinchd> $<TARGET_FILE:gf> $<TARGET_FILE:gf-convert>
+            ${GF_TESTDATA}/tokenizer/rwkv_vocab_v20230424.txt 20)
+  set_tests_properties(cache_store_verify_live PROPERTIES TIMEOUT 120 LABELS cache_store)
+endif()

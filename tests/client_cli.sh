@@ -215,6 +215,15 @@ mkdir -p "$R/a" "$R/b"
 for n in 1 2 3 4 5 6 7 8 9; do head -c $((n * 9001)) "$TMP/book.txt" >"$R/a/f$n.txt"; done
 cp "$TMP/book.txt" "$R/b/book.txt"
 expect 0 "$GF" ingest --name whole "$R"
+# stderr is no terminal here: no bar drawn over itself, and lines at most every 5 s (none in
+# an ingest this short); GOLDFINCH_PROGRESS_SECONDS=0 prints one line per progress message.
+! grep -q "$(printf '\r')" "$TMP/err" && ! grep -q '^gf: ingest' "$TMP/err" ||
+	fail "progress of a short ingest off a terminal: $(cat "$TMP/err")"
+expect 0 env GOLDFINCH_PROGRESS_SECONDS=0 "$GF" ingest --name progress1 "$R"
+grep -q '^gf: ingest [0-9]*%: [0-9]* tokens, 1000 tokens/s, ETA ' "$TMP/err" ||
+	fail "progress lines off a terminal: $(cat "$TMP/err")"
+expect 0 env GOLDFINCH_PROGRESS_SECONDS=off "$GF" ingest --name progress2 "$R"
+! grep -q '^gf: ingest' "$TMP/err" || fail "GOLDFINCH_PROGRESS_SECONDS=off: $(cat "$TMP/err")"
 expect 4 "$GF" ingest --name crash1 "$R"
 grep -q 'checkpoint crash1' "$LOG/events.log" || fail "no checkpoint"
 expect 0 "$GF" --json ingest --name crash1 --resume "$R"

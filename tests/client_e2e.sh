@@ -131,6 +131,11 @@ grep -q "^reused .* key $(echo "$KEY" | cut -c1-12)" "$TMP/run.out" ||
 	fail "gf-run's key for the expected stream is not gf's $KEY: $(cat "$TMP/run.out")"
 expect 0 "$PY" "$PYCLIENT" ingest --name code-py "$P"
 [ "$(json 'j["key"], j["reused"]')" = "('$KEY', True)" ] || fail "Python ingest: $(cat "$TMP/out")"
+# The same codebase under a new name: the stored context keeps its name, and gf says which
+# name to ask with.
+expect 0 $G ingest --name code-again "$P"
+grep -q 'stored already as "code" (#[0-9]*), so the name "code-again" was not kept; ask with: gf ask code QUESTION' "$TMP/err" ||
+	fail "a reused ingest under a new name: $(cat "$TMP/out" "$TMP/err")"
 
 alive "before step 3"
 # 3. The book: as a file (its base name as the path: gf and gf-run alike), and as plain
@@ -243,7 +248,7 @@ wait $pid
 rc=$?
 [ $rc = 5 ] || fail "ingest cancelled from another gf: exit $rc ($(cat "$TMP/piped.err"))"
 grep -q "^gf: job ${N:-x}\$" "$TMP/piped.err" || fail "gf -v ingest printed no job number: $(cat "$TMP/piped.err")"
-grep -q 'CANCELLED: ingest of "piped"' "$TMP/piped.err" || fail "ingest's client: $(cat "$TMP/piped.err")"
+grep -q 'CANCELLED: ingest #[0-9]* cancelled.* at token [0-9]*, byte [0-9]*; finish it with: gf ingest --resume --name piped PATH' "$TMP/piped.err" || fail "ingest's client: $(cat "$TMP/piped.err")"
 expect 3 $G cancel "${N:-0}"
 expect 0 $G --json ingest --name piped --resume - <"$TMP/book.txt"
 [ "$(json 'j["key"], j["sealed"]')" = "('$BKEY', True)" ] || fail "resumed piped ingest: $(cat "$TMP/out")"
@@ -295,7 +300,7 @@ wait $pid 2>/dev/null
 # The daemon notices the disconnect and checkpoints; until then a resume finds the
 # context busy (it still has its writer).
 i=0
-while [ $i -lt 200 ] && ! grep -q 'ingest "big" .*resume it from byte\|done: context #[0-9]* "big"' "$TMP/daemon.log"; do
+while [ $i -lt 200 ] && ! grep -q 'ingest "big" .*gf ingest --resume --name big\|done: context #[0-9]* "big"' "$TMP/daemon.log"; do
 	sleep 0.05
 	i=$((i + 1))
 done

@@ -437,6 +437,8 @@ def case_cancel():
             break
         check(r.id != iid or r.WhichOneof("body") == "progress", "unexpected %s" % r)
     check(r.error.code == pb.ERROR_CANCELLED, "ingest cancel: %s" % r.error)
+    check("gf ingest --resume --name cancel-big" in r.error.message or
+          "before any token" in r.error.message, "resume hint: %s" % r.error.message)
     # Late data for the cancelled ingest is dropped without noise.
     c.request(id=iid, ingest_data=pb.IngestData(text=b"late"))
     c.request(id=iid, ingest_end=pb.IngestEnd())
@@ -997,6 +999,14 @@ def case_auth():
                 c.expect_error("ERROR_UNAUTHENTICATED", id)
                 check(c.recv(10) is None, "open after failed authentication")
             c.close()
+        # A refused login is logged with its reason, not as a plain close.
+        deadline = time.time() + 10
+        while time.time() < deadline and "no auth token" not in d.log_text():
+            time.sleep(0.05)
+        log = d.log_text()
+        check(re.search(r"closed: authentication failed: wrong auth token", log) and
+              re.search(r"closed: authentication failed: no auth token", log),
+              "failed logins in the log: %s" % [l for l in log.splitlines() if "closed" in l])
     finally:
         check(d.stop() == 0, "auth daemon exit")
     d.check_clean_stderr()

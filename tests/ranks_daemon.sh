@@ -64,6 +64,13 @@ ask tree >answer3
 stop || { echo "FAIL: 3 ranks did not stop cleanly; their log:"; cat "$work/three.log"; exit 1; }
 cmp answer1 answer3 || { echo "FAIL: 3 ranks answered differently from 1 process"; exit 1; }
 echo "1 process and 3 ranks give the same answer"
+# Every rank's store finds its copy of the context by the name given on rank 0.
+for r in 0 1 2; do
+	"$B/tools/gf-cache" --dir "$work/three/$r" verify tree >verify.out 2>&1 ||
+		{ cat verify.out; echo "FAIL: gf-cache verify tree in rank $r's store"; exit 1; }
+	grep -q '^ok ' verify.out || { cat verify.out; echo "FAIL: rank $r: $(cat verify.out)"; exit 1; }
+done
+echo "gf-cache verify finds the context by its name in every rank's store"
 
 # A long input, so that the kill lands mid-ingest after a checkpoint or two.
 cat "$src"/daemon/*.c "$src"/model/*.c >big.txt

@@ -17,6 +17,7 @@
  *                         GOLDFINCH_HUGE_PAGES=0 keeps them in the file mapping)
  * A benchmark, not a test: it asserts nothing.
  */
+#include "goldfinch_version.h"
 #include "bench_util.h"
 #include "goldfinch.h"
 
@@ -118,6 +119,9 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+	if (gf_version_asked(argc, argv, "gf-bench"))
+		return 0;
+
 	gf_blas_prefer_avx512(argv);
 	const char *model_path = NULL, *compute_name = NULL;
 	int threads = 1, chunk = 256, tokens = 4096, decode_tokens = 64, context = 256;

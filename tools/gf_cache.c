@@ -12,11 +12,13 @@
  *                                       write/read throughput and compression ratio of c
  *                                       rows from a real forward, against the raw disk
  *
- * ID: a context's name, #serial, or a prefix (>= 4 hex digits) of its key.
+ * ID: a context's name, #serial, or a prefix (>= 4 hex digits) of its key. In the store of an
+ * MPI rank other than 0, the name rank 0's context has finds that rank's copy.
  * ls and verify open the store read-only (they work beside a running daemon); rm and gc
  * take the store's lock. Exit codes: 0 ok, 1 error, 2 usage, 3 corruption found,
  * 4 no such context.
  */
+#include "goldfinch_version.h"
 #include "cache_store.h"
 #include "goldfinch.h"
 
@@ -46,7 +48,8 @@ static void usage(FILE *f)
 		"       gf-cache --dir D gc [--budget BYTES] [--unsealed]\n"
 		"       gf-cache --dir D bench [--model M.gguf] [--tokens N] [--mb MB] [--page P]\n"
 		"                              [--threads T] [--keep]\n"
-		"ID: a context name, #serial, or a prefix (4+ hex digits) of its key.\n"
+		"ID: a context name, #serial, or a prefix (4+ hex digits) of its key; in the\n"
+		"store of MPI rank 1, 2, ..., the name of rank 0's context finds its copy.\n"
 		"Exit codes: 0 ok, 1 error, 2 usage, 3 corruption found, 4 no such context.\n"
 		"GF_CS_IO=sync|io_uring and GF_CS_DIRECT=0|1 pick the I/O path.\n");
 }
@@ -105,7 +108,37 @@ static int open_store(cs_store **s, const char *dir, bool rdonly)
 	return 0;
 }
 
-/* Resolves ID to a serial: exact name, #serial, or a unique key prefix. */
+/* The store of an MPI rank other than 0 names its copy of rank 0's context #S "r0-S:NAME"
+ * (daemon/rank_part.h), NAME cut to what a name holds: finds the copy of the context named id. */
+static int rank_copy(cs_store *s, const char *id, uint64_t *serial)
+{
+	cs_ctx_info *list;
+	size_t n, len = strlen(id);
+	int rc = -ENOENT;
+
+	if (cs_store_list(s, &list, &n, NULL))
+		return -ENOMEM;
+	for (size_t i = 0; i < n && rc; i++) {
+		const char *nm = list[i].name, *p = nm + 3;
+
+		if (strncmp(nm, "r0-", 3) || !isdigit((unsigned char)*p))
+			continue;
+		while (isdigit((unsigned char)*p))
+			p++;
+		if (*p++ != ':')
+			continue;
+		if (!strcmp(p, id) || (strlen(nm) == CS_NAME_MAX - 1 && !strncmp(p, id, strlen(p)) &&
+				       len > strlen(p))) {
+			*serial = list[i].serial;
+			rc = 0;
+		}
+	}
+	free(list);
+	return rc;
+}
+
+/* Resolves ID to a serial: exact name, a rank's copy of that name, #serial, or a unique key
+ * prefix. */
 static int resolve(cs_store *s, const char *id, uint64_t *serial)
 {
 	char err[CS_ERR_LEN] = "", hex[33];
@@ -117,6 +150,8 @@ static int resolve(cs_store *s, const char *id, uint64_t *serial)
 		*serial = info.serial;
 		return 0;
 	}
+	if (id[0] != '#' && rank_copy(s, id, serial) == 0)
+		return 0;
 	if (id[0] == '#') {
 		char *end;
 		unsigned long long v = strtoull(id + 1, &end, 10);
@@ -204,24 +239,72 @@ static int cmd_ls(const char *dir)
 
 /* ---- verify ---- */
 
-static int verify_one(cs_store *s, const cs_ctx_info *x)
+/* Whether a context's manifest entry moved on: any commit changes its last use. */
+static bool ctx_changed(const cs_ctx_info *a, const cs_ctx_info *b)
+{
+	return a->n_tokens != b->n_tokens || a->sealed != b->sealed ||
+	       a->disk_bytes != b->disk_bytes || a->blob_len != b->blob_len ||
+	       a->last_use_ns != b->last_use_ns || memcmp(&a->key, &b->key, sizeof(a->key));
+}
+
+/* A daemon may commit beside a read-only open: it replaces the blob file and deletes the
+ * old one, or removes a whole context, after this process read the manifest. A missing file
+ * is therefore damage only if the manifest still names it once read again unchanged; a
+ * context gone from it was removed, and one that moved on is checked again as it is now. */
+#define VERIFY_RETRIES 32
+
+static int verify_one(cs_store **s, const char *dir, const cs_ctx_info *listed)
 {
 	char err[CS_ERR_LEN] = "", hex[33], size[32];
+	cs_ctx_info x = *listed, now;
 	cs_verify_report rep;
-	int rc = cs_store_verify(s, x->serial, &rep, err);
+	int rc;
 
-	cs_key_hex(x->key, hex);
+	/* the entry this store holds (an earlier context's retry may have opened it again) */
+	if (cs_store_info(*s, listed->serial, &x, err))
+		x = *listed;
+	for (int tries = 0;; tries++) {
+		rc = cs_store_verify(*s, x.serial, &rep, err);
+		if (rc != -EBADMSG || !rep.missing_files)
+			break;
+		cs_store_close(*s);
+		*s = NULL;
+		rc = open_store(s, dir, true);
+		if (rc)
+			return rc;
+		if (cs_store_info(*s, x.serial, &now, NULL)) {
+			rc = -ENOENT;
+			break;
+		}
+		if (!ctx_changed(&x, &now)) {
+			rc = -EBADMSG;   /* missing from a manifest that stayed the same */
+			break;
+		}
+		if (tries == VERIFY_RETRIES) {
+			cs_key_hex(x.key, hex);
+			printf("ERROR   %.12s (#%" PRIu64 "): changed %d times while being checked, "
+			       "try again\n", hex, x.serial, tries + 1);
+			return EX_ERR;
+		}
+		x = now;
+	}
+	cs_key_hex(x.key, hex);
 	human(size, sizeof(size), (double)rep.bytes);
 	if (rc == -EBADMSG) {
 		printf("CORRUPT %.12s (#%" PRIu64 "): %" PRIu64 " of %" PRIu64 " records bad: %s\n",
-		       hex, x->serial, rep.bad_records, rep.records, err);
+		       hex, x.serial, rep.bad_records, rep.records, err);
 		return EX_CORRUPT;
 	}
+	if (rc == -ENOENT) {
+		/* dropped between the list and the check */
+		printf("gone    %.12s (#%" PRIu64 "): removed while being checked\n", hex, x.serial);
+		return EX_OK;
+	}
 	if (rc) {
-		printf("ERROR   %.12s (#%" PRIu64 "): %s\n", hex, x->serial, err);
+		printf("ERROR   %.12s (#%" PRIu64 "): %s\n", hex, x.serial, err);
 		return EX_ERR;
 	}
-	printf("ok      %.12s (#%" PRIu64 "): %" PRIu64 " records, %s\n", hex, x->serial, rep.records,
+	printf("ok      %.12s (#%" PRIu64 "): %" PRIu64 " records, %s\n", hex, x.serial, rep.records,
 	       size);
 	return EX_OK;
 }
@@ -248,13 +331,13 @@ static int cmd_verify(const char *dir, const char *id)
 		rc = resolve(s, id, &serial);
 		for (size_t i = 0; !rc && i < n; i++)
 			if (list[i].serial == serial)
-				worst = verify_one(s, &list[i]);
+				worst = verify_one(&s, dir, &list[i]);
 		bad = worst != EX_OK;
 		if (rc)
 			worst = rc;
 	} else {
-		for (size_t i = 0; i < n; i++) {
-			rc = verify_one(s, &list[i]);
+		for (size_t i = 0; i < n && s; i++) {
+			rc = verify_one(&s, dir, &list[i]);
 			bad += rc != EX_OK;
 			if (rc == EX_CORRUPT || (rc && worst == EX_OK))
 				worst = rc;
@@ -262,7 +345,8 @@ static int cmd_verify(const char *dir, const char *id)
 		printf("%zu context(s) checked, %zu with problems\n", n, bad);
 	}
 	free(list);
-	cs_store_close(s);
+	if (s)
+		cs_store_close(s);
 	return worst;
 }
 
@@ -818,6 +902,9 @@ int main(int argc, char **argv)
 	const char *dir = NULL, *cmd = NULL, *arg = NULL, *model = NULL, *budget = NULL;
 	long tokens = 2048, mb = 512, page = 1024, threads = 2;
 	bool unsealed = false, keep = false;
+
+	if (gf_version_asked(argc, argv, "gf-cache"))
+		return 0;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];

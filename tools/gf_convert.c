@@ -7,6 +7,7 @@
  * (xxh64 of all tensor bytes as written). Tensors are produced one at a time by the
  * streaming GGUF writer: a multi-GB model never sits in memory whole.
  */
+#include "goldfinch_version.h"
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -608,6 +609,9 @@ int main(int argc, char **argv)
 	unsigned long long seed = 0;
 	bool random = false, bytes = false;
 	int n_pos = 0, dtype;
+
+	if (gf_version_asked(argc, argv, "gf-convert"))
+		return 0;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];

@@ -30,6 +30,7 @@
  * Ratios that matter are measured within one run, so that a busy shared machine slows both
  * sides of each ratio alike. A benchmark, not a test: it asserts nothing.
  */
+#include "goldfinch_version.h"
 #include "bench_util.h"
 #include "engine.h"
 
@@ -1231,6 +1232,9 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+	if (gf_version_asked(argc, argv, "gf-engine-bench"))
+		return 0;
+
 	gf_blas_prefer_avx512(argv);
 	struct opts o = {
 		.tokens = 0, .small = 10000, .large = 1000000, .seed = 42, .threads = 2,

@@ -10,6 +10,7 @@
  * --loss prints the mean cross-entropy of each next token under the logits before it, in
  * bits per token (bits per byte for a byte-level model), on one line.
  */
+#include "goldfinch_version.h"
 #include "goldfinch.h"
 
 #include <errno.h>
@@ -93,6 +94,9 @@ static void print_loss(const float *logits, size_t V, const int32_t *next, int64
 
 int main(int argc, char **argv)
 {
+	if (gf_version_asked(argc, argv, "gf-eval"))
+		return 0;
+
 	gf_blas_prefer_avx512(argv);
 	const char *model_path = NULL, *tokens_path = NULL, *logits_path = NULL, *cache_path = NULL;
 	long prefill = -1;

@@ -31,6 +31,7 @@
  * Exit codes: 0 when at least M trials pass (M defaults to 0: a benchmark), 1 when fewer
  * do or on a runtime error, 2 for bad usage. Errors are one line on stderr.
  */
+#include "goldfinch_version.h"
 #include "cache_store.h"
 #include "engine.h"
 #include "goldfinch.h"
@@ -312,6 +313,9 @@ int main(int argc, char **argv)
 	struct trial *tr = NULL;
 	gfe_engine *e = NULL;
 	int rc = EX_FAIL;
+
+	if (gf_version_asked(argc, argv, "gf-passkey"))
+		return 0;
 
 	gf_blas_prefer_avx512(argv);
 	for (int i = 1; i < argc; i++) {

@@ -13,6 +13,7 @@
  * where the CPU has counters, the clock it ran at and its instructions per cycle (a rank
  * that is slower than one process on the same blocks: a lower clock, or less done per cycle).
  */
+#include "goldfinch_version.h"
 #include "bench_util.h"
 #include "ranks.h"
 #include "server_backend_mpi.h"
@@ -48,12 +49,16 @@ static void print_counters(bench_counters *bc, int rank)
 
 int main(int argc, char **argv)
 {
+	if (gf_version_asked(argc, argv, "gf-ranks-bench"))
+		return 0;
+
 	char err[GF_ERR_LEN] = "";
-	if (argc < 3 || argv[1][0] == '-') {
-		fprintf(stderr, "usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T] [--chunk C] [--plan-workload I:D:C] [--seed S] [--compute f32|bf16|auto]\n"
+	const bool help = argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
+	if (help || argc < 3 || argv[1][0] == '-') {
+		fprintf(help ? stdout : stderr, "usage: [mpirun -n P] gf-ranks-bench MODEL.gguf CACHE_DIR [--tokens N] [--threads T] [--chunk C] [--plan-workload I:D:C] [--seed S] [--compute f32|bf16|auto]\n"
 				"  --compute: f32 (exact) or bf16 (AVX512-BF16 CPUs, faster ingest); default %s\n",
 			gf_compute_name(gf_compute_default()));
-		return 2;
+		return help ? 0 : 2;
 	}
 	gfd_local_config lc = { .model_path = argv[1], .cache_dir = argv[2],
 				.c_dtype = CS_DTYPE_F16, .threads = 1, .compute_set = true,

@@ -31,6 +31,7 @@
  * Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 context not found. Every error is one
  * line on stderr.
  */
+#include "goldfinch_version.h"
 #include "cache_store.h"
 #include "engine.h"
 #include "gfclient.h"
@@ -1153,6 +1154,9 @@ int main(int argc, char **argv)
 {
 	struct opts o;
 	int rc;
+
+	if (gf_version_asked(argc, argv, "gf-run"))
+		return 0;
 
 	gf_blas_prefer_avx512(argv);
 	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)

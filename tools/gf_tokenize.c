@@ -4,6 +4,7 @@
  *   gf-tokenize --vocab rwkv_vocab_v20230424.txt < text      # ids, space separated
  *   gf-tokenize --model model.gguf --decode < ids            # raw bytes
  */
+#include "goldfinch_version.h"
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -199,6 +200,9 @@ static int decode(const gf_tokenizer *tk)
 
 int main(int argc, char **argv)
 {
+	if (gf_version_asked(argc, argv, "gf-tokenize"))
+		return 0;
+
 	static const struct option opts[] = {
 		{ "vocab", required_argument, NULL, 'v' },
 		{ "model", required_argument, NULL, 'm' },
