@@ -22,7 +22,9 @@ trap cleanup EXIT
 # rank_pid N: the pid of rank N of the running job.
 rank_pid() {
 	for p in $(pgrep -f "goldfinchd --model $work/m.gguf"); do
-		if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+		# grep -z reads the NUL-separated entries itself: no pipe, whose writer pipefail
+		# would count as failed when grep -q exits at the match before it is done.
+		if grep -qxz "OMPI_COMM_WORLD_RANK=$1" "/proc/$p/environ" 2>/dev/null; then
 			echo "$p"; return 0
 		fi
 	done
@@ -108,6 +110,7 @@ if ! "$B/client/gf" ingest --name big --resume big.txt >resume.out 2>&1; then
 	"$B/client/gf" drop big
 	"$B/client/gf" ingest --name big big.txt
 fi
-"$B/client/gf" contexts | grep -q '^#2 .*big .* yes ' || { echo "FAIL: the resumed ingest did not seal"; exit 1; }
-stop
+"$B/client/gf" contexts >contexts2.out
+grep -q '^#2 .*big .* yes ' contexts2.out || { echo "FAIL: the resumed ingest did not seal"; exit 1; }
+stop || { echo "FAIL: 2 ranks did not stop cleanly after the restart; their log:"; cat "$work/kill.log"; exit 1; }
 echo "after the restart: the sealed context answers as before; the interrupted ingest resumed and sealed"
