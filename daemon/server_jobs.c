@@ -108,6 +108,21 @@ int gfd_post_error(gfd_server *s, uint64_t conn_id, uint64_t req_id,
 	return 0;
 }
 
+int gfd_adopt(gfd_server *s, int fd, const char *peer)
+{
+	struct gfd_event *ev = calloc(1, sizeof(*ev) + sizeof(struct gfd_adopt));
+	if (!ev) {
+		close(fd);
+		return -ENOMEM;
+	}
+	struct gfd_adopt *a = (struct gfd_adopt *)(void *)ev->data;
+	ev->kind = GFD_EV_ADOPT;
+	a->fd = fd;
+	snprintf(a->peer, sizeof(a->peer), "%s", peer);
+	gfd_post(s, ev);
+	return 0;
+}
+
 /* A job's last response goes out after the job has let go of its context, so that a
  * client may drop the context as soon as it has the answer. */
 static void post_final(gfd_server *s, struct gfd_event *ev)

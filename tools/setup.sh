@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 PACKAGES="build-essential cmake pkg-config python3 libopenblas-dev libopenmpi-dev openmpi-bin
  liburing-dev liblz4-dev libxxhash-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev
- libmicrohttpd-dev python3-protobuf protobuf-compiler"
+ libmicrohttpd-dev python3-protobuf protobuf-compiler libarchive-dev curl"
 missing=""
 for p in $PACKAGES; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
