@@ -37,6 +37,9 @@
 #define GFD_MAX_STOP 16          /* stop strings per Generate */
 #define GFD_MAX_STOP_BYTES 256   /* bytes per stop string */
 #define GFD_MAX_GEN_TOKENS (1u << 20)
+/* With return_progress, a prompt runs in slices of about this many tokens (whole engine
+ * chunks), a PromptProgress after each. */
+#define GFD_PROGRESS_SLICE_TOKENS 1024
 #define GFD_DEFAULT_GEN_TOKENS 256
 
 /* ---- options -------------------------------------------------------------------------- */
@@ -180,7 +183,9 @@ typedef struct gfd_job {
 	bool resume;
 	uint64_t total_bytes;
 	/* Generate. */
-	char *context;
+	char *context;           /* "" with no_context */
+	bool no_context;         /* the prompt alone, from the model's initial state (1.3) */
+	bool return_progress;    /* PromptProgress while the prompt runs (1.3) */
 	char *prompt;
 	size_t prompt_len;
 	gf_sampling sp;

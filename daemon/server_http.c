@@ -815,6 +815,13 @@ static int parse_gen(const cJSON *root, bool chat, struct gen_req *r, char *err)
 		return -EINVAL;
 	}
 	r->stream = cJSON_IsTrue(st);
+	/* llama-server's prompt progress: events while a long prompt runs, when streamed. */
+	const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "return_progress");
+	if (rp && !cJSON_IsNull(rp) && !cJSON_IsBool(rp)) {
+		snprintf(err, GF_ERR_LEN, "\"return_progress\" must be true or false");
+		return -EINVAL;
+	}
+	g->has_return_progress = g->return_progress = r->stream && cJSON_IsTrue(rp);
 	/* max_tokens, its newer name, or llama-server's n_predict (-1: as many as allowed). */
 	static const char *const max_names[] = { "max_tokens", "max_completion_tokens", "n_predict" };
 	for (size_t i = 0; i < 3; i++) {
@@ -1009,6 +1016,17 @@ static int stream_response(struct hreq *q, const proto_response *r)
 		rc = sse(q, chunk(q, t.p, NULL));
 		buf_free(&t);
 		return rc;
+	case GOLDFINCH__V1__RESPONSE__BODY_PROMPT_PROGRESS: {
+		const Goldfinch__V1__PromptProgress *p = r->prompt_progress;
+		set_id(q, p->has_job ? p->job : 0);
+		cJSON *ev = chunk(q, NULL, NULL);
+		cJSON *pp = cJSON_AddObjectToObject(ev, "prompt_progress");
+		cJSON_AddNumberToObject(pp, "total", (double)p->total);
+		cJSON_AddNumberToObject(pp, "cache", (double)p->cache);
+		cJSON_AddNumberToObject(pp, "processed", (double)p->processed);
+		cJSON_AddNumberToObject(pp, "time_ms", p->time_ms);
+		return sse(q, ev);
+	}
 	case GOLDFINCH__V1__RESPONSE__BODY_DONE: {
 		set_id(q, 0);
 		cJSON *last = chunk(q, NULL, finish_word(r->done->reason));
@@ -1098,11 +1116,6 @@ static enum MHD_Result answer_generate(struct hreq *q)
 				  model->valuestring, q->h->model_id, q->h->model_id);
 		goto out;
 	}
-	if (!ctx) {
-		ret = reply_error(q->mc, 400, NULL, "\"model\": name a context, %s@CONTEXT: this model answers questions about a stored context (GET /v1/models)",
-				  q->h->model_id);
-		goto out;
-	}
 	if (!(q->model = strdup(model->valuestring))) {
 		ret = MHD_NO;
 		goto out;
@@ -1113,7 +1126,9 @@ static enum MHD_Result answer_generate(struct hreq *q)
 		ret = reply_error(q->mc, st, NULL, "%s", q->err_msg);
 		goto out;
 	}
-	g.g.context = (char *)ctx;
+	/* The plain model id answers the prompt alone, from the model's initial state. */
+	g.g.context = (char *)(ctx ? ctx : "");
+	g.g.has_no_context = g.g.no_context = !ctx;
 	proto_request m = GOLDFINCH__V1__REQUEST__INIT;
 	m.body_case = GOLDFINCH__V1__REQUEST__BODY_GENERATE;
 	m.generate = &g.g;

@@ -862,6 +862,54 @@ static int emit_end(struct gen_out *g, gf_decoder *dec)
 	return 0;
 }
 
+static void post_prompt_progress(gfd_server *s, gfd_job *j, uint64_t total, uint64_t cache,
+				 uint64_t processed, int64_t t0)
+{
+	Goldfinch__V1__PromptProgress p = GOLDFINCH__V1__PROMPT_PROGRESS__INIT;
+	p.has_total = p.has_cache = p.has_processed = p.has_time_ms = p.has_job = true;
+	p.total = total;
+	p.cache = cache;
+	p.processed = processed;
+	p.time_ms = gfd_ms_since(t0);
+	p.job = j->number;
+	proto_response resp = GOLDFINCH__V1__RESPONSE__INIT;
+	resp.id = j->req_id;
+	resp.body_case = GOLDFINCH__V1__RESPONSE__BODY_PROMPT_PROGRESS;
+	resp.prompt_progress = &p;
+	gfd_post_response(s, j->conn_id, &resp);
+}
+
+/* The prompt: one prefill, or with return_progress (where the backend can feed) slices of
+ * whole chunks with a PromptProgress after each, which leaves the answer's bits as they are
+ * (gfe_session_feed). A cancel between slices sets *why and stops with 0 (the caller's loop
+ * then ends the generation as cancelled). */
+static int run_prompt(gfd_server *s, gfd_job *j, gfd_session *sess, const int32_t *ids, size_t n,
+		      uint64_t base, float *logits, int64_t t0, int *why, char *err)
+{
+	const gfd_backend_ops *ops = s->be.ops;
+	size_t done = 0;
+	int rc;
+	if (!j->return_progress)
+		return ops->session_prefill(sess, ids, n, logits, err);
+	post_prompt_progress(s, j, base + n, base, base, t0);
+	if (ops->session_feed && ops->session_chunk) {
+		const size_t ch = (size_t)ops->session_chunk(sess);
+		const size_t slice = ch * (GFD_PROGRESS_SLICE_TOKENS > ch ? GFD_PROGRESS_SLICE_TOKENS / ch : 1);
+		while (n - done > slice) {
+			if ((*why = atomic_load(&j->cancel)))
+				return 0;
+			if ((rc = ops->session_feed(sess, ids + done, slice, err)))
+				return rc;
+			done += slice;
+			post_prompt_progress(s, j, base + n, base, base + done, t0);
+		}
+	}
+	if ((rc = ops->session_prefill(sess, ids + done, n - done, logits, err)))
+		return rc;
+	post_prompt_progress(s, j, base + n, base, base + n, t0);
+	return 0;
+}
+
 static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 {
 	const gfd_backend_ops *ops = s->be.ops;
@@ -886,7 +934,12 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 	bool by_stop_string = false;
 	const int64_t t0 = gfd_now_ns();
 
-	if ((rc = gfd_resolve_context(s, j->context, &info, err))) {
+	memset(&info, 0, sizeof(info));
+	if (j->no_context) {
+		info.serial = GFD_NO_CONTEXT;
+		info.dtype = s->info.c_dtype;
+		info.sealed = true;
+	} else if ((rc = gfd_resolve_context(s, j->context, &info, err))) {
 		code = gfd_errno_code(rc);
 		goto fail;
 	}
@@ -928,12 +981,16 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 		goto fail;
 	}
 	base = ops->session_base_tokens(sess);
-	gfd_logf(s->log, "job %" PRIu64 " started: generate on #%" PRIu64 " \"%s\" (%" PRIu64
-		 " tokens), prompt %zu tokens, max %u, peer %s", j->number, info.serial, info.name,
-		 base, n_ids, j->max_tokens, j->peer);
+	if (j->no_context)
+		gfd_logf(s->log, "job %" PRIu64 " started: generate without a context, prompt %zu tokens, max %u, peer %s",
+			 j->number, n_ids, j->max_tokens, j->peer);
+	else
+		gfd_logf(s->log, "job %" PRIu64 " started: generate on #%" PRIu64 " \"%s\" (%" PRIu64
+			 " tokens), prompt %zu tokens, max %u, peer %s", j->number, info.serial, info.name,
+			 base, n_ids, j->max_tokens, j->peer);
 	/* The penalties count the answer only, as gf-run ask does: same flags, same tokens. */
 	int64_t tp = gfd_now_ns();
-	if ((rc = ops->session_prefill(sess, ids, n_ids, logits, err))) {
+	if ((rc = run_prompt(s, j, sess, ids, n_ids, base, logits, tp, &why, err))) {
 		code = gfd_errno_code(rc);
 		goto fail;
 	}

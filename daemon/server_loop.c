@@ -840,8 +840,14 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 	char err[GF_ERR_LEN];
 	gf_sampling sp;
 	const Goldfinch__V1__ErrorCode bad = GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST;
-	if (!m->context || !m->context[0]) {
-		conn_error(s, c, id, bad, "Generate needs a context: a name, #serial or key prefix");
+	if (m->has_no_context && m->no_context) {
+		if (m->context && m->context[0]) {
+			conn_error(s, c, id, bad, "Generate with no_context names no context (\"%.100s\" given)",
+				   m->context);
+			return;
+		}
+	} else if (!m->context || !m->context[0]) {
+		conn_error(s, c, id, bad, "Generate needs a context: a name, #serial or key prefix (or no_context)");
 		return;
 	}
 	if (has_control(m->context)) {
@@ -897,7 +903,9 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 	gfd_job *j = job_new(s, c, id, GFD_JOB_GENERATE);
 	bool oom = !j;
 	if (j) {
-		j->context = strdup(m->context);
+		j->context = strdup(m->context ? m->context : "");
+		j->no_context = m->has_no_context && m->no_context;
+		j->return_progress = m->has_return_progress && m->return_progress;
 		j->prompt_len = strlen(m->prompt);
 		j->prompt = strdup(m->prompt);
 		j->sp = sp;
@@ -917,7 +925,10 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 		return;
 	}
 	char what[200];
-	snprintf(what, sizeof(what), "generate on \"%.100s\", max %u tokens", m->context, max_tokens);
+	if (j->no_context)
+		snprintf(what, sizeof(what), "generate without a context, max %u tokens", max_tokens);
+	else
+		snprintf(what, sizeof(what), "generate on \"%.100s\", max %u tokens", m->context, max_tokens);
 	job_accept(s, c, j, what);
 }
 

@@ -338,7 +338,7 @@ def case_status_memory():
     st = state()
     c = Conn("unix:" + st["sock"])
     h = c.hello_ok()
-    check(h.minor == 2, "server minor %d" % h.minor)
+    check(h.minor == 3, "server minor %d" % h.minor)
     m = h.model
     check(m.compute in ("f32", "bf16"), "ModelInfo.compute %r" % m.compute)
     check(m.kernels in ("avx512", "avx2", "scalar"), "ModelInfo.kernels %r" % m.kernels)
@@ -364,7 +364,7 @@ def case_status_memory():
     check(old.status.contexts == s.contexts and old.status.rss_bytes == s.rss_bytes
           and not hasattr(old.status, "tier_budget_bytes"), "1.1 view of StatusReply: %s" % old)
     old = Old.FromString(pb.Response(id=6, hello=h).SerializeToString())
-    check(old.hello.model.n_layer == 3 and old.hello.minor == 2, "1.1 view of HelloReply: %s" % old)
+    check(old.hello.model.n_layer == 3 and old.hello.minor == 3, "1.1 view of HelloReply: %s" % old)
     c.close()
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """goldfinchd --http end to end, with Python's standard library and curl as clients.
 
-Usage: http_test.py CASE   (routes, auth, limits, ask_equal, tar_ingest, clients64)
-Environment: GOLDFINCHD, GF (the gf client), MODEL (models/goldfinch-byte.gguf), WORK.
+Usage: http_test.py CASE   (routes, auth, limits, ask_equal, tar_ingest, clients64,
+                            no_context, progress)
+Environment: GOLDFINCHD, GF (the gf client), GF_RUN (gf-run, the engine in one process),
+MODEL (models/goldfinch-byte.gguf), WORK.
 Each case starts its own daemon on a Unix socket (for gf) and a free HTTP port. Exit 0
 pass, 1 fail, 77 skip.
 """
@@ -20,6 +22,7 @@ import time
 
 GOLDFINCHD = os.environ.get("GOLDFINCHD", "")
 GF = os.environ.get("GF", "")
+GF_RUN = os.environ.get("GF_RUN", "")
 MODEL = os.environ.get("MODEL", "")
 WORK = os.environ.get("WORK", "/tmp/gf_http_test")
 MODEL_ID = "goldfinch-byte"
@@ -359,6 +362,76 @@ def case_ask_equal():
     d.stop()
 
 
+def gf_run_no_context(d, question, *args):
+    """The answer of the engine in one process, without a context (gf-run ask --no-context)."""
+    r = subprocess.run([GF_RUN, "--model", MODEL, "--cache-dir", os.path.join(d.dir, "run_cache"),
+                        "--threads", "1", "ask", "--no-context", question] + list(args),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    check(r.returncode == 0, "gf-run ask --no-context: exit %d: %s" % (r.returncode, r.stderr.decode()))
+    return r.stdout
+
+
+def case_no_context():
+    """The plain model id answers the prompt alone: gf-run ask --no-context's bytes."""
+    d = Daemon("nocontext")
+    prompt = TEXT.decode() + QUESTION
+    want = gf_run_no_context(d, prompt, "--temperature", "0", "--max-tokens", "16")
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0, "max_tokens": 16}
+    st, o = d.json("POST", "/v1/chat/completions", body)
+    check(st == 200, "plain model: %d %r" % (st, o))
+    got = o["choices"][0]["message"]["content"]
+    check(got == want.decode("utf-8", "replace"), "no context %r != gf-run %r" % (got, want))
+    check("71432" in got, "the byte model reads the pass key in the prompt: %r" % got)
+    u = o["usage"]
+    check(u["prompt_tokens_details"]["cached_tokens"] == 0 and u["prompt_tokens"] == len(prompt),
+          "usage without a context %r" % u)
+    check(o["timings"]["cache_n"] == 0 and o["model"] == MODEL_ID, "timings %r" % o["timings"])
+    chunks = stream(d, "/v1/chat/completions", dict(body, stream=True))
+    check("".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == got, "streamed")
+    st, o = d.json("POST", "/v1/completions", {"model": MODEL_ID, "prompt": "Once", "temperature": 0.7,
+                                                "seed": 3, "max_tokens": 12})
+    want = gf_run_no_context(d, "Once", "--temperature", "0.7", "--seed", "3", "--max-tokens", "12")
+    check(st == 200 and o["choices"][0]["text"] == want.decode("utf-8", "replace"), "seeded %r" % o)
+    # Nothing was stored for them.
+    st, o = d.json("GET", "/v1/contexts")
+    check(o["data"] == [], "contexts after answers without one %r" % o)
+    d.stop()
+
+
+def case_progress():
+    """return_progress: prompt_progress events between slices of a long prompt, the answer's
+    bytes unchanged; on a context, cache counts its tokens."""
+    d = Daemon("progress")
+    ingest_text(d, "book", TEXT)
+    long_q = ("Some filler to make the prompt long. " * 150) + QUESTION
+    for model, cache in ((MODEL_ID, 0), (MODEL_ID + "@book", len(TEXT))):
+        body = {"model": model, "messages": [{"role": "user", "content": long_q}],
+                "temperature": 0, "max_tokens": 12, "stream": True}
+        plain = stream(d, "/v1/chat/completions", body)
+        check(not any("prompt_progress" in ch for ch in plain), "progress sent unasked")
+        chunks = stream(d, "/v1/chat/completions", dict(body, return_progress=True))
+        prog = [ch["prompt_progress"] for ch in chunks if "prompt_progress" in ch]
+        total = cache + len(long_q)
+        check(len(prog) >= 4, "%s: %d progress events for %d tokens" % (model, len(prog), len(long_q)))
+        check(all(p["total"] == total and p["cache"] == cache for p in prog), "totals %r" % prog)
+        done = [p["processed"] for p in prog]
+        check(done[0] == cache and done[-1] == total and done == sorted(done) and len(set(done)) == len(done),
+              "processed %r" % done)
+        times = [p["time_ms"] for p in prog]
+        check(times == sorted(times), "time_ms %r" % times)
+        first_text = next(i for i, ch in enumerate(chunks) if ch["choices"] and ch["choices"][0]["delta"].get("content"))
+        check(all("prompt_progress" not in ch for ch in chunks[first_text:]), "progress after the answer began")
+        text = lambda cs: "".join(ch["choices"][0]["delta"].get("content", "") for ch in cs if ch["choices"])
+        check(text(chunks) == text(plain), "%s: answer with progress %r != %r" % (model, text(chunks), text(plain)))
+        st, o = d.json("POST", "/v1/chat/completions", dict(body, stream=False, return_progress=True))
+        check(st == 200 and o["choices"][0]["message"]["content"] == text(plain), "not streamed: ignored")
+    st, o = d.json("POST", "/v1/chat/completions", {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}],
+                                                    "stream": True, "return_progress": "yes"})
+    check(st == 400, "return_progress not a boolean: %d" % st)
+    d.stop()
+
+
 def case_tar_ingest():
     d = Daemon("tar")
     src = os.path.join(d.dir, "src")
@@ -484,7 +557,8 @@ def case_clients64():
 
 
 CASES = {"routes": case_routes, "auth": case_auth, "limits": case_limits, "ask_equal": case_ask_equal,
-         "tar_ingest": case_tar_ingest, "clients64": case_clients64}
+         "tar_ingest": case_tar_ingest, "clients64": case_clients64, "no_context": case_no_context,
+         "progress": case_progress}
 
 
 def main():
