@@ -38,6 +38,10 @@
 #define HTTP_IDLE_S 60              /* a keep-alive connection idle this long is closed */
 #define MAX_PROMPT_PARTS 4096
 
+/* The page of GET / (daemon/web/index.html, embedded at build time by web/embed.cmake). */
+extern const unsigned char gfd_web_index[];
+extern const size_t gfd_web_index_len;
+
 struct gfd_http {
 	struct MHD_Daemon *d;
 	gfd_log *log;
@@ -135,6 +139,7 @@ static int utf8_clean(struct buf *out, const uint8_t *s, size_t n)
 
 enum route {
 	R_NONE = 0,
+	R_INDEX,
 	R_HEALTH,
 	R_METRICS,
 	R_MODELS,
@@ -1566,6 +1571,7 @@ static enum route route_of(const char *method, const char *url, unsigned *status
 		enum route r;
 		const char *allow;
 	} routes[] = {
+		{ "/", false, "GET", R_INDEX, "GET" },
 		{ "/health", false, "GET", R_HEALTH, "GET" },
 		{ "/metrics", false, "GET", R_METRICS, "GET" },
 		{ "/v1/models", false, "GET", R_MODELS, "GET" },
@@ -1618,6 +1624,24 @@ static enum MHD_Result answer_health(gfd_http *h, struct MHD_Connection *mc)
 	return reply_json(mc, up ? 200 : 503, o);
 }
 
+static enum MHD_Result answer_index(struct MHD_Connection *mc)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(gfd_web_index_len, (void *)gfd_web_index,
+								 MHD_RESPMEM_PERSISTENT);
+	if (!r)
+		return MHD_NO;
+	MHD_add_response_header(r, "Content-Type", "text/html; charset=utf-8");
+	/* Its inline script and style, and requests to this server only. */
+	MHD_add_response_header(r, "Content-Security-Policy",
+				"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+				"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+	MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+	MHD_add_response_header(r, "Cache-Control", "no-cache");
+	enum MHD_Result ret = MHD_queue_response(mc, 200, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
 static bool query_true(struct MHD_Connection *mc, const char *key)
 {
 	const char *v = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, key);
@@ -1637,7 +1661,8 @@ static enum MHD_Result on_headers(gfd_http *h, struct hreq *q, const char *metho
 			    method, url);
 		return MHD_YES;
 	}
-	if (q->route == R_HEALTH)
+	/* The page holds nothing secret: the browser must load it before it can send a token. */
+	if (q->route == R_HEALTH || q->route == R_INDEX)
 		return MHD_YES;
 	pthread_mutex_lock(&h->mu);
 	q->s = h->srv;
@@ -1744,6 +1769,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 					q->err_status == 405 ? q->allow : NULL);
 	}
 	switch (q->route) {
+	case R_INDEX:
+		return answer_index(mc);
 	case R_HEALTH:
 		return answer_health(h, mc);
 	case R_METRICS: {

@@ -2,9 +2,11 @@
 """goldfinchd --http end to end, with Python's standard library and curl as clients.
 
 Usage: http_test.py CASE   (routes, auth, limits, ask_equal, tar_ingest, clients64,
-                            no_context, progress)
+                            no_context, progress, web_page, browser, openai_sdk)
 Environment: GOLDFINCHD, GF (the gf client), GF_RUN (gf-run, the engine in one process),
-MODEL (models/goldfinch-byte.gguf), WORK.
+MODEL (models/goldfinch-byte.gguf), WORK; for browser and openai_sdk NODE_DIR (where npm
+installs puppeteer-core and openai, in the build tree) and CHROMIUM (/usr/bin/chromium).
+browser and openai_sdk skip (77) when node, npm or (browser) Chromium are absent.
 Each case starts its own daemon on a Unix socket (for gf) and a free HTTP port. Exit 0
 pass, 1 fail, 77 skip.
 """
@@ -31,7 +33,18 @@ TEXT = (b"GoldFinch keeps a compressed cache of a long text and answers question
 QUESTION = "\nWhat is the pass key? The pass key is "
 
 
+NODE_DIR = os.environ.get("NODE_DIR", os.path.join(WORK, "node"))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# What the Node tests use, installed into the build tree at test time (never committed).
+NODE_PACKAGES = ["puppeteer-core@24", "openai@6"]
+
+
 class Fail(Exception):
+    pass
+
+
+class Skip(Exception):
     pass
 
 
@@ -66,6 +79,7 @@ class Daemon:
             with open(tf, "w") as f:
                 f.write(token + "\n")
             args += ["--auth-token-file", tf]
+            self.env["GOLDFINCH_TOKEN_FILE"] = tf
         self.p = subprocess.Popen(args, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -432,6 +446,112 @@ def case_progress():
     d.stop()
 
 
+def node_ready(browser):
+    """node and the npm packages, installed once into NODE_DIR (a lock keeps parallel cases
+    from installing at once); Skip when node, npm or Chromium are absent."""
+    import fcntl
+    for tool in ("node", "npm"):
+        if not shutil.which(tool):
+            raise Skip("no %s (Debian: apt-get install nodejs npm)" % tool)
+    if browser and not os.access(CHROMIUM, os.X_OK):
+        raise Skip("no Chromium at %s (Debian: apt-get install chromium)" % CHROMIUM)
+    os.makedirs(NODE_DIR, exist_ok=True)
+    with open(os.path.join(NODE_DIR, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        have = all(os.path.exists(os.path.join(NODE_DIR, "node_modules", p.rsplit("@", 1)[0], "package.json"))
+                   for p in NODE_PACKAGES)
+        if not have:
+            r = subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", NODE_DIR]
+                               + NODE_PACKAGES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                               env=dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1"))
+            check(r.returncode == 0, "npm install %s: %s" % (" ".join(NODE_PACKAGES), r.stdout.decode()[-2000:]))
+
+
+def run_node(script, env):
+    r = subprocess.run(["node", os.path.join(TESTS, script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=180, env=dict(os.environ, NODE_PATH=os.path.join(NODE_DIR, "node_modules"), **env))
+    check(r.returncode == 0, "%s: exit %d: %s" % (script, r.returncode, r.stderr.decode()[-3000:]))
+    return json.loads(r.stdout.decode().strip().splitlines()[-1])
+
+
+def case_web_page():
+    """GET / is the embedded page, without a token, with a strict content policy."""
+    d = Daemon("web", token="page-token")
+    st, h, data = d.request("GET", "/", token="")
+    check(st == 200 and h["Content-Type"].startswith("text/html"), "GET /: %d %r" % (st, h))
+    with open(os.path.join(TESTS, "..", "daemon", "web", "index.html"), "rb") as f:
+        check(data == f.read(), "GET / is not daemon/web/index.html byte for byte")
+    check("default-src 'none'" in h.get("Content-Security-Policy", ""), "content policy %r" % h)
+    st, _, _ = d.request("POST", "/", b"x", token="")
+    check(st == 405, "POST /: %d" % st)
+    st, _, _ = d.request("GET", "/v1/models", token="")
+    check(st == 401, "the API still needs the token: %d" % st)
+    d.stop()
+
+
+def case_browser():
+    """The page in headless Chromium: a folder uploaded through its folder input (as a tar
+    built by the page), its progress bar to the end, a question streamed: gf ask's answer."""
+    node_ready(True)
+    d = Daemon("browser", token="browser-token")
+    src = os.path.join(d.dir, "proj")
+    os.makedirs(os.path.join(src, "lib"))
+    files = {
+        "README.md": "GoldFinch test project.\nThe pass key is 71432. Remember it.\n",
+        "main.c": "#include \"lib/util.h\"\nint main(void) { return answer(); }\n",
+        os.path.join("lib", "util.h"): "static inline int answer(void) { return 71432; }\n",
+    }
+    for rel, text in files.items():
+        with open(os.path.join(src, rel), "w") as f:
+            f.write(text * 8)
+    max_tokens = 24
+    out = run_node("http_browser.js", {
+        "GF_URL": "http://127.0.0.1:%d" % d.port, "GF_TOKEN": d.token, "GF_FOLDER": src,
+        "GF_NAME": "proj", "GF_MODEL": MODEL_ID + "@proj", "GF_QUESTION": QUESTION,
+        "GF_MAX_TOKENS": str(max_tokens), "CHROMIUM": CHROMIUM,
+        "GF_SCREENSHOT": os.path.join(d.dir, "page.png")})
+    check(not out["problems"], "the page reported errors: %r" % out["problems"])
+    check(sorted(out["picked"]) == sorted("proj/" + k.replace(os.sep, "/") for k in files),
+          "files the input took %r" % out["picked"])
+    check(out["ingest"]["value"] == 1 and "Ready: proj" in out["ingest"]["status"], "ingest %r" % out["ingest"])
+    # The page's tar is the folder: gf ingest of it finds the same context stored.
+    r = subprocess.run([GF, "ingest", "--name", "proj2", src], env=d.env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60)
+    st, o = d.json("GET", "/v1/contexts")
+    check([c["name"] for c in o["data"]] == ["proj"], "gf ingest of the folder did not reuse the page's "
+          "context: %r (%s)" % (o, r.stdout.decode()))
+    want = d.gf("ask", "proj", QUESTION, "--temperature", "0", "--max-tokens", str(max_tokens))
+    check(out["state"] == "done" and out["error"] == "", "answer state %r" % out)
+    check(out["answer"] == want.decode("utf-8", "replace"), "page %r != gf ask %r" % (out["answer"], want))
+    tokens = o["data"][0]["tokens"]
+    check(out["cached"] == format(tokens, ","), "cached tokens shown %r, context %d" % (out["cached"], tokens))
+    check(out["finish"] in ("stop", "length") and out["progress"] == 1, "stats %r" % out)
+    check(MODEL_ID in out["models"] and MODEL_ID + "@proj" in out["models"], "models %r" % out["models"])
+    d.stop()
+
+
+def case_openai_sdk():
+    """OpenAI's Node SDK: a context ingested over HTTP, a streamed and a plain greedy chat on
+    it, both gf ask's answer; the model list; a refused model is the SDK's error."""
+    node_ready(False)
+    d = Daemon("openai", token="sdk-token")
+    ingest_text(d, "book", TEXT)
+    max_tokens = 32
+    out = run_node("http_openai.js", {
+        "GF_URL": "http://127.0.0.1:%d" % d.port, "GF_TOKEN": d.token, "GF_MODEL": MODEL_ID + "@book",
+        "GF_QUESTION": QUESTION, "GF_MAX_TOKENS": str(max_tokens)})
+    want = d.gf("ask", "book", QUESTION, "--temperature", "0", "--max-tokens", str(max_tokens)).decode("utf-8", "replace")
+    check(out["streamed"] == want, "SDK stream %r != gf ask %r" % (out["streamed"], want))
+    check(out["plain"] == want, "SDK completion %r != gf ask %r" % (out["plain"], want))
+    check("71432" in want, "the byte model finds the pass key: %r" % want)
+    check(out["models"] == [MODEL_ID, MODEL_ID + "@book"], "models %r" % out["models"])
+    check(out["finish"] in ("stop", "length") and out["chunks"] > 1, "stream %r" % out)
+    u = out["plain_usage"]
+    check(u["prompt_tokens_details"]["cached_tokens"] == len(TEXT), "usage %r" % u)
+    check(out["refused"] and out["refused"]["status"] == 404, "unknown model %r" % out["refused"])
+    d.stop()
+
+
 def case_tar_ingest():
     d = Daemon("tar")
     src = os.path.join(d.dir, "src")
@@ -558,7 +678,8 @@ def case_clients64():
 
 CASES = {"routes": case_routes, "auth": case_auth, "limits": case_limits, "ask_equal": case_ask_equal,
          "tar_ingest": case_tar_ingest, "clients64": case_clients64, "no_context": case_no_context,
-         "progress": case_progress}
+         "progress": case_progress, "web_page": case_web_page, "browser": case_browser,
+         "openai_sdk": case_openai_sdk}
 
 
 def main():
@@ -577,6 +698,9 @@ def main():
     except Fail as e:
         print("FAIL: %s" % e, file=sys.stderr)
         return 1
+    except Skip as e:
+        print("skip: %s" % e, file=sys.stderr)
+        return 77
     print("ok")
     return 0
 
