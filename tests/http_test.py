@@ -390,6 +390,9 @@ def case_no_context():
     d = Daemon("nocontext")
     prompt = TEXT.decode() + QUESTION
     want = gf_run_no_context(d, prompt, "--temperature", "0", "--max-tokens", "16")
+    # The socket protocol's Generate.no_context (1.3), through gf, gives the same bytes.
+    sock = d.gf("ask", "--no-context", prompt, "--temperature", "0", "--max-tokens", "16")
+    check(sock == want, "gf ask --no-context %r != gf-run %r" % (sock, want))
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}],
             "temperature": 0, "max_tokens": 16}
     st, o = d.json("POST", "/v1/chat/completions", body)
