@@ -997,7 +997,8 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 	prompt_ms = gfd_ms_since(tp);
 	pthread_mutex_lock(&s->stats.mu);
 	s->stats.prompt_tokens += n_ids;
-	s->stats.context_hits++;
+	if (!j->no_context)
+		s->stats.context_hits++;
 	s->stats.cached_tokens += base;
 	pthread_mutex_unlock(&s->stats.mu);
 	gf_decoder_init(&dec, tk);
@@ -1075,9 +1076,12 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 			final = gfd_frame_event(j->conn_id, &resp);
 	}
 	outcome = why ? GFD_OUT_CANCELLED : GFD_OUT_DONE;
-	gfd_logf(s->log, "job %" PRIu64 " %s: generate on #%" PRIu64 ", %" PRIu64 " + %zu tokens in, %" PRIu64
+	char on[32] = "without a context";
+	if (!j->no_context)
+		snprintf(on, sizeof(on), "on #%" PRIu64, info.serial);
+	gfd_logf(s->log, "job %" PRIu64 " %s: generate %s, %" PRIu64 " + %zu tokens in, %" PRIu64
 		 " out (%s), first token %.1f ms, %.1f tokens/s, %.2f s, peer %s", j->number,
-		 why ? "cancelled" : "done", info.serial, base, n_ids, completion,
+		 why ? "cancelled" : "done", on, base, n_ids, completion,
 		 why ? cancel_word(why) : reason == GOLDFINCH__V1__DONE_REASON__DONE_STOP ? "stop" : "length",
 		 ttft_ms, decode_ms > 0 ? (double)completion * 1000.0 / decode_ms : 0.0,
 		 gfd_ms_since(t0) / 1e3, j->peer);
@@ -1087,7 +1091,8 @@ fail:
 	if (why != GFD_CANCEL_DISCONNECT)
 		final = error_event(j->conn_id, j->req_id, code, "%s", err);
 	gfd_logf(s->log, "job %" PRIu64 " %s: generate on \"%s\", %" PRIu64 " tokens out, %.2f s, peer %s: %s",
-		 j->number, outcome == GFD_OUT_CANCELLED ? "cancelled" : "failed", j->context, completion,
+		 j->number, outcome == GFD_OUT_CANCELLED ? "cancelled" : "failed",
+		 j->no_context ? "(no context)" : j->context, completion,
 		 gfd_ms_since(t0) / 1e3, j->peer, err);
 close:
 	ops->session_free(sess);

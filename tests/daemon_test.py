@@ -222,7 +222,7 @@ def case_hello():
     c = Conn("unix:" + st["sock"])
     id = c.hello(major=2)
     r = c.expect_error("ERROR_VERSION", id)
-    check("speaks 1.2" in r.error.message, "version error names ours: " + r.error.message)
+    check("speaks 1.3" in r.error.message, "version error names ours: " + r.error.message)
     check(c.recv(10) is None, "connection still open after a version mismatch")
     # Same major, newer minor: accepted.
     c = Conn(st["tcp"])
