@@ -1,8 +1,10 @@
 // The web page of goldfinchd --http in headless Chromium, driven by puppeteer-core
 // (tests/http_test.py, case browser, runs it). It types the token, uploads the folder
 // GF_FOLDER through the page's folder input as context GF_NAME, waits for the progress bar
-// to finish, asks GF_QUESTION greedily and prints what the page shows as one line of JSON.
-// Environment: GF_URL, GF_TOKEN, GF_FOLDER, GF_NAME, GF_QUESTION, GF_MAX_TOKENS, CHROMIUM,
+// to finish, asks GF_QUESTION greedily, then uploads the text file GF_BOOK as context
+// "book", and prints what the page shows as one line of JSON.
+// Environment: GF_URL, GF_TOKEN, GF_FOLDER, GF_NAME, GF_MODEL (the folder's model id),
+// GF_QUESTION, GF_MAX_TOKENS, GF_BOOK, CHROMIUM,
 // GF_SCREENSHOT (a PNG of the page at the end, for a person to look at).
 "use strict";
 const puppeteer = require("puppeteer-core");
@@ -59,8 +61,25 @@ async function main() {
       error: document.querySelector("#error").textContent,
       models: [...document.querySelector("#model").options].map((o) => o.value),
     }));
+    // A book: the text file as it is, through the other input.
+    let book = null;
+    if (env.GF_BOOK) {
+      await page.$eval("#ctx-name", (el) => { el.value = ""; });
+      await page.type("#ctx-name", "book");
+      await (await page.$("#book")).uploadFile(env.GF_BOOK);
+      await page.click("#upload");
+      await page.waitForFunction(() => /^Ready: book|failed/.test(document.querySelector("#ingest-status").textContent) ||
+                                 document.querySelector("#ingest-progress").dataset.state === "failed", { timeout: 60000 });
+      await page.waitForFunction((m) => document.querySelector("#model").value === m, { timeout: 20000 },
+                                 env.GF_MODEL.split("@")[0] + "@book");
+      book = await page.evaluate(() => ({
+        state: document.querySelector("#ingest-progress").dataset.state,
+        status: document.querySelector("#ingest-status").textContent,
+        folder: document.querySelector("#folder").files.length,
+      }));
+    }
     if (env.GF_SCREENSHOT) await page.screenshot({ path: env.GF_SCREENSHOT, fullPage: true });
-    process.stdout.write(JSON.stringify({ ingest, picked, problems, ...result }) + "\n");
+    process.stdout.write(JSON.stringify({ ingest, picked, problems, book, ...result }) + "\n");
   } finally {
     await browser.close();
   }

@@ -507,11 +507,14 @@ def case_browser():
     for rel, text in files.items():
         with open(os.path.join(src, rel), "w") as f:
             f.write(text * 8)
+    book = os.path.join(d.dir, "book.txt")
+    with open(book, "wb") as f:
+        f.write(TEXT)
     max_tokens = 24
     out = run_node("http_browser.js", {
         "GF_URL": "http://127.0.0.1:%d" % d.port, "GF_TOKEN": d.token, "GF_FOLDER": src,
         "GF_NAME": "proj", "GF_MODEL": MODEL_ID + "@proj", "GF_QUESTION": QUESTION,
-        "GF_MAX_TOKENS": str(max_tokens), "CHROMIUM": CHROMIUM,
+        "GF_MAX_TOKENS": str(max_tokens), "CHROMIUM": CHROMIUM, "GF_BOOK": book,
         "GF_SCREENSHOT": os.path.join(d.dir, "page.png")})
     check(not out["problems"], "the page reported errors: %r" % out["problems"])
     check(sorted(out["picked"]) == sorted("proj/" + k.replace(os.sep, "/") for k in files),
@@ -521,7 +524,7 @@ def case_browser():
     r = subprocess.run([GF, "ingest", "--name", "proj2", src], env=d.env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, timeout=60)
     st, o = d.json("GET", "/v1/contexts")
-    check([c["name"] for c in o["data"]] == ["proj"], "gf ingest of the folder did not reuse the page's "
+    check([c["name"] for c in o["data"]] == ["proj", "book"], "gf ingest of the folder did not reuse the page's "
           "context: %r (%s)" % (o, r.stdout.decode()))
     want = d.gf("ask", "proj", QUESTION, "--temperature", "0", "--max-tokens", str(max_tokens))
     check(out["state"] == "done" and out["error"] == "", "answer state %r" % out)
@@ -530,6 +533,9 @@ def case_browser():
     check(out["cached"] == format(tokens, ","), "cached tokens shown %r, context %d" % (out["cached"], tokens))
     check(out["finish"] in ("stop", "length") and out["progress"] == 1, "stats %r" % out)
     check(MODEL_ID in out["models"] and MODEL_ID + "@proj" in out["models"], "models %r" % out["models"])
+    # The book went as plain text: the context of the same bytes ingested as text.
+    check(out["book"]["state"] == "done" and out["book"]["folder"] == 0, "book upload %r" % out["book"])
+    check(ingest_text(d, "book2", TEXT)["reused"], "the page's book is not the text's context")
     d.stop()
 
 
