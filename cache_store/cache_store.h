@@ -299,6 +299,10 @@ void cs_page_release(const cs_page *p);  /* NULL-safe */
 typedef struct cs_branch cs_branch;
 
 int cs_branch_init(cs_branch **out, cs_reader *base, char *err);
+/* A branch over no context: every page its own, from token 0 (a generation that starts
+ * from the model's initial state). Rows are `width` elements of `dtype`. */
+int cs_branch_init_empty(cs_branch **out, uint32_t page_tokens, uint32_t width, cs_dtype dtype,
+			 char *err);
 int cs_branch_append(cs_branch *b, const void *rows, const uint32_t *tok, size_t n, char *err);
 uint64_t cs_branch_tokens(const cs_branch *b);   /* base tokens + appended */
 /* As cs_reader_page over base + appended tokens. A branch-owned page view stays valid

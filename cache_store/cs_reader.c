@@ -653,7 +653,8 @@ int cs_reader_blob(cs_reader *r, void **blob, size_t *len, char *err)
 /* ---- branches ---- */
 
 struct cs_branch {
-	cs_reader *base;
+	cs_reader *base;            /* NULL: a branch over no context (cs_branch_init_empty) */
+	const char *label;          /* for errors: the base's, or "(none)" */
 	uint32_t pt;
 	size_t row_bytes;
 	uint64_t base_tokens, n_tokens;
@@ -672,12 +673,41 @@ int cs_branch_init(cs_branch **out, cs_reader *base, char *err)
 		return -ENOMEM;
 	}
 	b->base = base;
+	b->label = base->label;
 	b->pt = base->snap.page_tokens;
 	b->row_bytes = base->row_bytes;
 	b->base_tokens = b->n_tokens = base->snap.n_tokens;
 	b->first_own = base->snap.n_tokens / b->pt;
 	*out = b;
 	return 0;
+}
+
+int cs_branch_init_empty(cs_branch **out, uint32_t page_tokens, uint32_t width, cs_dtype dtype,
+			 char *err)
+{
+	cs_branch *b;
+
+	*out = NULL;
+	if (!page_tokens || !width) {
+		cs_errf(err, "branch over no context: %u tokens a page, %u wide", page_tokens, width);
+		return -EINVAL;
+	}
+	b = calloc(1, sizeof(*b));
+	if (!b) {
+		cs_errf(err, "branch over no context: out of memory");
+		return -ENOMEM;
+	}
+	b->label = "(none)";
+	b->pt = page_tokens;
+	b->row_bytes = (size_t)width * cs_dtype_size(dtype);
+	*out = b;
+	return 0;
+}
+
+/* Pages of the base, 0 for a branch over no context. */
+static uint64_t base_pages(const cs_branch *b)
+{
+	return b->base ? b->base->snap.n_pages : 0;
 }
 
 uint64_t cs_branch_tokens(const cs_branch *b)
@@ -706,7 +736,7 @@ static int branch_new_page(cs_branch *b, char *err)
 		goto oom;
 	e->pub.index = index;
 	e->pub.first_token = index * b->pt;
-	if (index < b->base->snap.n_pages) {
+	if (index < base_pages(b)) {
 		const cs_page *p;
 
 		rc = cs_reader_page(b->base, index, &p, err);
@@ -722,7 +752,7 @@ static int branch_new_page(cs_branch *b, char *err)
 	b->own[b->n_own++] = e;
 	return 0;
 oom:
-	cs_errf(err, "context %s: branch: out of memory", b->base->label);
+	cs_errf(err, "context %s: branch: out of memory", b->label);
 	return -ENOMEM;
 }
 
@@ -760,14 +790,14 @@ int cs_branch_page(cs_branch *b, uint64_t index, const cs_page **out, char *err)
 {
 	*out = NULL;
 	if (index < b->first_own || (index - b->first_own >= b->n_own &&
-				     index < b->base->snap.n_pages))
+				     index < base_pages(b)))
 		return cs_reader_page(b->base, index, out, err);
 	if (index - b->first_own < b->n_own) {
 		*out = &b->own[index - b->first_own]->pub;
 		return 0;
 	}
 	cs_errf(err, "context %s: branch page %" PRIu64 " out of range (%" PRIu64 " tokens)",
-		b->base->label, index, b->n_tokens);
+		b->label, index, b->n_tokens);
 	return -EINVAL;
 }
 
@@ -780,7 +810,7 @@ int cs_branch_read(cs_branch *b, uint64_t first, uint64_t n, void *rows, uint32_
 {
 	if (first > b->n_tokens || n > b->n_tokens - first) {
 		cs_errf(err, "context %s: branch tokens [%" PRIu64 ", +%" PRIu64 ") out of range (%"
-			PRIu64 " tokens)", b->base->label, first, n, b->n_tokens);
+			PRIu64 " tokens)", b->label, first, n, b->n_tokens);
 		return -EINVAL;
 	}
 	return copy_range(b, branch_page_fn, b->pt, b->row_bytes, first, n, rows, tok, err);

@@ -3,6 +3,7 @@
  *
  *   gf ingest [--name N] [--c-dtype f16|bf16|f32] [--resume] PATH...
  *   gf ask CONTEXT "question" [sampling flags]
+ *   gf ask --no-context "question" [sampling flags]
  *   gf contexts | gf drop CONTEXT | gf status | gf cancel JOB
  *
  * `gf --help` is the manual, exit codes included.
@@ -68,6 +69,9 @@ static void usage(FILE *f)
 "      Streams the answer to stdout as it is generated. CONTEXT is a name, #SERIAL,\n"
 "      or a prefix (8+ hex digits) of the context's key. With -v, the job's number\n"
 "      (for gf cancel), usage and timings go to stderr.\n"
+"  gf ask --no-context QUESTION [flags]\n"
+"      The question alone, from the model's initial state (a server of protocol\n"
+"      1.3; an older one refuses it as a request without a context).\n"
 "      --max-tokens N          default 256 (server)\n"
 "      --temperature T         >= 0; 0 = greedy (server default 1.0)\n"
 "      --top-k K               0 = off\n"
@@ -179,7 +183,7 @@ static int parse_float(const char *s, float *v)
 enum {
 	OPT_SERVER = 256, OPT_TOKEN, OPT_TIMEOUT, OPT_JSON, OPT_VERSION, OPT_NAME, OPT_CDTYPE,
 	OPT_RESUME, OPT_MAXTOK, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_PRES, OPT_FREQ,
-	OPT_STOP, OPT_SEED, OPT_SERVER_FILE,
+	OPT_STOP, OPT_SEED, OPT_SERVER_FILE, OPT_NO_CONTEXT,
 };
 
 static const struct option long_opts[] = {
@@ -203,6 +207,7 @@ static const struct option long_opts[] = {
 	{ "frequency-penalty", required_argument, NULL, OPT_FREQ },
 	{ "stop", required_argument, NULL, OPT_STOP },
 	{ "seed", required_argument, NULL, OPT_SEED },
+	{ "no-context", no_argument, NULL, OPT_NO_CONTEXT },
 	{ 0, 0, 0, 0 },
 };
 
@@ -213,7 +218,8 @@ static int opt_cmds(int opt)
 	case OPT_JSON: return CMD_INGEST | CMD_CONTEXTS | CMD_DROP | CMD_STATUS;
 	case OPT_NAME: case OPT_CDTYPE: case OPT_RESUME: return CMD_INGEST;
 	case OPT_MAXTOK: case OPT_TEMP: case OPT_TOPK: case OPT_TOPP: case OPT_MINP:
-	case OPT_PRES: case OPT_FREQ: case OPT_STOP: case OPT_SEED: return CMD_ASK;
+	case OPT_PRES: case OPT_FREQ: case OPT_STOP: case OPT_SEED: case OPT_NO_CONTEXT:
+		return CMD_ASK;
 	default: return CMD_ALL;
 	}
 }
@@ -272,6 +278,9 @@ static int parse_args(struct args *a, int argc, char **argv)
 				return bad_usage("--c-dtype %s: expected f16, bf16 or f32%s", v, "");
 			break;
 		case OPT_RESUME: a->resume = true; break;
+		case OPT_NO_CONTEXT:
+			g->has_no_context = g->no_context = true;
+			break;
 		case OPT_MAXTOK:
 			if (parse_u64(v, &u) || u < 1 || u > UINT32_MAX)
 				return bad_usage("--max-tokens %s: expected 1..4294967295%s", v, "");
@@ -348,7 +357,7 @@ static int parse_args(struct args *a, int argc, char **argv)
 		return bad_usage("unknown command \"%s\"%s", c, "");
 	if (a->server && a->server_file)
 		return bad_usage("--server and --server-file: give one of them%s%s", "", "");
-	for (int o = OPT_SERVER; o <= OPT_SERVER_FILE; o++)
+	for (int o = OPT_SERVER; o <= OPT_NO_CONTEXT; o++)
 		if ((seen & 1u << (o - OPT_SERVER)) && !(opt_cmds(o) & a->cmd))
 			return bad_usage("--%s does not apply to gf %s", opt_name(o), c);
 	a->pos = argv + optind + 1;
@@ -356,7 +365,7 @@ static int parse_args(struct args *a, int argc, char **argv)
 	int want_min = 0, want_max = 0;
 	switch (a->cmd) {
 	case CMD_INGEST: want_min = 1, want_max = INT32_MAX; break;
-	case CMD_ASK: want_min = want_max = 2; break;
+	case CMD_ASK: want_min = want_max = a->gen.no_context ? 1 : 2; break;
 	case CMD_DROP: case CMD_CANCEL: want_min = want_max = 1; break;
 	default: break;
 	}
@@ -365,7 +374,7 @@ static int parse_args(struct args *a, int argc, char **argv)
 	if (a->resume && !a->name)
 		return bad_usage("--resume needs --name: the interrupted ingest is found by it%s%s",
 				 "", "");
-	if (a->cmd == CMD_ASK && !*a->pos[1])
+	if (a->cmd == CMD_ASK && !*a->pos[a->n_pos - 1])
 		return bad_usage("gf ask: empty question%s%s", "", "");
 	return 0;
 }
@@ -882,8 +891,9 @@ static int cmd_ask(gfc_conn *c, struct args *a)
 	char err[GFC_ERR_LEN] = "";
 	proto_response *done = NULL;
 
-	a->gen.context = a->pos[0];
-	a->gen.prompt = a->pos[1];
+	/* --no-context: the question alone, from the model's initial state (protocol 1.3). */
+	a->gen.context = a->gen.no_context ? "" : a->pos[0];
+	a->gen.prompt = a->pos[a->n_pos - 1];
 	a->gen.stop = a->stop;
 	a->gen.n_stop = a->n_stop;
 	int rc = gfc_generate(c, &a->gen, on_token, &out, &done, err);

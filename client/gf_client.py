@@ -353,7 +353,8 @@ class Client:
     def ask(self, context, prompt, **params):
         """Yields the answer's text (bytes) as tokens arrive; self.last_done is the Done.
         params: max_tokens, temperature, top_k, top_p, min_p, presence_penalty,
-        frequency_penalty, stop (list), seed."""
+        frequency_penalty, stop (list), seed; no_context=True with context "" asks the
+        prompt alone (a protocol 1.3 server)."""
         g = pb.Generate(context=context, prompt=prompt)
         for k, v in params.items():
             if v is None:

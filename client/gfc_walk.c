@@ -22,6 +22,13 @@
 /* Folders of version-control systems: their content is history, not the codebase. */
 static const char *const vcs_dirs[] = { ".git", ".hg", ".svn", ".bzr", "_darcs", "CVS", ".jj" };
 
+bool gfc_is_vcs_dir(const char *name)
+{
+	for (size_t i = 0; i < sizeof(vcs_dirs) / sizeof(vcs_dirs[0]); i++)
+		if (!strcmp(name, vcs_dirs[i]))
+			return true;
+	return false;
+}
 
 void gfc_filelist_init(gfc_filelist *fl)
 {
@@ -179,11 +186,9 @@ static int walk_entry(gfc_filelist *fl, const char *path, const char *rel, const
 		}
 	}
 	if (S_ISDIR(st.st_mode)) {
-		for (size_t i = 0; i < sizeof(vcs_dirs) / sizeof(vcs_dirs[0]); i++) {
-			if (!strcmp(name, vcs_dirs[i])) {
-				note_skip(note, user, path, "version-control folder");
-				return 0;
-			}
+		if (gfc_is_vcs_dir(name)) {
+			note_skip(note, user, path, "version-control folder");
+			return 0;
 		}
 		return walk_dir(fl, path, rel, note, user, err);
 	}

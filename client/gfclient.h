@@ -204,6 +204,8 @@ int gfc_walk(gfc_filelist *fl, const char *path, gfc_note_fn note, void *user, c
  * text: no NUL byte and valid UTF-8, a sequence cut by the end of a truncated buffer
  * allowed. */
 int gfc_is_text(const uint8_t *buf, size_t n, bool truncated);
+/* A folder of a version-control system, which a walk skips (".git", ...). */
+bool gfc_is_vcs_dir(const char *name);
 /* Bytes of the rendered stream a file makes: header + path + "\n" + size + "\n". */
 uint64_t gfc_rendered_size(const char *rel, uint64_t size);
 

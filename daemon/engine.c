@@ -1233,6 +1233,14 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	if (!s)
 		return gf_error(err, -ENOMEM, "out of memory");
 	s->e = e;
+	if (serial == GFE_NO_CONTEXT) {
+		if ((rc = gf_state_init(&s->st, c)) || (rc = gfe_workspace_take(e, &s->ws)))
+			goto fail_oom;
+		if ((rc = cs_branch_init_empty(&s->branch, e->cfg.page_tokens, (uint32_t)c->ckv_dim,
+					       e->cfg.c_dtype, err)))
+			goto fail_session;
+		goto opened;
+	}
 	if ((rc = cs_reader_open(e->store, serial, &s->reader, err)))
 		goto fail_session;
 	cs_reader_info(s->reader, &info);
@@ -1257,16 +1265,17 @@ int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *er
 	}
 	if ((rc = cs_branch_init(&s->branch, s->reader, err)))
 		goto fail_session;
+	s->base_tokens = info.n_tokens;
+opened:
 	pthread_mutex_lock(&e->mu);
 	s->id = ++e->next_session | TIER_SESSION;
 	pthread_mutex_unlock(&e->mu);
-	s->base_tokens = info.n_tokens;
-	if ((rc = gfe_paged_init(&s->ps, e, s->reader, serial, info.n_tokens, true)))
+	if ((rc = gfe_paged_init(&s->ps, e, s->reader, serial, s->base_tokens, true)))
 		goto fail_oom;
 	s->ps.branch = s->branch;
 	s->ps.session_owner = s->id;
 	/* A context the tier lacks: its blocks rebuilt for every layer at once, on every thread. */
-	if ((rc = gfe_tier_fill(e, serial, info.n_tokens, err)))
+	if (serial != GFE_NO_CONTEXT && (rc = gfe_tier_fill(e, serial, s->base_tokens, err)))
 		goto fail_session;
 	s->x = malloc(ch * c->n_embd * sizeof(float));
 	s->c = malloc(ch * c->ckv_dim * sizeof(float));
@@ -1302,6 +1311,26 @@ static int session_finch(gfe_session *s, const int32_t *tok, int n, char *err)
 	s->st.n_pos += n;
 	s->ps.src.n_pos = s->st.n_pos;
 	return 0;
+}
+
+/* Whole chunks counted from the question's first token, as gfe_session_prefill runs them:
+ * feeding a question in such slices leaves the bits of one prefill. */
+int gfe_session_feed(gfe_session *s, const int32_t *tok, size_t n, char *err)
+{
+	const int ch = s->e->cfg.chunk;
+	int rc;
+	if (n % (size_t)ch)
+		return gf_error(err, -EINVAL, "a slice of %zu tokens is not a whole number of %d-token chunks",
+				n, ch);
+	for (size_t t = 0; t < n; t += (size_t)ch)
+		if ((rc = session_finch(s, tok + t, ch, err)))
+			return rc;
+	return 0;
+}
+
+int gfe_session_chunk(const gfe_session *s)
+{
+	return s->e->cfg.chunk;
 }
 
 int gfe_session_prefill(gfe_session *s, const int32_t *tok, size_t n, float *logits, char *err)

@@ -145,9 +145,19 @@ void gfe_ingest_free(gfe_ingest *in);
  */
 typedef struct gfe_session gfe_session;
 
+/* serial GFE_NO_CONTEXT (0, which no stored context has): a session over no context, from
+ * the model's initial state, its pages on a branch of its own; its question and answer are
+ * then what an ingest of the same tokens would compute (the same logits, bit for bit). */
+#define GFE_NO_CONTEXT 0
 int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *err);
 /* Runs n tokens (a question) and gives the last one's logits [V]. */
 int gfe_session_prefill(gfe_session *s, const int32_t *tok, size_t n, float *logits, char *err);
+/* Runs the first n tokens of a question through the Finch stage only, n a multiple of
+ * gfe_session_chunk (else -EINVAL); gfe_session_prefill of the rest then ends the question
+ * with the bits of one gfe_session_prefill of all of it (the Finch stage runs in the same
+ * chunks, the GOLD tail once at the end). For progress between slices of a long question. */
+int gfe_session_feed(gfe_session *s, const int32_t *tok, size_t n, char *err);
+int gfe_session_chunk(const gfe_session *s);             /* the engine's chunk, tokens */
 /* Runs one token (the last sampled) and gives its logits [V]. */
 int gfe_session_step(gfe_session *s, int32_t tok, float *logits, char *err);
 uint64_t gfe_session_tokens(const gfe_session *s);       /* context + everything since */

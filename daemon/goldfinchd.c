@@ -44,6 +44,7 @@ static const struct gfd_env_flag {
 	{ "--tier-mb", "GOLDFINCH_TIER_MB" },
 	{ "--compute", "GOLDFINCH_COMPUTE" },
 	{ "--metrics", "GOLDFINCH_METRICS" },
+	{ "--http", "GOLDFINCH_HTTP" },
 	{ "--log-file", "GOLDFINCH_LOG_FILE" },
 	{ "--plan-workload", "GOLDFINCH_PLAN_WORKLOAD" },
 	{ "--server-file", GFD_ENV_SERVER_FILE },
@@ -85,6 +86,15 @@ void gfd_usage(FILE *f)
 		"                           CPUs) makes ingest faster. A context is continued\n"
 		"                           only in the mode that ingested it\n"
 		"  --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics\n"
+		"  --http [HOST:]PORT       serve the OpenAI-compatible HTTP API there (host\n"
+		"                           default 127.0.0.1): /v1/chat/completions,\n"
+		"                           /v1/completions, /v1/models, /v1/contexts, /health,\n"
+		"                           /metrics; the token of --auth-token-file as\n"
+		"                           Authorization: Bearer; beyond loopback it needs one.\n"
+		"                           \"model\": \"NAME@CONTEXT\" asks a context, the plain\n"
+		"                           NAME the prompt alone; \"return_progress\": true streams\n"
+		"                           prompt_progress events. GET / is a web page: upload a\n"
+		"                           folder or a book, ask with the answer streamed\n"
 		"  --log-file F             append the log here (default: stderr)\n"
 		"  --server-file F          once listening, write the addresses clients can use\n"
 		"                           (tcp:HOST:PORT with this node's name, unix:PATH) and\n"
@@ -240,6 +250,8 @@ static int set_option(gfd_options *o, const char *flag, const char *val, char *e
 		}
 	} else if (!strcmp(flag, "--metrics")) {
 		o->metrics = val;
+	} else if (!strcmp(flag, "--http")) {
+		o->http = val;
 	} else if (!strcmp(flag, "--log-file")) {
 		o->log_file = val;
 	} else if (!strcmp(flag, "--host")) {
@@ -401,6 +413,7 @@ void gfd_options_print(const gfd_options *o, FILE *f)
 	fprintf(f, "tier-mb = %llu\n", (unsigned long long)o->tier_mb);
 	fprintf(f, "compute = %s\n", gf_compute_name(o->compute));
 	fprintf(f, "metrics = %s\n", o->metrics ? o->metrics : "(off)");
+	fprintf(f, "http = %s\n", o->http ? o->http : "(off)");
 	fprintf(f, "log-file = %s\n", o->log_file ? o->log_file : "(stderr)");
 }
 
@@ -535,7 +548,8 @@ static int picked_ports(const struct server_file *sf, const gfd_options *o, unsi
 	unsigned port[GFD_SF_SOCKETS];
 	int n = 0, m = listening_sockets(ino, port, GFD_SF_SOCKETS);
 	for (int i = 0; i < m && n < cap; i++) {
-		bool skip = o->metrics && addr_port(o->metrics) == port[i];
+		bool skip = (o->metrics && addr_port(o->metrics) == port[i]) ||
+			    (o->http && addr_port(o->http) == port[i]);
 		for (int k = 0; k < sf->n_before; k++)
 			skip |= sf->before[k] == ino[i];
 		for (int k = 0; k < o->n_listen; k++)
@@ -666,6 +680,7 @@ int main(int argc, char **argv)
 	gfd_log log;
 	gfd_backend be = { 0 };
 	gfd_server *srv = NULL;
+	gfd_http *http = NULL;
 	struct server_file sf = { 0 };
 	gfd_ranks ranks = { 0 };
 	int rc;
@@ -731,6 +746,9 @@ int main(int argc, char **argv)
 		return rc ? 1 : 0;
 	}
 	lc.cache_dir = ranks.cache_dir;
+	/* Up before the model loads, so that /health can say it is loading. */
+	if (o.http && (rc = gfd_http_start(&http, &o, &log, err)))
+		goto fail;
 	rc = ranks.size > 1 ? gfd_backend_mpi_open(&be, ranks.e, ranks.link, &ranks.plan, &lc, err)
 			    : gfd_backend_local_open(&be, &lc, err);
 	if (rc)
@@ -745,8 +763,11 @@ int main(int argc, char **argv)
 			goto fail;
 		gfd_logf(&log, "server file %s written", sf.path);
 	}
+	gfd_http_attach(http, srv);
 	rc = gfd_server_run(srv);
 	server_file_remove(&sf);
+	/* Its threads wait on the server: they end before the server goes. */
+	gfd_http_stop(http);
 	gfd_server_free(srv);
 	/* A rank that failed: exit non-zero for the resource manager to restart the job. */
 	if (gfd_ranks_failed(&ranks))
@@ -759,6 +780,7 @@ fail:
 	gfd_logf(&log, "cannot start: %s", err);
 	if (o.log_file)
 		fprintf(stderr, "goldfinchd: %s\n", err);
+	gfd_http_stop(http);
 	gfd_server_free(srv);
 	gfd_backend_close(&be);
 	if (ranks.mpi && ranks.size > 1 && !ranks.link)

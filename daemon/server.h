@@ -41,6 +41,9 @@
 #define GFD_MAX_STOP 16          /* stop strings per Generate */
 #define GFD_MAX_STOP_BYTES 256   /* bytes per stop string */
 #define GFD_MAX_GEN_TOKENS (1u << 20)
+/* With return_progress, a prompt runs in slices of about this many tokens (whole engine
+ * chunks), a PromptProgress after each. */
+#define GFD_PROGRESS_SLICE_TOKENS 1024
 #define GFD_DEFAULT_GEN_TOKENS 256
 
 /* ---- options -------------------------------------------------------------------------- */
@@ -61,6 +64,7 @@ typedef struct gfd_options {
 	uint64_t tier_mb;             /* default GFE_TIER_DEFAULT_MB */
 	gf_compute compute;           /* resolved: "auto" is f32 or bf16 by now */
 	const char *metrics;          /* HOST:PORT or NULL */
+	const char *http;             /* --http HOST:PORT (server_http.c) or NULL */
 	const char *log_file;         /* NULL = stderr */
 	bool print_config;
 	bool print_plan;             /* --print-plan: show the MPI plan for -n ranks, exit */
@@ -187,7 +191,9 @@ typedef struct gfd_job {
 	bool resume;
 	uint64_t total_bytes;
 	/* Generate. */
-	char *context;
+	char *context;           /* "" with no_context */
+	bool no_context;         /* the prompt alone, from the model's initial state (1.3) */
+	bool return_progress;    /* PromptProgress while the prompt runs (1.3) */
 	char *prompt;
 	size_t prompt_len;
 	gf_sampling sp;
@@ -200,6 +206,13 @@ enum gfd_event_kind {
 	GFD_EV_FRAME = 1,   /* data: one framed Response for conn_id */
 	GFD_EV_RESUME,      /* job's input drained: read its connection again */
 	GFD_EV_JOB_END,     /* the worker is done with job: the loop frees it */
+	GFD_EV_ADOPT,       /* data: a struct gfd_adopt, a connection for the loop to serve */
+};
+
+/* A socket the loop takes as a client connection (it closes it when it cannot). */
+struct gfd_adopt {
+	int fd;
+	char peer[64];
 };
 
 /* Worker → loop, and the loop's own output queue entries (a frame and a write offset). */
@@ -281,6 +294,18 @@ typedef struct gfd_server {
 	gfd_metrics *metrics;
 } gfd_server;
 
+/* ---- the HTTP API (server_http.c) --------------------------------------------------------
+ * An OpenAI-compatible API on libmicrohttpd, one thread per HTTP connection. Each request is
+ * a client of the loop over a socket pair (gfd_adopt): the same jobs, limits, cancelling
+ * and bytes as the wire protocol. Started before the model loads (GET /health answers
+ * "loading"), attached to the server once it exists, detached before it stops. */
+typedef struct gfd_http gfd_http;
+int gfd_http_start(gfd_http **out, const gfd_options *o, gfd_log *log, char *err);
+void gfd_http_attach(gfd_http *h, gfd_server *s);
+/* No new requests reach the server; those waiting on it give up within a quarter second. */
+void gfd_http_detach(gfd_http *h);
+void gfd_http_stop(gfd_http *h);   /* joins every HTTP thread; NULL-safe */
+
 /* server_loop.c */
 int gfd_server_create(gfd_server **out, const gfd_options *o, gfd_backend *be, gfd_log *log,
 		      char *err);
@@ -307,6 +332,9 @@ int gfd_post_error(gfd_server *s, uint64_t conn_id, uint64_t req_id,
 		   Goldfinch__V1__ErrorCode code, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 Goldfinch__V1__ErrorCode gfd_errno_code(int rc);
+/* Hands fd (a connected stream socket) to the loop as a client connection speaking the wire
+ * protocol, shown as `peer` in the log; the loop owns fd from here on. -ENOMEM (fd closed). */
+int gfd_adopt(gfd_server *s, int fd, const char *peer);
 /* Resolves a context reference (name, "#serial", or >= 8 hex digits of its key). */
 int gfd_resolve_context(gfd_server *s, const char *ref, cs_ctx_info *out, char *err);
 void gfd_ctx_to_proto(const cs_ctx_info *c, Goldfinch__V1__ContextInfo *out, char keyhex[33]);

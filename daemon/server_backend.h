@@ -56,6 +56,9 @@ typedef struct gfd_ingest_state {
 	uint64_t input_bytes;     /* input bytes behind the committed tokens (resume point) */
 } gfd_ingest_state;
 
+/* The serial a session over no context is opened with (engine.h's GFE_NO_CONTEXT). */
+#define GFD_NO_CONTEXT 0
+
 typedef struct gfd_ingest gfd_ingest;     /* opaque per implementation */
 typedef struct gfd_session gfd_session;
 
@@ -84,10 +87,17 @@ typedef struct gfd_backend_ops {
 	void (*ingest_state)(const gfd_ingest *in, gfd_ingest_state *out);
 	void (*ingest_free)(gfd_ingest *in); /* keeps the last checkpoint; NULL-safe */
 
-	/* Sessions: questions and answers on a sealed context; logits are [vocab]. */
+	/* Sessions: questions and answers on a sealed context, or on none (serial
+	 * GFD_NO_CONTEXT: from the model's initial state; -EINVAL where not served); logits
+	 * are [vocab]. */
 	int (*session_open)(void *self, uint64_t serial, gfd_session **out, char *err);
 	int (*session_prefill)(gfd_session *s, const int32_t *tok, size_t n, float *logits,
 			       char *err);
+	/* Optional (NULL: a question is one prefill): the first n tokens of a question, n a
+	 * multiple of session_chunk, through the Finch stage alone; the prefill of the rest
+	 * then gives the bits of one prefill of all (gfe_session_feed). */
+	int (*session_feed)(gfd_session *s, const int32_t *tok, size_t n, char *err);
+	int (*session_chunk)(const gfd_session *s);
 	int (*session_step)(gfd_session *s, int32_t tok, float *logits, char *err);
 	uint64_t (*session_base_tokens)(const gfd_session *s);
 	void (*session_free)(gfd_session *s); /* NULL-safe */

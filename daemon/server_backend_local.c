@@ -170,6 +170,16 @@ static int local_session_prefill(gfd_session *s, const int32_t *tok, size_t n, f
 	return gfe_session_prefill(s->s, tok, n, logits, err);
 }
 
+static int local_session_feed(gfd_session *s, const int32_t *tok, size_t n, char *err)
+{
+	return gfe_session_feed(s->s, tok, n, err);
+}
+
+static int local_session_chunk(const gfd_session *s)
+{
+	return gfe_session_chunk(s->s);
+}
+
 static int local_session_step(gfd_session *s, int32_t tok, float *logits, char *err)
 {
 	return gfe_session_step(s->s, tok, logits, err);
@@ -208,6 +218,8 @@ static const gfd_backend_ops local_ops = {
 	.ingest_free = local_ingest_free,
 	.session_open = local_session_open,
 	.session_prefill = local_session_prefill,
+	.session_feed = local_session_feed,
+	.session_chunk = local_session_chunk,
 	.session_step = local_session_step,
 	.session_base_tokens = local_session_base_tokens,
 	.session_free = local_session_free,

@@ -471,6 +471,8 @@ static int be_session_open(void *self, uint64_t serial, gfd_session **out, char 
 {
 	struct mpi_be *b = self;
 	const gfe_engine *e = b->cx.e;
+	if (serial == GFE_NO_CONTEXT)
+		return gf_error(err, -EINVAL, "answers without a context are not served by a multi-rank daemon yet: name a context");
 	gfd_session *s = calloc(1, sizeof(*s));
 	if (!s)
 		return gf_error(err, -ENOMEM, "out of memory");

@@ -108,6 +108,21 @@ int gfd_post_error(gfd_server *s, uint64_t conn_id, uint64_t req_id,
 	return 0;
 }
 
+int gfd_adopt(gfd_server *s, int fd, const char *peer)
+{
+	struct gfd_event *ev = calloc(1, sizeof(*ev) + sizeof(struct gfd_adopt));
+	if (!ev) {
+		close(fd);
+		return -ENOMEM;
+	}
+	struct gfd_adopt *a = (struct gfd_adopt *)(void *)ev->data;
+	ev->kind = GFD_EV_ADOPT;
+	a->fd = fd;
+	snprintf(a->peer, sizeof(a->peer), "%s", peer);
+	gfd_post(s, ev);
+	return 0;
+}
+
 /* A job's last response goes out after the job has let go of its context, so that a
  * client may drop the context as soon as it has the answer. */
 static void post_final(gfd_server *s, struct gfd_event *ev)
@@ -880,6 +895,54 @@ static int emit_end(struct gen_out *g, gf_decoder *dec)
 	return 0;
 }
 
+static void post_prompt_progress(gfd_server *s, gfd_job *j, uint64_t total, uint64_t cache,
+				 uint64_t processed, int64_t t0)
+{
+	Goldfinch__V1__PromptProgress p = GOLDFINCH__V1__PROMPT_PROGRESS__INIT;
+	p.has_total = p.has_cache = p.has_processed = p.has_time_ms = p.has_job = true;
+	p.total = total;
+	p.cache = cache;
+	p.processed = processed;
+	p.time_ms = gfd_ms_since(t0);
+	p.job = j->number;
+	proto_response resp = GOLDFINCH__V1__RESPONSE__INIT;
+	resp.id = j->req_id;
+	resp.body_case = GOLDFINCH__V1__RESPONSE__BODY_PROMPT_PROGRESS;
+	resp.prompt_progress = &p;
+	gfd_post_response(s, j->conn_id, &resp);
+}
+
+/* The prompt: one prefill, or with return_progress (where the backend can feed) slices of
+ * whole chunks with a PromptProgress after each, which leaves the answer's bits as they are
+ * (gfe_session_feed). A cancel between slices sets *why and stops with 0 (the caller's loop
+ * then ends the generation as cancelled). */
+static int run_prompt(gfd_server *s, gfd_job *j, gfd_session *sess, const int32_t *ids, size_t n,
+		      uint64_t base, float *logits, int64_t t0, int *why, char *err)
+{
+	const gfd_backend_ops *ops = s->be.ops;
+	size_t done = 0;
+	int rc;
+	if (!j->return_progress)
+		return ops->session_prefill(sess, ids, n, logits, err);
+	post_prompt_progress(s, j, base + n, base, base, t0);
+	if (ops->session_feed && ops->session_chunk) {
+		const size_t ch = (size_t)ops->session_chunk(sess);
+		const size_t slice = ch * (GFD_PROGRESS_SLICE_TOKENS > ch ? GFD_PROGRESS_SLICE_TOKENS / ch : 1);
+		while (n - done > slice) {
+			if ((*why = atomic_load(&j->cancel)))
+				return 0;
+			if ((rc = ops->session_feed(sess, ids + done, slice, err)))
+				return rc;
+			done += slice;
+			post_prompt_progress(s, j, base + n, base, base + done, t0);
+		}
+	}
+	if ((rc = ops->session_prefill(sess, ids + done, n - done, logits, err)))
+		return rc;
+	post_prompt_progress(s, j, base + n, base, base + n, t0);
+	return 0;
+}
+
 static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 {
 	const gfd_backend_ops *ops = s->be.ops;
@@ -904,7 +967,12 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 	bool by_stop_string = false;
 	const int64_t t0 = gfd_now_ns();
 
-	if ((rc = gfd_resolve_context(s, j->context, &info, err))) {
+	memset(&info, 0, sizeof(info));
+	if (j->no_context) {
+		info.serial = GFD_NO_CONTEXT;
+		info.dtype = s->info.c_dtype;
+		info.sealed = true;
+	} else if ((rc = gfd_resolve_context(s, j->context, &info, err))) {
 		code = gfd_errno_code(rc);
 		goto fail;
 	}
@@ -946,19 +1014,24 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 		goto fail;
 	}
 	base = ops->session_base_tokens(sess);
-	gfd_logf(s->log, "job %" PRIu64 " started: generate on #%" PRIu64 " \"%s\" (%" PRIu64
-		 " tokens), prompt %zu tokens, max %u, peer %s", j->number, info.serial, info.name,
-		 base, n_ids, j->max_tokens, j->peer);
+	if (j->no_context)
+		gfd_logf(s->log, "job %" PRIu64 " started: generate without a context, prompt %zu tokens, max %u, peer %s",
+			 j->number, n_ids, j->max_tokens, j->peer);
+	else
+		gfd_logf(s->log, "job %" PRIu64 " started: generate on #%" PRIu64 " \"%s\" (%" PRIu64
+			 " tokens), prompt %zu tokens, max %u, peer %s", j->number, info.serial, info.name,
+			 base, n_ids, j->max_tokens, j->peer);
 	/* The penalties count the answer only, as gf-run ask does: same flags, same tokens. */
 	int64_t tp = gfd_now_ns();
-	if ((rc = ops->session_prefill(sess, ids, n_ids, logits, err))) {
+	if ((rc = run_prompt(s, j, sess, ids, n_ids, base, logits, tp, &why, err))) {
 		code = gfd_errno_code(rc);
 		goto fail;
 	}
 	prompt_ms = gfd_ms_since(tp);
 	pthread_mutex_lock(&s->stats.mu);
 	s->stats.prompt_tokens += n_ids;
-	s->stats.context_hits++;
+	if (!j->no_context)
+		s->stats.context_hits++;
 	s->stats.cached_tokens += base;
 	pthread_mutex_unlock(&s->stats.mu);
 	gf_decoder_init(&dec, tk);
@@ -1036,9 +1109,12 @@ static gfd_job_outcome run_generate(gfd_server *s, gfd_job *j)
 			final = gfd_frame_event(j->conn_id, &resp);
 	}
 	outcome = why ? GFD_OUT_CANCELLED : GFD_OUT_DONE;
-	gfd_logf(s->log, "job %" PRIu64 " %s: generate on #%" PRIu64 ", %" PRIu64 " + %zu tokens in, %" PRIu64
+	char on[32] = "without a context";
+	if (!j->no_context)
+		snprintf(on, sizeof(on), "on #%" PRIu64, info.serial);
+	gfd_logf(s->log, "job %" PRIu64 " %s: generate %s, %" PRIu64 " + %zu tokens in, %" PRIu64
 		 " out (%s), first token %.1f ms, %.1f tokens/s, %.2f s, peer %s", j->number,
-		 why ? "cancelled" : "done", info.serial, base, n_ids, completion,
+		 why ? "cancelled" : "done", on, base, n_ids, completion,
 		 why ? cancel_word(why) : reason == GOLDFINCH__V1__DONE_REASON__DONE_STOP ? "stop" : "length",
 		 ttft_ms, decode_ms > 0 ? (double)completion * 1000.0 / decode_ms : 0.0,
 		 gfd_ms_since(t0) / 1e3, j->peer);
@@ -1048,7 +1124,8 @@ fail:
 	if (why != GFD_CANCEL_DISCONNECT)
 		final = error_event(j->conn_id, j->req_id, code, "%s", err);
 	gfd_logf(s->log, "job %" PRIu64 " %s: generate on \"%s\", %" PRIu64 " tokens out, %.2f s, peer %s: %s",
-		 j->number, outcome == GFD_OUT_CANCELLED ? "cancelled" : "failed", j->context, completion,
+		 j->number, outcome == GFD_OUT_CANCELLED ? "cancelled" : "failed",
+		 j->no_context ? "(no context)" : j->context, completion,
 		 gfd_ms_since(t0) / 1e3, j->peer, err);
 close:
 	ops->session_free(sess);

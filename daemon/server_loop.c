@@ -844,8 +844,14 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 	char err[GF_ERR_LEN];
 	gf_sampling sp;
 	const Goldfinch__V1__ErrorCode bad = GOLDFINCH__V1__ERROR_CODE__ERROR_BAD_REQUEST;
-	if (!m->context || !m->context[0]) {
-		conn_error(s, c, id, bad, "Generate needs a context: a name, #serial or key prefix");
+	if (m->has_no_context && m->no_context) {
+		if (m->context && m->context[0]) {
+			conn_error(s, c, id, bad, "Generate with no_context names no context (\"%.100s\" given)",
+				   m->context);
+			return;
+		}
+	} else if (!m->context || !m->context[0]) {
+		conn_error(s, c, id, bad, "Generate needs a context: a name, #serial or key prefix (or no_context)");
 		return;
 	}
 	if (has_control(m->context)) {
@@ -901,7 +907,9 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 	gfd_job *j = job_new(s, c, id, GFD_JOB_GENERATE);
 	bool oom = !j;
 	if (j) {
-		j->context = strdup(m->context);
+		j->context = strdup(m->context ? m->context : "");
+		j->no_context = m->has_no_context && m->no_context;
+		j->return_progress = m->has_return_progress && m->return_progress;
 		j->prompt_len = strlen(m->prompt);
 		j->prompt = strdup(m->prompt);
 		j->sp = sp;
@@ -921,7 +929,10 @@ static void on_generate(gfd_server *s, struct gfd_conn *c, uint64_t id, const Go
 		return;
 	}
 	char what[200];
-	snprintf(what, sizeof(what), "generate on \"%.100s\", max %u tokens", m->context, max_tokens);
+	if (j->no_context)
+		snprintf(what, sizeof(what), "generate without a context, max %u tokens", max_tokens);
+	else
+		snprintf(what, sizeof(what), "generate on \"%.100s\", max %u tokens", m->context, max_tokens);
 	job_accept(s, c, j, what);
 }
 
@@ -1265,6 +1276,42 @@ static void refused(gfd_server *s, struct listener *l, const char *why)
 	l->refused_log_ns = now;
 }
 
+/* A new connection on fd (non-blocking from here on), owned by the loop; closes fd when it
+ * cannot be added. */
+static void conn_add(gfd_server *s, int fd, const char *peer, const char *origin)
+{
+	struct gfd_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->p.type = P_CONN;
+	c->fd = fd;
+	c->id = ++s->next_conn_id;
+	snprintf(c->peer, sizeof(c->peer), "%s", peer);
+	proto_reader_init(&c->rd, s->max_frame < HELLO_MAX_FRAME ? s->max_frame : HELLO_MAX_FRAME);
+	c->hello_deadline = gfd_now_ns() + HELLO_TIMEOUT_NS;
+	c->events = EPOLLIN | EPOLLRDHUP;
+	struct epoll_event e = { .events = c->events, .data.ptr = c };
+	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &e)) {
+		close(fd);
+		free(c);
+		return;
+	}
+	struct conn_table *t = table(s);
+	c->hnext = t->buckets[c->id % CONN_BUCKETS];
+	t->buckets[c->id % CONN_BUCKETS] = c;
+	c->next = t->all;
+	if (t->all)
+		t->all->prev = c;
+	t->all = c;
+	t->n++;
+	pthread_mutex_lock(&s->stats.mu);
+	s->stats.connections++;
+	pthread_mutex_unlock(&s->stats.mu);
+	gfd_logf(s->log, "connection %" PRIu64 " from %s on %s", c->id, c->peer, origin);
+}
+
 static void on_accept(gfd_server *s, struct listener *l)
 {
 	for (int k = 0; k < 64; k++) {
@@ -1295,36 +1342,9 @@ static void on_accept(gfd_server *s, struct listener *l)
 			refused(s, l, why);
 			continue;
 		}
-		struct gfd_conn *c = calloc(1, sizeof(*c));
-		if (!c) {
-			close(fd);
-			continue;
-		}
-		c->p.type = P_CONN;
-		c->fd = fd;
-		c->id = ++s->next_conn_id;
-		peer_name(fd, &ss, c->peer, sizeof(c->peer));
-		proto_reader_init(&c->rd, s->max_frame < HELLO_MAX_FRAME ? s->max_frame : HELLO_MAX_FRAME);
-		c->hello_deadline = gfd_now_ns() + HELLO_TIMEOUT_NS;
-		c->events = EPOLLIN | EPOLLRDHUP;
-		struct epoll_event e = { .events = c->events, .data.ptr = c };
-		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &e)) {
-			close(fd);
-			free(c);
-			continue;
-		}
-		struct conn_table *t = table(s);
-		c->hnext = t->buckets[c->id % CONN_BUCKETS];
-		t->buckets[c->id % CONN_BUCKETS] = c;
-		c->next = t->all;
-		if (t->all)
-			t->all->prev = c;
-		t->all = c;
-		t->n++;
-		pthread_mutex_lock(&s->stats.mu);
-		s->stats.connections++;
-		pthread_mutex_unlock(&s->stats.mu);
-		gfd_logf(s->log, "connection %" PRIu64 " from %s on %s", c->id, c->peer, l->name);
+		char peer[64];
+		peer_name(fd, &ss, peer, sizeof(peer));
+		conn_add(s, fd, peer, l->name);
 	}
 }
 
@@ -1487,6 +1507,17 @@ static void drain_events(gfd_server *s)
 				conn_update_events(s, c);
 			}
 			break;
+		case GFD_EV_ADOPT: {
+			/* An HTTP request's end of a socket pair (server_http.c): a client like any
+			 * other, except that it cannot be refused at accept by the table's size. */
+			const struct gfd_adopt *a = (const void *)ev->data;
+			int fl = fcntl(a->fd, F_GETFL);
+			if (s->stopping || fl < 0 || fcntl(a->fd, F_SETFL, fl | O_NONBLOCK))
+				close(a->fd);
+			else
+				conn_add(s, a->fd, a->peer, "http");
+			break;
+		}
 		case GFD_EV_JOB_END:
 			c = j->conn;
 			if (c) {
@@ -1763,6 +1794,8 @@ void gfd_server_free(gfd_server *s)
 		next = ev->next;
 		if (ev->kind == GFD_EV_JOB_END)
 			gfd_job_free(ev->job);
+		else if (ev->kind == GFD_EV_ADOPT)
+			close(((const struct gfd_adopt *)(const void *)ev->data)->fd);
 		free(ev);
 	}
 	if (s->listeners)

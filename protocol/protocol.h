@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #define PROTO_VERSION_MAJOR 1
-#define PROTO_VERSION_MINOR 2
+#define PROTO_VERSION_MINOR 3
 #define PROTO_HEADER_BYTES 4
 #define PROTO_DEFAULT_MAX_FRAME (16u << 20)
 

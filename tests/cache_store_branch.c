@@ -1,7 +1,8 @@
 /*
  * cache_store_branch: copy-on-write branches in RAM. A branch reads the base's pages, copies
  * the base's partial last page on its first append, extends it, adds pages of its own; the
- * stored context never changes; two branches of one base are independent.
+ * stored context never changes; two branches of one base are independent. A branch over no
+ * context (cs_branch_init_empty) holds its own pages from token 0.
  */
 #include "cache_store_common.h"
 
@@ -116,6 +117,20 @@ int main(void)
 			rc = cs_store_verify(s, serial, &rep, err);
 			CHECK_RC(rc, err);
 		}
+	}
+	{
+		/* Over no context: every page its own, the same reads as over an empty base. */
+		cs_branch *b;
+		const cs_page *pg;
+
+		CHECK(cs_branch_init_empty(&b, 0, W, DT, err) == -EINVAL, "a branch of 0-token pages");
+		CHECK(cs_branch_init_empty(&b, PT, W, DT, err) == 0, "%s", err);
+		CHECK(cs_branch_page(b, 0, &pg, err) == -EINVAL, "a page of an empty branch");
+		grow(b, 902, 0, 45);
+		check_branch(b, 0, 0, 902, 45);
+		CHECK(cs_branch_page(b, 6, &pg, err) == -EINVAL && strstr(err, "(none)"),
+		      "a page past the branch: %s", err);
+		cs_branch_free(b);
 	}
 	cs_store_close(s);
 	cst_rmrf(dir);

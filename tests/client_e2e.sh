@@ -89,7 +89,7 @@ print('\n'.join(' '.join(r.choice(w) for _ in range(12)) for _ in range(600)))" 
 # 1. Server and model; its compute mode and memory against the budgets (protocol 1.2). The
 #    daemon runs without --tier-mb: the tier's budget is the engine's default, 512 MiB.
 expect 0 $G status --json
-[ "$(json 'j["model"]["n_layer"], j["model"]["n_embd"], j["protocol"], j["jobs"]')" = "(4, 128, '1.2', [])" ] ||
+[ "$(json 'j["model"]["n_layer"], j["model"]["n_embd"], j["protocol"], j["jobs"]')" = "(4, 128, '1.3', [])" ] ||
 	fail "status: $(cat "$TMP/out")"
 [ "$(json 'j["compute"] in ("f32", "bf16"), j["kernels"] in ("avx512", "avx2", "scalar"),
 	j["model"]["compute"] == j["compute"], j["weight_bytes"] > 0,
@@ -107,7 +107,7 @@ expect 0 "$PY" "$PYCLIENT" status
 	"(True, 536870912, True)" ] || fail "Python client's status: $(cat "$TMP/out")"
 expect 0 "$PY" "$PYCLIENT" hello
 [ "$(json 'j["protocol"], j["model"]["compute"] in ("f32", "bf16"), j["model"]["weight_bytes"] > 0')" = \
-	"('1.2', True, True)" ] || fail "Python client's hello: $(cat "$TMP/out")"
+	"('1.3', True, True)" ] || fail "Python client's hello: $(cat "$TMP/out")"
 
 alive "before step 2"
 # 2. The codebase: the daemon's context has the tokens of the expected stream (its key is

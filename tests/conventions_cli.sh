@@ -34,12 +34,12 @@ out=$(GOLDFINCH_MODEL=/m.gguf GOLDFINCH_CACHE_DIR=/c GOLDFINCH_MAX_JOBS=5 GOLDFI
 	GOLDFINCH_C_DTYPE=bf16 GOLDFINCH_MAX_QUEUE=9 GOLDFINCH_MAX_FRAME=1M \
 	GOLDFINCH_MAX_CONTEXT_TOKENS=1M GOLDFINCH_METRICS=127.0.0.1:9999 \
 	GOLDFINCH_LOG_FILE=/tmp/x.log GOLDFINCH_AUTH_TOKEN_FILE=/t GOLDFINCH_COMPUTE=f32 \
-	GOLDFINCH_LISTEN=unix:/a.sock,127.0.0.1:1234 cfg)
+	GOLDFINCH_HTTP=127.0.0.1:8088 GOLDFINCH_LISTEN=unix:/a.sock,127.0.0.1:1234 cfg)
 for line in "model = /m.gguf" "cache-dir = /c" "max-jobs = 5" "threads = 3" "tier-mb = 64" \
 	"disk-budget = 2147483648" "checkpoint-tokens = 8192" "c-dtype = bf16" "max-queue = 9" \
 	"max-frame = 1048576" "max-context-tokens = 1048576" "metrics = 127.0.0.1:9999" \
 	"log-file = /tmp/x.log" "auth-token-file = /t" "compute = f32" "listen = unix:/a.sock" \
-	"listen = 127.0.0.1:1234"; do
+	"listen = 127.0.0.1:1234" "http = 127.0.0.1:8088"; do
 	has "$out" "$line" || fail "from the environment: no '$line' in: $out"
 done
 

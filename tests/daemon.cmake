@@ -28,7 +28,8 @@ endfunction()
 
 gf_daemon_test(setup FIXTURES_SETUP daemon)
 gf_daemon_test(cleanup FIXTURES_CLEANUP daemon)
-foreach(case hello ingest_generate codebase status_memory list_drop cancel cancel_job bad_input clients64 metrics
+foreach(case hello ingest_generate codebase status_memory no_context_progress list_drop cancel cancel_job
+             bad_input clients64 metrics
              limits disk_budget backpressure auth restart_sigterm restart_sigkill)
   gf_daemon_test(${case} FIXTURES_REQUIRED daemon)
 endforeach()

@@ -222,7 +222,7 @@ def case_hello():
     c = Conn("unix:" + st["sock"])
     id = c.hello(major=2)
     r = c.expect_error("ERROR_VERSION", id)
-    check("speaks 1.2" in r.error.message, "version error names ours: " + r.error.message)
+    check("speaks 1.3" in r.error.message, "version error names ours: " + r.error.message)
     check(c.recv(10) is None, "connection still open after a version mismatch")
     # Same major, newer minor: accepted.
     c = Conn(st["tcp"])
@@ -338,7 +338,7 @@ def case_status_memory():
     st = state()
     c = Conn("unix:" + st["sock"])
     h = c.hello_ok()
-    check(h.minor == 2, "server minor %d" % h.minor)
+    check(h.minor == 3, "server minor %d" % h.minor)
     m = h.model
     check(m.compute in ("f32", "bf16"), "ModelInfo.compute %r" % m.compute)
     check(m.kernels in ("avx512", "avx2", "scalar"), "ModelInfo.kernels %r" % m.kernels)
@@ -364,7 +364,76 @@ def case_status_memory():
     check(old.status.contexts == s.contexts and old.status.rss_bytes == s.rss_bytes
           and not hasattr(old.status, "tier_budget_bytes"), "1.1 view of StatusReply: %s" % old)
     old = Old.FromString(pb.Response(id=6, hello=h).SerializeToString())
-    check(old.hello.model.n_layer == 3 and old.hello.minor == 2, "1.1 view of HelloReply: %s" % old)
+    check(old.hello.model.n_layer == 3 and old.hello.minor == 3, "1.1 view of HelloReply: %s" % old)
+    c.close()
+
+
+def collect_progress(c, id):
+    """PromptProgress messages, token ids, text and the Done of generation id (1.3)."""
+    prog, ids, text = [], [], b""
+    while True:
+        r = c.recv(60)
+        check(r is not None, "connection closed during generation %d" % id)
+        kind = r.WhichOneof("body")
+        if r.id != id:
+            continue
+        if kind == "prompt_progress":
+            check(not ids, "PromptProgress after a Token")
+            prog.append(r.prompt_progress)
+        elif kind == "token":
+            ids.append(r.token.id)
+            text += r.token.text
+        else:
+            check(kind == "done", "generation %d: unexpected %s %s" % (id, kind, r))
+            return prog, ids, text, r.done
+
+
+def case_no_context_progress():
+    """Protocol 1.3: Generate.no_context answers the prompt alone (gf-run ask --no-context's
+    text); return_progress sends PromptProgress between slices of a long prompt, the tokens
+    unchanged; a 1.2 peer skips a PromptProgress it did not ask for."""
+    c, st = shared()
+    prompt = make_text(2500, 7).decode() + PROMPT
+    ids, text, done = c.ask("", prompt, no_context=True, max_tokens=16, temperature=0.0)
+    check(done.usage.cached_tokens == 0 and done.usage.prompt_tokens > 2048, "usage %s" % done.usage)
+    gf_run = os.environ.get("GF_RUN")
+    if gf_run and os.path.exists(gf_run):
+        out = subprocess.run([gf_run, "--model", path("model.gguf"), "--cache-dir", path("ref_nocontext"),
+                              "ask", "--no-context", prompt, "--temperature", "0", "--max-tokens", "16"],
+                             check=True, capture_output=True).stdout
+        check(text == out, "no context: daemon %r, gf-run %r" % (text, out))
+    n = done.usage.prompt_tokens
+    for ctx, base in (("", 0), ("book", json.load(open(path("refs.json")))["book"]["tokens"])):
+        kw = {"no_context": True} if not ctx else {}
+        want, _, _ = c.ask(ctx, prompt, max_tokens=16, temperature=0.0, **kw)
+        id = c.generate(ctx, prompt, max_tokens=16, temperature=0.0, return_progress=True, **kw)
+        prog, got, _, done = collect_progress(c, id)
+        check(got == want, "%r: tokens with progress %s, without %s" % (ctx, got, want))
+        done_n = [p.processed for p in prog]
+        check(len(prog) >= 3 and done_n[0] == base and done_n[-1] == base + n and done_n == sorted(set(done_n)),
+              "%r: processed %s of %d" % (ctx, done_n, base + n))
+        check(all(p.total == base + n and p.cache == base and p.job > 0 for p in prog), "%r: %s" % (ctx, prog))
+    id = c.generate("book", "x", no_context=True)
+    r = c.expect_error("ERROR_BAD_REQUEST", id)
+    check("no_context" in r.error.message, r.error.message)
+    # A 1.2 peer's view of the same reply: the body it does not know is skipped.
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    fdp = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(fdp)
+    fdp.name, fdp.package = "goldfinch_1_2.proto", "goldfinch.old2"
+    for m in fdp.message_type:
+        if m.name == "Response":
+            keep = [f for f in m.field if f.number < 12]
+            del m.field[:]
+            m.field.extend(keep)
+        for f in m.field:
+            if f.type_name.startswith(".goldfinch.v1."):
+                f.type_name = ".goldfinch.old2." + f.type_name[len(".goldfinch.v1."):]
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    Old = message_factory.MessageFactory(pool).GetPrototype(pool.FindMessageTypeByName("goldfinch.old2.Response"))
+    old = Old.FromString(pb.Response(id=9, prompt_progress=prog[0]).SerializeToString())
+    check(old.id == 9 and old.WhichOneof("body") is None, "1.2 view of PromptProgress: %s" % old)
     c.close()
 
 

@@ -8,6 +8,8 @@ add_executable(engine_invariance ${CMAKE_CURRENT_LIST_DIR}/engine_invariance.c)
 target_link_libraries(engine_invariance PRIVATE gfengine m)
 add_executable(engine_question ${CMAKE_CURRENT_LIST_DIR}/engine_question.c)
 target_link_libraries(engine_question PRIVATE gfengine m)
+add_executable(engine_slices ${CMAKE_CURRENT_LIST_DIR}/engine_slices.c)
+target_link_libraries(engine_slices PRIVATE gfengine)
 add_executable(engine_dump ${CMAKE_CURRENT_LIST_DIR}/engine_dump.c)
 target_link_libraries(engine_dump PRIVATE gfcache)
 
@@ -39,6 +41,12 @@ add_test(NAME engine_question_odd_bf16kv
                  $<TARGET_FILE:engine_question> ${GF_ENGINE_RUN_DIR}/models/odd.gguf
                  ${GF_ENGINE_RUN_DIR}/question_odd_bf16kv)
 set_tests_properties(engine_question_odd_bf16kv PROPERTIES FIXTURES_REQUIRED engine_run_models)
+# A question without a context equals an ingest of it; slices of a question change no bit.
+add_test(NAME engine_slices
+         COMMAND sh -c "rm -rf \"$2\" && mkdir -p \"$2\" && \"$0\" \"$1\" \"$2\""
+                 $<TARGET_FILE:engine_slices> ${GF_ENGINE_RUN_DIR}/models/odd.gguf
+                 ${GF_ENGINE_RUN_DIR}/slices)
+set_tests_properties(engine_slices PROPERTIES FIXTURES_REQUIRED engine_run_models TIMEOUT 300)
 add_test(NAME engine_sigkill
          COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/engine_sigkill.sh $<TARGET_FILE:gf-run>
                  $<TARGET_FILE:engine_dump> ${GF_ENGINE_RUN_DIR}/models/text.gguf

@@ -4,6 +4,7 @@
  *
  *   gf-run --model M.gguf --cache-dir D [global options] ingest [--name NAME] [--resume] PATH...
  *   gf-run --model M.gguf --cache-dir D [global options] ask CONTEXT "question" [sampling]
+ *   gf-run --model M.gguf --cache-dir D [global options] ask --no-context "question" [sampling]
  *   gf-run --cache-dir D ls
  *
  * The input stream of an ingest is exactly what goldfinchd builds when `gf ingest` sends
@@ -71,6 +72,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: gf-run --model M.gguf --cache-dir D [OPTIONS] ingest [--name NAME] [--resume] PATH...\n"
 		"       gf-run --model M.gguf --cache-dir D [OPTIONS] ask CONTEXT QUESTION [SAMPLING]\n"
+		"       gf-run --model M.gguf --cache-dir D [OPTIONS] ask --no-context QUESTION [SAMPLING]\n"
 		"       gf-run --cache-dir D ls\n"
 		"\n"
 		"Ingests text into a context of the paged cache store in D, in constant memory, and\n"
@@ -119,6 +121,8 @@ static void usage(FILE *f)
 		"token, tokens/s, key prefix, and whether an identical context was reused.\n"
 		"\n"
 		"ask CONTEXT QUESTION: CONTEXT is a context name, #serial, or a prefix of its hex key.\n"
+		"ask --no-context QUESTION: the question alone, from the model's initial state\n"
+		"(what goldfinchd answers for the plain model id over HTTP, or Generate.no_context).\n"
 		"QUESTION's tokens are appended to the context as given, with no prompt template\n"
 		"(write the format the model expects, e.g. \"\\n\\nUser: ...\\n\\nAssistant:\"). The\n"
 		"answer streams to stdout as whole UTF-8 characters; it ends at the end-of-text token,\n"
@@ -182,6 +186,7 @@ struct opts {
 	const char *name;
 	bool resume;
 	/* ask */
+	bool no_context;
 	gf_sampling samp;
 	long max_tokens;
 	const char **stops;
@@ -256,6 +261,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		if (strcmp(a, "--resume") == 0) {
 			o->resume = true;
 			o->ingest_opt = a;
+			continue;
+		}
+		if (strcmp(a, "--no-context") == 0) {
+			o->no_context = true;
+			o->ask_opt = a;
 			continue;
 		}
 		if (i + 1 >= argc)
@@ -357,12 +367,15 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		return die(EX_USAGE, "%s needs --model (see --help)", o->cmd);
 	if (ingest && o->n_args == 0)
 		return die(EX_USAGE, "ingest needs at least one PATH (see --help)");
-	if (ask && o->n_args != 2)
+	if (ask && o->no_context && o->n_args != 1)
+		return die(EX_USAGE, "ask --no-context takes QUESTION alone (%d arguments given; quote "
+			   "the question)", o->n_args);
+	if (ask && !o->no_context && o->n_args != 2)
 		return die(EX_USAGE, "ask takes CONTEXT and QUESTION (%d argument%s given; quote "
 			   "the question)", o->n_args, o->n_args == 1 ? "" : "s");
 	if (!ingest && !ask && o->n_args)
 		return die(EX_USAGE, "ls takes no argument ('%s' given)", o->args[0]);
-	if (ask && !o->args[1][0])
+	if (ask && !o->args[o->n_args - 1][0])
 		return die(EX_USAGE, "empty question");
 	char err[GF_ERR_LEN];
 	if (ask && gf_sampling_check(&o->samp, err))
@@ -1034,7 +1047,7 @@ static int answer_push(struct answer *a, const uint8_t *p, size_t n, bool final)
 static int cmd_ask(struct opts *o)
 {
 	char err[GF_ERR_LEN] = "";
-	const char *id = o->args[0], *question = o->args[1];
+	const char *id = o->no_context ? NULL : o->args[0], *question = o->args[o->n_args - 1];
 	gfe_engine *e = NULL;
 	gfe_session *s = NULL;
 	gf_sampler smp = { 0 };
@@ -1048,19 +1061,27 @@ static int cmd_ask(struct opts *o)
 	cs_ctx_info info;
 	int rc;
 
-	if ((rc = resolve(o, id, &info)))
+	memset(&info, 0, sizeof(info));
+	if (o->no_context) {
+		/* The question alone, from the model's initial state: the store's layout and
+		 * --compute as given. */
+		info.serial = GFE_NO_CONTEXT;
+		info.sealed = true;
+	} else if ((rc = resolve(o, id, &info)))
 		return rc;
 	if (!info.sealed)
 		return die(EX_ERR, "%s: context #%" PRIu64 " is an interrupted ingest (%" PRIu64
 			   " tokens): finish it with ingest --resume", id, info.serial, info.n_tokens);
 	gfe_config cfg;
 	engine_config(o, &cfg);
-	cfg.c_dtype = info.dtype;   /* the engine reads rows of the context's type */
-	cfg.page_tokens = info.page_tokens;
+	if (!o->no_context) {
+		cfg.c_dtype = info.dtype;   /* the engine reads rows of the context's type */
+		cfg.page_tokens = info.page_tokens;
+	}
 	const double t0 = now_s();
 	if (gfe_open(&e, &cfg, err))
 		return die(EX_ERR, "%s", err);
-	if ((rc = follow_context_compute(o, &e, &cfg, info.serial, info.model_id))) {
+	if (!o->no_context && (rc = follow_context_compute(o, &e, &cfg, info.serial, info.model_id))) {
 		gfe_close(e);
 		return rc;
 	}

@@ -20,6 +20,16 @@ cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 jobs=$(nproc)
 
+# Node and npm for the tests of the web page and of OpenAI's Node SDK (http_browser,
+# http_openai_sdk: npm installs puppeteer-core and openai into the build tree). Checked as
+# commands, not packages: a node from elsewhere (with its own npm) serves as well.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+	echo "run-tests: installing nodejs npm" >&2
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO=sudo
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
 tools/setup.sh build
 (cd build && ctest --output-on-failure -j"$jobs")
 tools/setup.sh build-release -DCMAKE_BUILD_TYPE=Release

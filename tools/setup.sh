@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs what GoldFinch needs on Debian 12 (idempotent; apt runs only if something is
 # missing) and builds it. Usage: tools/setup.sh [BUILD_DIR] [extra cmake args...]
+# chromium is for the web page's test (http_browser, headless through puppeteer-core).
 set -eu
 cd "$(dirname "$0")/.."
 PACKAGES="build-essential cmake pkg-config python3 libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin
  liburing-dev liblz4-dev libxxhash-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev
- libmicrohttpd-dev python3-protobuf protobuf-compiler dpkg-dev"
+ libmicrohttpd-dev python3-protobuf protobuf-compiler dpkg-dev libarchive-dev curl chromium"
 missing=""
 for p in $PACKAGES; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
