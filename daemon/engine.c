@@ -1218,6 +1218,13 @@ struct gfe_session {
 	float *x, *c;         /* [chunk][C], [chunk][Ck] */
 	void *crow;
 	uint32_t *tok_u32;
+	/* gfe_sessions_step's per-row arrays [chunk], used when this session leads a batch */
+	gf_state **b_st;
+	gf_kv_source **b_src;
+	int *b_idx, *b_rc, *b_grc;
+	int32_t *b_tok;
+	int failed;           /* a step failed after the state advanced: the session is done */
+	char err[GF_ERR_LEN]; /* why */
 };
 
 int gfe_session_open(gfe_engine *e, uint64_t serial, gfe_session **out, char *err)
@@ -1281,7 +1288,14 @@ opened:
 	s->c = malloc(ch * c->ckv_dim * sizeof(float));
 	s->crow = malloc(ch * c->ckv_dim * cs_dtype_size(e->cfg.c_dtype));
 	s->tok_u32 = malloc(ch * sizeof(uint32_t));
-	if (!s->x || !s->c || !s->crow || !s->tok_u32)
+	s->b_st = malloc(ch * sizeof(*s->b_st));
+	s->b_src = malloc(ch * sizeof(*s->b_src));
+	s->b_idx = malloc(ch * sizeof(int));
+	s->b_rc = malloc(ch * sizeof(int));
+	s->b_grc = malloc(ch * sizeof(int));
+	s->b_tok = malloc(ch * sizeof(int32_t));
+	if (!s->x || !s->c || !s->crow || !s->tok_u32 || !s->b_st || !s->b_src || !s->b_idx ||
+	    !s->b_rc || !s->b_grc || !s->b_tok)
 		goto fail_oom;
 	free(blob);
 	*out = s;
@@ -1337,6 +1351,8 @@ int gfe_session_prefill(gfe_session *s, const int32_t *tok, size_t n, float *log
 {
 	const int ch = s->e->cfg.chunk;
 	int rc;
+	if (s->failed)
+		return gf_error(err, s->failed, "%s", s->err);
 	if (n == 0)
 		return gf_error(err, -EINVAL, "empty question: no tokens");
 	for (size_t t = 0; t < n; t += (size_t)ch) {
@@ -1353,15 +1369,115 @@ int gfe_session_prefill(gfe_session *s, const int32_t *tok, size_t n, float *log
 
 int gfe_session_step(gfe_session *s, int32_t tok, float *logits, char *err)
 {
+	if (s->failed)
+		return gf_error(err, s->failed, "%s", s->err);
 	int rc = session_finch(s, &tok, 1, err);
 	if (rc)
 		return rc;
 	s->ps.err[0] = 0;
 	rc = gf_gold_chunk(s->e->model, s->ws, &s->st, &s->ps.src, s->x, s->st.n_pos - 1, 1,
 			   logits, false);
-	if (rc)
-		return gf_error(err, rc, "attention over the cache: %.200s", s->ps.err[0] ? s->ps.err : "failed");
+	if (rc) {
+		s->failed = gf_error(s->err, rc, "attention over the cache: %.200s",
+				     s->ps.err[0] ? s->ps.err : "failed");
+		return gf_error(err, rc, "%s", s->err);
+	}
 	return 0;
+}
+
+/* A batch is led by s[0]: its workspace and buffers carry every row. The rows that can go on
+ * are gathered (a session that failed before, or whose token is outside the vocabulary, is
+ * left out), their Finch stage runs as one batch, each row goes onto its own branch, and the
+ * rows whose row is stored run the GOLD blocks as one batch; each row is then moved to its
+ * session's place in logits. */
+int gfe_sessions_step(gfe_session *const *s, const int32_t *tok, int B, float *logits, int *rcs,
+		      char *err)
+{
+	if (B < 1)
+		return gf_error(err, -EINVAL, "no sessions to step");
+	gfe_session *lead = s[0];
+	gfe_engine *e = lead->e;
+	const gf_model *m = e->model;
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, Ck = c->ckv_dim, V = c->vocab_size;
+	const int max = gf_workspace_max_chunk(lead->ws);
+	if (B > max)
+		return gf_error(err, -EINVAL, "%d sessions in one step: at most %d (the engine's chunk)",
+				B, max);
+	for (int i = 0; i < B; i++) {
+		if (s[i]->e != e)
+			return gf_error(err, -EINVAL, "sessions %d and 0 belong to different engines", i);
+		for (int j = 0; j < i; j++)
+			if (s[j] == s[i])
+				return gf_error(err, -EINVAL, "session %d is also session %d of the step", i, j);
+	}
+	int *rc = rcs ? rcs : lead->b_rc;
+	int n = 0;
+	for (int i = 0; i < B; i++) {
+		gfe_session *t = s[i];
+		rc[i] = t->failed;
+		if (!rc[i] && (tok[i] < 0 || tok[i] >= V))
+			rc[i] = gf_error(t->err, -EINVAL, "token %d is outside the vocabulary (0..%d)",
+					 tok[i], V - 1);
+		if (rc[i])
+			continue;
+		lead->b_st[n] = &t->st;
+		lead->b_tok[n] = tok[i];
+		lead->b_idx[n++] = i;
+	}
+	int frc = n ? gf_finch_batch(m, lead->ws, lead->b_st, lead->b_tok, n, lead->x, lead->c) : 0;
+	if (frc)
+		for (int j = 0; j < n; j++)
+			rc[lead->b_idx[j]] = gf_error(s[lead->b_idx[j]]->err, frc, "Finch stage failed");
+	/* Each row onto its branch; the rows stored are moved together (k <= j). */
+	int k = 0;
+	for (int j = 0; j < n && !frc; j++) {
+		const int i = lead->b_idx[j];
+		gfe_session *t = s[i];
+		gfe_c_to_storage(e->cfg.c_dtype, lead->c + (size_t)j * Ck, t->crow, (size_t)Ck);
+		t->tok_u32[0] = (uint32_t)tok[i];
+		int r = cs_branch_append(t->branch, t->crow, t->tok_u32, 1, t->err);
+		if (r) {
+			rc[i] = t->failed = r; /* its Finch state has moved on */
+			continue;
+		}
+		const float *x = lead->x + (size_t)j * C;
+		gf_state_push_tail(c, &t->st, x, 1);
+		t->st.n_pos++;
+		t->ps.src.n_pos = t->st.n_pos;
+		t->ps.err[0] = 0;
+		if (k != j)
+			memmove(lead->x + (size_t)k * C, x, sizeof(float) * (size_t)C);
+		lead->b_st[k] = &t->st;
+		lead->b_src[k] = &t->ps.src;
+		lead->b_idx[k++] = i;
+	}
+	if (k) {
+		int *grc = lead->b_grc;
+		for (int j = 0; j < k; j++)
+			grc[j] = -EINVAL; /* stays so if the batch is refused */
+		gf_gold_batch(m, lead->ws, lead->b_st, lead->b_src, lead->x, k, logits, grc);
+		for (int j = k - 1; j >= 0; j--) {
+			const int i = lead->b_idx[j];
+			gfe_session *t = s[i];
+			if (grc[j]) {
+				rc[i] = t->failed = gf_error(t->err, grc[j], "attention over the cache: %.200s",
+							     t->ps.err[0] ? t->ps.err : "failed");
+				continue;
+			}
+			if (i != j)
+				memcpy(logits + (size_t)i * V, logits + (size_t)j * V, sizeof(float) * (size_t)V);
+		}
+	}
+	for (int i = 0; i < B; i++)
+		if (rc[i])
+			return gf_error(err, rc[i], "session %d of %d: %s", i, B, s[i]->err);
+	return 0;
+}
+
+const char *gfe_session_error(const gfe_session *s)
+{
+	return s->failed ? s->err : "";
 }
 
 uint64_t gfe_session_tokens(const gfe_session *s)
@@ -1389,5 +1505,11 @@ void gfe_session_free(gfe_session *s)
 	free(s->c);
 	free(s->crow);
 	free(s->tok_u32);
+	free(s->b_st);
+	free(s->b_src);
+	free(s->b_idx);
+	free(s->b_rc);
+	free(s->b_grc);
+	free(s->b_tok);
 	free(s);
 }

@@ -160,6 +160,22 @@ int gfe_session_feed(gfe_session *s, const int32_t *tok, size_t n, char *err);
 int gfe_session_chunk(const gfe_session *s);             /* the engine's chunk, tokens */
 /* Runs one token (the last sampled) and gives its logits [V]. */
 int gfe_session_step(gfe_session *s, int32_t tok, float *logits, char *err);
+/* Steps B sessions of this engine together, one token each (tok [B]): logits [B][V], row i
+ * session s[i]'s. Every weight is read once for all of them (gf_gold_batch), and each row's
+ * logits are bit-identical to gfe_session_step of that session alone, whatever B, the other
+ * sessions (any contexts, any lengths; sessions over one context share its tier blocks) or
+ * the thread count. 1 <= B <= the engine's chunk; the sessions are distinct and all owned by
+ * the calling thread for the call; s[0]'s workspace runs the batch. Per-session outcome in
+ * rcs [B] (NULL: not wanted): 0, or the code of that session's failure, whose row of logits is
+ * then unspecified while the others are exact. A session whose token is outside the
+ * vocabulary is left as it was; one that failed after its state moved on (the branch could
+ * not take its row, attention could not read the cache) fails every later call, with
+ * gfe_session_error saying why. Returns 0 when every session stepped, else the first failing
+ * session's code with its index and message in err. */
+int gfe_sessions_step(gfe_session *const *s, const int32_t *tok, int B, float *logits, int *rcs,
+		      char *err);
+/* Why the session failed for good ("" while it has not). */
+const char *gfe_session_error(const gfe_session *s);
 uint64_t gfe_session_tokens(const gfe_session *s);       /* context + everything since */
 uint64_t gfe_session_base_tokens(const gfe_session *s);  /* the stored context's */
 void gfe_session_free(gfe_session *s);   /* NULL-safe; the stored context is unchanged */

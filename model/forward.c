@@ -78,6 +78,14 @@ struct gf_workspace {
 	double *rope_freq;   /* [N/2] */
 	gf_pool *pool;       /* splits the matrix products by panels (or oneDNN's tasks) */
 	gf_dnnl_scratch *dnnl_scratch; /* bf16 compute's buffers, or NULL */
+	/* Set while a batched decode step multiplies its rows (one per sequence): they take the
+	 * kernels whatever their number, as the one row of gf_decode_step does, so a row's bits
+	 * do not depend on the batch. Cleared while a sequence attends: a source that rebuilds
+	 * blocks then multiplies as it would for that sequence alone. */
+	bool decode_rows;
+	gf_kv_source *seq_src;  /* [max_rows] gf_decode_batch's sources over the sequences' kv */
+	gf_kv_source **seq_srcp;/* [max_rows] pointers to them */
+	int *seq_rc;         /* [max_rows] per-row codes of a batch */
 	float *block;        /* the one allocation everything above points into */
 };
 
@@ -134,7 +142,11 @@ int gf_workspace_init_threads(gf_workspace **out, const gf_model *m, int max_chu
 		total += (parts[i].n + 15) & ~(size_t)15; /* 64-byte aligned parts */
 	ws->block = aligned_alloc(64, total * sizeof(float));
 	ws->rope_freq = malloc(sizeof(double) * (size_t)(c->head_size / 2 + 1));
-	if (!ws->block || !ws->rope_freq || gf_pool_init(&ws->pool, threads) ||
+	ws->seq_src = calloc(M, sizeof(*ws->seq_src));
+	ws->seq_srcp = calloc(M, sizeof(*ws->seq_srcp));
+	ws->seq_rc = calloc(M, sizeof(*ws->seq_rc));
+	if (!ws->block || !ws->rope_freq || !ws->seq_src || !ws->seq_srcp || !ws->seq_rc ||
+	    gf_pool_init(&ws->pool, threads) ||
 	    !(ws->attn_part = aligned_alloc(64, sizeof(float) * M * GF_KV_BLOCK *
 						    (size_t)gf_pool_threads(ws->pool))) ||
 	    gf_dnnl_scratch_init(&ws->dnnl_scratch, m, (int)M, gf_pool_threads(ws->pool))) {
@@ -165,6 +177,9 @@ void gf_workspace_free(gf_workspace *ws)
 	free(ws->block);
 	free(ws->rope_freq);
 	free(ws->attn_part);
+	free(ws->seq_src);
+	free(ws->seq_srcp);
+	free(ws->seq_rc);
 	gf_dnnl_scratch_free(ws->dnnl_scratch);
 	gf_pool_free(ws->pool);
 	free(ws);
@@ -200,11 +215,14 @@ static void mm_part(void *arg, int part, int n_parts)
  * they get in the whole. Chunks (whole > DECODE_ROWS) of a bf16-compute model go
  * through oneDNN where the matrix has a matmul; everything else through the kernels of
  * gemm.h, whose rows never depend on the other rows, split by panels over the pool (decode's
- * few rows stream each panel once). */
+ * few rows stream each panel once). The rows of a batched decode step (ws->decode_rows) always
+ * take the kernels: a sequence's row then has the bits of its step alone, in either compute
+ * mode, for any batch. */
 static void matmul_part(const gf_model *m, gf_workspace *ws, const float *x, int ldx, int n,
 			int whole, const gf_mat *B, bool accumulate, float *y, int ldy)
 {
-	if (whole > DECODE_ROWS && m->dnnl && gf_dnnl_scratch_has(ws->dnnl_scratch, B)) {
+	if (whole > DECODE_ROWS && !ws->decode_rows && m->dnnl &&
+	    gf_dnnl_scratch_has(ws->dnnl_scratch, B)) {
 		gf_dnnl_matmul(m->dnnl, ws->pool, ws->dnnl_scratch, x, ldx, n, B, accumulate, y, ldy);
 		return;
 	}
@@ -1421,4 +1439,184 @@ int gf_decode_step(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv,
 	gf_kv_source src;
 	gf_kv_source_ram(&src, kv);
 	return gf_gold_chunk(m, ws, st, &src, ws->fx, st->n_pos - 1, 1, logits, false);
+}
+
+/* ---- batched decode --------------------------------------------------------------------------
+ * One token of each of B sequences: every matrix is multiplied once for all B rows, and each
+ * row is one sequence, with its own shift and recurrent state, position and key/value source.
+ * A row goes through exactly the operations of gf_decode_step's one row, in the same order: the
+ * products' rows do not depend on the rows beside them (gemm.h; ws->decode_rows keeps them on
+ * those kernels), the element-wise and row-wise work is per row, the shifts and recurrences per
+ * sequence (one-row calls of the same functions), and attention runs per sequence as alone. */
+
+/* shift_diff for rows that are each a sequence's next position: row s's previous row is its
+ * state's vector at `off` (then set to row s). */
+static void shift_diff_seqs(float *dx, const float *xln, int B, int dim, gf_state *const *st,
+			    size_t off)
+{
+	for (int s = 0; s < B; s++)
+		shift_diff(dx + (size_t)s * dim, xln + (size_t)s * dim, 1, dim, st[s]->shift + off);
+}
+
+static void finch_time_mix_seqs(const gf_model *m, gf_workspace *ws, int b, gf_state *const *st,
+				int B)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, A = c->dim_att, N = c->head_size, H = c->n_head;
+	const gf_layer *l = &m->layers[b];
+	const size_t BA = (size_t)B * A;
+	float *v = ws->v, *v2 = ws->v + BA;
+
+	layernorm_rows(ws->xln, ws->x, B, C, l->ln1_w, l->ln1_b);
+	shift_diff_seqs(ws->dx, ws->xln, B, C, st, (size_t)b * 2 * C);
+	tm_project(m, ws, l, ws->xln, ws->dx, B, B, ws->r, ws->k, v, v2, ws->w);
+	for (int s = 0; s < B; s++) {
+		float *S = st[s]->wkv + (size_t)b * H * N * N;
+		const size_t o = (size_t)s * A;
+		for (int h = 0; h < H; h++)
+			wkv_head(S + (size_t)h * N * N, ws->r + o + h * N, ws->k + o + h * N,
+				 v + o + h * N, ws->w + o + h * N, ws->y + o + h * N, 1, N, A);
+	}
+	add_rows(ws->y, v2, BA);
+	layernorm_rows(ws->y, ws->y, B, A, l->ln_x_w, l->ln_x_b);
+	matmul(m, ws, ws->y, A, B, &l->att_output, true, ws->x, C);
+}
+
+static void channel_mix_seqs(const gf_model *m, gf_workspace *ws, int b, gf_state *const *st,
+			     int B)
+{
+	const int C = m->cfg.n_embd;
+	const gf_layer *l = &m->layers[b];
+	layernorm_rows(ws->xln, ws->x, B, C, l->ln2_w, l->ln2_b);
+	shift_diff_seqs(ws->dx, ws->xln, B, C, st, (size_t)b * 2 * C + C);
+	channel_mix_rows(m, ws, l, 0, B, B);
+}
+
+/* Row s attends at position st[s]->n_pos - 1 through src[s]. A row whose attention failed
+ * (rc[s] != 0) is left out of every later layer's attention (its output row zeroed), so the
+ * other rows go on. */
+static void gold_time_mix_seqs(const gf_model *m, gf_workspace *ws, int b, gf_state *const *st,
+			       gf_kv_source *const *src, int B, int *rc)
+{
+	const gf_config *c = &m->cfg;
+	const int C = c->n_embd, A = c->dim_att, Dq = c->lora_maa_q;
+	const gf_layer *l = &m->layers[b];
+
+	layernorm_rows(ws->xln, ws->x, B, C, l->ln1_w, l->ln1_b);
+	shift_diff_seqs(ws->dx, ws->xln, B, C, st, (size_t)b * 2 * C);
+	mix_rows(ws->lora_in, ws->xln, ws->dx, l->maa_x, NULL, B, C);
+	matmul(m, ws, ws->lora_in, C, B, &l->maa_q_w1, false, ws->lora_h, Dq);
+	gf_vtanh(ws->lora_h, (size_t)B * Dq);
+	matmul(m, ws, ws->lora_h, Dq, B, &l->maa_q_w2, false, ws->mix, C);
+	mix_rows(ws->mix, ws->xln, ws->dx, l->maa_q, ws->mix, B, C);
+	matmul(m, ws, ws->mix, C, B, &l->att_query, false, ws->q, A);
+	layernorm_rows(ws->q, ws->q, B, A, l->ln_q_w, l->ln_q_b);
+	if (c->rope_base > 0)
+		for (int s = 0; s < B; s++)
+			rope_rows(c, ws->rope_freq, ws->q + (size_t)s * A, 1, st[s]->n_pos - 1);
+
+	ws->decode_rows = false; /* a source's rebuilds multiply as for the sequence alone */
+	for (int s = 0; s < B; s++) {
+		float *y = ws->y + (size_t)s * A;
+		if (!rc[s])
+			rc[s] = attention(m, ws, src[s], b - c->first_gold, ws->q + (size_t)s * A, y,
+					  st[s]->n_pos - 1, 1);
+		if (rc[s])
+			memset(y, 0, sizeof(float) * (size_t)A);
+	}
+	ws->decode_rows = true;
+	layernorm_rows(ws->y, ws->y, B, A, l->ln_x_w, l->ln_x_b);
+	matmul(m, ws, ws->y, A, B, &l->att_output, true, ws->x, C);
+}
+
+/* -EINVAL unless 1 <= B <= the workspace's rows and no state (or kv) is given twice. */
+static int batch_ok(const gf_workspace *ws, void *const *p, int B)
+{
+	if (B < 1 || B > ws->max_chunk)
+		return -EINVAL;
+	for (int i = 0; i < B; i++) {
+		if (!p[i])
+			return -EINVAL;
+		for (int j = 0; j < i; j++)
+			if (p[i] == p[j])
+				return -EINVAL;
+	}
+	return 0;
+}
+
+int gf_finch_batch(const gf_model *m, gf_workspace *ws, gf_state *const *st, const int32_t *tok,
+		   int B, float *x_out, float *c_out)
+{
+	FLUSH_DENORMALS();
+	const gf_config *c = &m->cfg;
+	if (batch_ok(ws, (void *const *)st, B) || check_tokens(m, tok, B))
+		return -EINVAL;
+	embed_rows(m, tok, B, ws->x);
+	ws->decode_rows = true;
+	for (int b = 0; b < c->first_gold; b++) {
+		finch_time_mix_seqs(m, ws, b, st, B);
+		channel_mix_seqs(m, ws, b, st, B);
+	}
+	if (x_out)
+		memcpy(x_out, ws->x, sizeof(float) * (size_t)B * c->n_embd);
+	if (c_out)
+		gf_cache_rows(m, ws, ws->x, B, c_out);
+	ws->decode_rows = false;
+	return 0;
+}
+
+int gf_gold_batch(const gf_model *m, gf_workspace *ws, gf_state *const *st,
+		  gf_kv_source *const *src, const float *x_in, int B, float *logits, int *rcs)
+{
+	FLUSH_DENORMALS();
+	const gf_config *c = &m->cfg;
+	if (batch_ok(ws, (void *const *)st, B))
+		return -EINVAL;
+	int *rc = rcs ? rcs : ws->seq_rc;
+	bool bad = false;
+	for (int s = 0; s < B; s++)
+		bad |= !src[s] || st[s]->n_pos < 1 || src[s]->n_pos < st[s]->n_pos;
+	for (int s = 0; s < B; s++)
+		rc[s] = bad ? -EINVAL : 0; /* refused: no row ran */
+	if (bad)
+		return -EINVAL;
+	memcpy(ws->x, x_in, sizeof(float) * (size_t)B * c->n_embd);
+	ws->decode_rows = true;
+	for (int b = c->first_gold; b < c->n_layer; b++) {
+		gold_time_mix_seqs(m, ws, b, st, src, B, rc);
+		channel_mix_seqs(m, ws, b, st, B);
+	}
+	if (logits)
+		gf_head(m, ws, ws->x, B, logits);
+	ws->decode_rows = false;
+	for (int s = 0; s < B; s++)
+		if (rc[s])
+			return rc[s];
+	return 0;
+}
+
+int gf_decode_batch(const gf_model *m, gf_workspace *ws, gf_state *const *st, gf_kv *const *kv,
+		    const int32_t *tok, int B, float *logits)
+{
+	FLUSH_DENORMALS();
+	const gf_config *c = &m->cfg;
+	int rc;
+	if (batch_ok(ws, (void *const *)st, B) || batch_ok(ws, (void *const *)kv, B))
+		return -EINVAL;
+	for (int s = 0; s < B; s++)
+		if (st[s]->n_pos != kv[s]->n_pos)
+			return -EINVAL;
+	if ((rc = gf_finch_batch(m, ws, st, tok, B, ws->fx, ws->fc)))
+		return rc;
+	/* Each sequence's cache row, as gf_decode_step appends it; on an error the sequences
+	 * before it have advanced, as a step that fails leaves its sequence. */
+	for (int s = 0; s < B; s++) {
+		if ((rc = gf_kv_append(m, ws, kv[s], ws->fc + (size_t)s * c->ckv_dim, &tok[s], 1)))
+			return rc;
+		gf_state_push_tail(c, st[s], ws->fx + (size_t)s * c->n_embd, 1);
+		st[s]->n_pos++;
+		gf_kv_source_ram(&ws->seq_src[s], kv[s]);
+		ws->seq_srcp[s] = &ws->seq_src[s];
+	}
+	return gf_gold_batch(m, ws, st, ws->seq_srcp, ws->fx, B, logits, NULL);
 }

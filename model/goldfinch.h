@@ -541,6 +541,32 @@ int gf_prefill(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv,
 int gf_decode_step(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv *kv, int32_t tok,
 		   float *logits);
 
+/* ---- Batched decode: one token of each of B sequences in one step --------------------------
+ * Every weight matrix is read once for all B rows; each row is its own sequence (its state,
+ * position and key/value source; any mix of contexts and lengths). A row's arithmetic is that
+ * of the sequence's step alone (gf_decode_step, or gf_finch_chunk + gf_gold_chunk of one
+ * row): its logits are bit-identical whatever B, the other rows, the thread count or the
+ * instruction set, in either compute mode (the rows always take the kernels of model/gemm.h,
+ * never oneDNN). 1 <= B <= the workspace's max_chunk; a state (or kv) appears once. The
+ * workspace is the caller's for the call, as for every forward function. */
+
+/* Finch stage of tok[s] for each sequence st[s] (its Finch shift and wkv state advanced; not
+ * n_pos): x_out [B][C] (Finch-stage outputs) and c_out [B][Ck] (cache rows), each optional.
+ * -EINVAL for a bad batch or a token outside the vocabulary (nothing advanced then). */
+int gf_finch_batch(const gf_model *m, gf_workspace *ws, gf_state *const *st, const int32_t *tok,
+		   int B, float *x_out, float *c_out);
+/* GOLD blocks and head for rows x_in [B][C]: row s is sequence s's position st[s]->n_pos - 1
+ * (its token already counted in n_pos and its cache row in src[s], which holds positions
+ * 0..st[s]->n_pos-1). logits [B][V] (NULL: none). Returns 0, or the first failing row's code
+ * (of src->get); rcs [B] (NULL: not wanted) gets every row's code (all -EINVAL for a batch
+ * refused before it ran; untouched when B or the states are wrong). A failed row's logits and
+ * GOLD shift state are garbage, the other rows' are exact. */
+int gf_gold_batch(const gf_model *m, gf_workspace *ws, gf_state *const *st,
+		  gf_kv_source *const *src, const float *x_in, int B, float *logits, int *rcs);
+/* gf_decode_step for B sequences (st[s] with kv[s]): logits [B][V]. */
+int gf_decode_batch(const gf_model *m, gf_workspace *ws, gf_state *const *st, gf_kv *const *kv,
+		    const int32_t *tok, int B, float *logits);
+
 /* ------------------------------------------------------------------------------------------
  * OpenBLAS set-up. Debian's OpenBLAS picks AVX2 kernels on AVX-512 CPUs it does not know;
  * gf_blas_prefer_avx512(argv) re-executes the program once with OPENBLAS_CORETYPE=SkylakeX

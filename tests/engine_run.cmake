@@ -67,3 +67,24 @@ add_test(NAME engine_snapshot
                  $<TARGET_FILE:engine_snapshot> ${GF_ENGINE_RUN_DIR}/models/odd.gguf
                  ${GF_ENGINE_RUN_DIR}/snapshot)
 set_tests_properties(engine_snapshot PROPERTIES FIXTURES_REQUIRED engine_run_models)
+# Sessions stepped together (gfe_sessions_step) against each stepped alone: caps of 1 to 16,
+# sessions joining and leaving, 1 and 2 threads, keys and values in bf16 (the default) and f32.
+add_executable(engine_batch ${CMAKE_CURRENT_LIST_DIR}/engine_batch.c)
+target_link_libraries(engine_batch PRIVATE gfengine)
+foreach(model odd rope)
+  foreach(kv bf16 f32)
+    add_test(NAME engine_batch_${model}_${kv}
+             COMMAND sh -c "rm -rf \"$2\" && mkdir -p \"$2\" && \"$0\" \"$1\" \"$2\" $3"
+                     $<TARGET_FILE:engine_batch> ${GF_ENGINE_RUN_DIR}/models/${model}.gguf
+                     ${GF_ENGINE_RUN_DIR}/batch_${model}_${kv} ${kv})
+    set_tests_properties(engine_batch_${model}_${kv} PROPERTIES FIXTURES_REQUIRED engine_run_models)
+  endforeach()
+endforeach()
+foreach(isa avx2 scalar)
+  add_test(NAME engine_batch_odd_${isa}
+           COMMAND sh -c "rm -rf \"$2\" && mkdir -p \"$2\" && \"$0\" \"$1\" \"$2\" bf16"
+                   $<TARGET_FILE:engine_batch> ${GF_ENGINE_RUN_DIR}/models/odd.gguf
+                   ${GF_ENGINE_RUN_DIR}/batch_odd_${isa})
+  set_tests_properties(engine_batch_odd_${isa} PROPERTIES FIXTURES_REQUIRED engine_run_models
+                       ENVIRONMENT "GOLDFINCH_ISA=${isa}")
+endforeach()

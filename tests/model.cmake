@@ -68,3 +68,24 @@ set_tests_properties(model_forward_a1_scalar PROPERTIES ENVIRONMENT "GOLDFINCH_I
 add_test(NAME model_split_bf16 COMMAND model_split ${GF_RANDOM_DIR}/split4.gguf ${GF_RANDOM_DIR}/tiny3.gguf)
 set_tests_properties(model_split_bf16 PROPERTIES FIXTURES_REQUIRED "random_split4;random_tiny3"
                      ENVIRONMENT "GOLDFINCH_COMPUTE=bf16")
+
+# A batched decode step gives each sequence the bits of its step alone: batches of 1 to 16
+# with sequences joining and leaving, 1 and 2 threads, on the kernels of every instruction set
+# and in bf16 compute (where unavailable the load falls back to f32 and this repeats the f32
+# case).
+add_executable(model_batch ${CMAKE_CURRENT_LIST_DIR}/model_batch.c)
+target_link_libraries(model_batch PRIVATE gfmodel)
+foreach(name tiny3 odd5 rope7 bf16)
+  add_test(NAME model_batch_${name} COMMAND model_batch ${GF_RANDOM_DIR}/${name}.gguf)
+  set_tests_properties(model_batch_${name} PROPERTIES FIXTURES_REQUIRED random_${name})
+endforeach()
+foreach(isa avx2 scalar)
+  add_test(NAME model_batch_odd5_${isa} COMMAND model_batch ${GF_RANDOM_DIR}/odd5.gguf)
+  set_tests_properties(model_batch_odd5_${isa} PROPERTIES FIXTURES_REQUIRED random_odd5
+                       ENVIRONMENT "GOLDFINCH_ISA=${isa}")
+endforeach()
+foreach(name odd5 bf16)
+  add_test(NAME model_batch_${name}_compute_bf16 COMMAND model_batch ${GF_RANDOM_DIR}/${name}.gguf)
+  set_tests_properties(model_batch_${name}_compute_bf16 PROPERTIES FIXTURES_REQUIRED random_${name}
+                       ENVIRONMENT "GOLDFINCH_COMPUTE=bf16")
+endforeach()

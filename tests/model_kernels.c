@@ -2,7 +2,7 @@
  * model_kernels — the matrix kernels of model/gemm.h and the bf16 helpers of vecmath.h.
  *
  * For every packed type (f32, f16, bf16) and shapes of every kind (k odd and even, below and
- * above the kernels' k block, n a multiple of the panel or not, 1 to 13 rows), with and without
+ * above the kernels' k block, n a multiple of the panel or not, 1 to 33 rows), with and without
  * accumulating into y:
  *   - every element is within float rounding of a double-precision sum of the same stored
  *     weights (a wrong layout or a lost tail is far outside it);
@@ -156,16 +156,21 @@ int main(void)
 	const gf_dtype types[] = { GF_DTYPE_F32, GF_DTYPE_F16, GF_DTYPE_BF16 };
 	const int ks[] = { 1, 2, 7, 32, 64, 251, 768, 1031, 2200 };
 	const int ns[] = { 1, 48, 64, 65, 130, 192 };
-	const int ms[] = { 1, 2, 3, 4, 5, 6, 7, 13 };
+	/* Up to 6 rows (4 for bf16) is one pass per panel with the whole k; more rows take the
+	 * prefill path (k blocks of 1024, rows in tiles): 16 and 33 rows, the batched decode's
+	 * sizes, must give each row the bits of the row alone. */
+	const int ms[] = { 1, 2, 3, 4, 5, 6, 7, 13, 16, 33 };
 	int shapes = 0;
 	printf("kernels on this CPU: up to %s\n", gf_isa_name(gf_isa_detect()));
 	for (int ti = 0; ti < 3; ti++)
 		for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++)
 			for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
 				/* Every row count on the small shapes, a few on the large. */
-				const size_t nm = ks[ki] * ns[ni] > 100000 ? 3 : sizeof(ms) / sizeof(ms[0]);
+				static const int few[] = { 0, 6, 9 }; /* 1, 7 and 33 rows */
+				const bool large = ks[ki] * ns[ni] > 100000;
+				const size_t nm = large ? 3 : sizeof(ms) / sizeof(ms[0]);
 				for (size_t mi = 0; mi < nm; mi++, shapes++)
-					one_shape(types[ti], ks[ki], ns[ni], ms[mi * (nm == 3 ? 3 : 1)],
+					one_shape(types[ti], ks[ki], ns[ni], ms[large ? few[mi] : (int)mi],
 						  (ks[ki] + mi) % 2 == 0, &s);
 			}
 	lora_layout(&s);

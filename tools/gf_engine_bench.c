@@ -7,6 +7,7 @@
  *   gf-engine-bench size           --model M.gguf --tokens N [--text FILE]...
  *   gf-engine-bench reuse          --model M.gguf --tokens 100000
  *   gf-engine-bench decode         --model M.gguf --contexts 1000,10000,100000
+ *   gf-engine-bench batch          --model M.gguf --tokens 1000
  *
  * Each prints human-readable lines, then one JSON object on the last line ("bench" names
  * the command; sizes in bytes, times in seconds, rates per second):
@@ -25,6 +26,8 @@
  *                   tier_hits, tier_misses, tier_hit_rate, page_cache_hit_rate_min,
  *                   kv_bytes_per_token, bound_tokens_per_s, fraction_of_bound;
  *                   longest_fraction_of_bound
+ *   batch           context_tokens, threads, decode_bytes_per_step, batches[]: sessions,
+ *                   steps, step_s, tokens_per_s (aggregate), speedup (over one session)
  * Every object also says "compute" (f32 or bf16, --compute) and, but memory-compare's,
  * "kernels" (gf_model_isa_name).
  * Ratios that matter are measured within one run, so that a busy shared machine slows both
@@ -1152,6 +1155,109 @@ out:
 	return rc;
 }
 
+/* ---- batch ---------------------------------------------------------------------------------- */
+
+#define BATCH_SIZES 5
+
+/* B sessions on one context, each asked its own question, then stepped together
+ * (gfe_sessions_step, greedy per session): aggregate decode tokens/s, for B = 1, 2, 4, 8, 16. */
+static int cmd_batch(const struct opts *o)
+{
+	static const int sizes[BATCH_SIZES] = { 1, 2, 4, 8, 16 };
+	const int max_b = sizes[BATCH_SIZES - 1];
+	struct ingest_result ing;
+	double tps[BATCH_SIZES] = { 0 }, step_s[BATCH_SIZES] = { 0 };
+	int steps[BATCH_SIZES] = { 0 };
+	gfe_session *ss[16] = { 0 };
+	char err[GF_ERR_LEN];
+	struct run r;
+	if (run_dir(&r, o))
+		return 1;
+	int rc = run_open(&r, o->threads, 0);
+	if (rc)
+		goto out;
+	const gf_config c = gfe_model(r.e)->cfg;
+	const int V = c.vocab_size;
+	if ((rc = ingest_random(&r, o->tokens, o->seed, true, &ing)))
+		goto out;
+	/* The tier holds the context (shared by every session) and the sessions' own blocks. */
+	run_close_engine(&r);
+	const uint64_t tier = o->tier_bytes ? o->tier_bytes :
+			      tier_for(&c, o->tokens + (uint64_t)max_b * (o->question + o->steps));
+	if ((rc = run_open(&r, o->decode_threads, tier)))
+		goto out;
+	printf("model: %d layers (%d GOLD), n_embd %d, vocab %d, %.1f MB of weights per step; "
+	       "context %" PRIu64 " tokens; decode %d thread(s); compute %s, kernels %s\n",
+	       c.n_layer, c.n_layer - c.first_gold, c.n_embd, V,
+	       gf_model_decode_bytes(gfe_model(r.e)) / 1e6, o->tokens, o->decode_threads,
+	       gf_compute_name(gfe_model(r.e)->compute), gf_model_isa_name(gfe_model(r.e)));
+	float *logits = malloc(sizeof(float) * (size_t)V * max_b);
+	int32_t *q = malloc(sizeof(int32_t) * (size_t)o->question), tok[16];
+	if (!logits || !q) {
+		free(logits);
+		free(q);
+		rc = die("out of memory");
+		goto out;
+	}
+	uint64_t seed = o->seed ^ 0xba7c4ull;
+	for (int k = 0; k < BATCH_SIZES && !rc; k++) {
+		const int B = sizes[k];
+		for (int i = 0; i < B && !rc; i++) {
+			random_tokens(&seed, q, (size_t)o->question, V);
+			if (gfe_session_open(r.e, ing.ctx.serial, &ss[i], err) ||
+			    gfe_session_prefill(ss[i], q, (size_t)o->question, logits + (size_t)i * V, err))
+				rc = die("question: %s", err);
+		}
+		const double start = now();
+		double dt = 0;
+		while (!rc && steps[k] < o->steps && (steps[k] < 2 || dt < o->step_budget)) {
+			for (int i = 0; i < B; i++)
+				tok[i] = argmax(logits + (size_t)i * V, V);
+			if (gfe_sessions_step(ss, tok, B, logits, NULL, err))
+				rc = die("decode: %s", err);
+			steps[k]++;
+			dt = now() - start;
+		}
+		for (int i = 0; i < B; i++) {
+			gfe_session_free(ss[i]);
+			ss[i] = NULL;
+		}
+		if (rc)
+			break;
+		tps[k] = (double)B * steps[k] / dt;
+		step_s[k] = dt / steps[k];
+		printf("batch %2d: %d steps, %.2f ms a step, %.1f tokens/s aggregate (%.1f per "
+		       "session), %.2fx batch 1\n",
+		       B, steps[k], 1e3 * step_s[k], tps[k], tps[k] / B, tps[k] / tps[0]);
+	}
+	free(logits);
+	free(q);
+	if (rc)
+		goto out;
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "bench", "batch");
+	json_model(j, o, gfe_model(r.e));
+	cJSON_AddNumberToObject(j, "threads", o->decode_threads);
+	cJSON_AddNumberToObject(j, "context_tokens", (double)o->tokens);
+	cJSON_AddNumberToObject(j, "question", o->question);
+	cJSON_AddNumberToObject(j, "decode_bytes_per_step",
+				(double)gf_model_decode_bytes(gfe_model(r.e)));
+	cJSON *arr = cJSON_AddArrayToObject(j, "batches");
+	for (int k = 0; k < BATCH_SIZES; k++) {
+		cJSON *x = cJSON_CreateObject();
+		cJSON_AddNumberToObject(x, "sessions", sizes[k]);
+		cJSON_AddNumberToObject(x, "steps", steps[k]);
+		cJSON_AddNumberToObject(x, "step_s", step_s[k]);
+		cJSON_AddNumberToObject(x, "tokens_per_s", tps[k]);
+		cJSON_AddNumberToObject(x, "speedup", tps[k] / tps[0]);
+		cJSON_AddItemToArray(arr, x);
+	}
+	print_json(j);
+out:
+	run_end(&r);
+	return rc;
+}
+
 /* ---- main ----------------------------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -1184,6 +1290,10 @@ static void usage(FILE *f)
 "                  of the bound set by reading the expanded keys and values once per token\n"
 "                  (n_gold * context * dim_att * 2 * 4 bytes) at the read bandwidth measured\n"
 "                  in the same run (target >= 50%% at the longest context).\n"
+"  batch           ingest --tokens N (default 1000); then B = 1, 2, 4, 8, 16 sessions on it,\n"
+"                  each with its own --question, stepped together (gfe_sessions_step, every\n"
+"                  weight read once per step for all of them) for --steps: aggregate decode\n"
+"                  tokens/s and the speedup over one session (tier: the whole context).\n"
 "\n"
 "options:\n"
 "  --model M.gguf        the model (required)\n"
@@ -1191,7 +1301,7 @@ static void usage(FILE *f)
 "  --keep                keep the mkdtemp directory (decode then reuses contexts of\n"
 "                        the same ids found in a kept --cache-dir instead of ingesting)\n"
 "  --no-tier-off         decode: only the tier-on runs\n"
-"  --tokens N            context length (memory, size, reuse)\n"
+"  --tokens N            context length (memory, size, reuse, batch)\n"
 "  --small N --large N   memory-compare's two lengths\n"
 "  --text FILE           size: text to tokenize (repeatable)\n"
 "  --repack P,P,...      size: also store the same rows in pages of P tokens and print\n"
@@ -1348,5 +1458,10 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(o.cmd, "decode"))
 		return cmd_decode(&o);
-	return die("unknown command '%s' (memory, memory-compare, size, reuse, decode)", o.cmd);
+	if (!strcmp(o.cmd, "batch")) {
+		if (!o.tokens)
+			o.tokens = 1000;
+		return cmd_batch(&o);
+	}
+	return die("unknown command '%s' (memory, memory-compare, size, reuse, decode, batch)", o.cmd);
 }
