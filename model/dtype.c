@@ -57,11 +57,17 @@ static inline float bits_f32(uint32_t u)
  * same mantissa), so one exact multiply by 2^112 rebiases both. Only exponent 31 (inf,
  * NaN) needs the single's exponent forced to all ones.
  */
+/* Exact, and the same bits whatever the float mode: a subnormal half is its integer
+ * mantissa times 2^-24 (no float operand or result is subnormal), a normal one is rebiased by
+ * one multiply of a normal float. Under DAZ, the multiply alone would read a subnormal half's
+ * bits as zero, and a context's rows would read differently inside the forward (denormals
+ * flushed) than outside it. */
 static inline uint32_t f16_to_f32_bits(uint16_t h)
 {
 	uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
 	uint32_t mag = ((uint32_t)h & 0x7fffu) << 13;
-	uint32_t v = f32_bits(bits_f32(mag) * 0x1p112f);
+	uint32_t v = (h & 0x7c00u) ? f32_bits(bits_f32(mag) * 0x1p112f)
+				   : f32_bits((float)(h & 0x3ffu) * 0x1p-24f);
 	uint32_t infnan = (mag >= 0x0f800000u) ? 0x7f800000u : 0;
 
 	return sign | v | infnan;
