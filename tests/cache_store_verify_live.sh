@@ -39,6 +39,8 @@ i=0
 while [ ! -S "$TMP/sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
 [ -S "$TMP/sock" ] || { echo "FAIL: goldfinchd did not start"; cat "$TMP/daemon.log"; exit 1; }
 export GOLDFINCH_SERVER="unix:$TMP/sock"
+# Progress lines (gf prints them off a terminal) would read as an ingest's errors below.
+export GOLDFINCH_PROGRESS_SECONDS=off
 
 # The writer: ingests of new texts (never reused), each dropped two ingests later, until
 # told to stop.

@@ -137,7 +137,9 @@ REF_PID=
 
 # ---- 2. SLURM, and the daemon as a job ------------------------------------------------
 phase "2. SLURM up, goldfinchd submitted with $RANKS rank(s)"
-"$ONE" up "$STATE/slurm" || fatal "slurm-one-node.sh up"
+# 9>&-: the daemons it starts must not inherit the lock (a test killed before its clean-up
+# would leave them holding it, and the next run waits for the lock in vain).
+"$ONE" up "$STATE/slurm" 9>&- || fatal "slurm-one-node.sh up"
 . "$STATE/slurm/env"
 mkdir -p "$TMP/submit" "$TMP/bin"
 ln -s "$DAEMON" "$TMP/bin/goldfinchd"
@@ -224,7 +226,7 @@ INGEST_PID=
 [ $rc = 7 ] || [ $rc = 4 ] || fail "the interrupted gf ingest exited $rc, want 7 or 4: $(cat "$TMP/book.err")"
 LOG1=$TMP/submit/goldfinch-$JOB.log
 grep -q 'goldfinchd: shutting down (SIGTERM)' "$LOG1" || fail "job $JOB: the daemon saw no SIGTERM"
-grep -q 'cancelled: ingest "book" .* ([1-9][0-9]* committed).*shutting down.*resume it from byte [1-9]' "$LOG1" ||
+grep -q 'cancelled: ingest "book" .* ([1-9][0-9]* committed).*shutting down at token [1-9][0-9]*, byte [1-9][0-9]*; finish it with: gf ingest --resume --name book' "$LOG1" ||
 	fail "job $JOB: no checkpoint of the book at the stop: $(grep '"book"' "$LOG1" | tail -2)"
 grep -q 'goldfinchd: exit 0$' "$LOG1" || fail "job $JOB: the daemon did not exit 0: $(tail -3 "$LOG1")"
 # Every rank: srun's status (a sanitizer's report would make it non-zero too).

@@ -15,5 +15,6 @@ set_tests_properties(conventions_cli PROPERTIES TIMEOUT 60 LABELS daemon)
 
 # cmake --install into a temporary prefix, and what it installed used from there.
 add_test(NAME install_prefix
-  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/install_prefix.sh ${CMAKE_BINARY_DIR} ${CMAKE_C_COMPILER})
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/install_prefix.sh ${CMAKE_BINARY_DIR} ${CMAKE_C_COMPILER}
+          "${GF_SANITIZE}")
 set_tests_properties(install_prefix PROPERTIES TIMEOUT 120 LABELS install)

@@ -3,10 +3,12 @@
 # programs run (goldfinchd --version, gf --help), pkg-config's flags for goldfinch compile and
 # link a small program against gfclient.h, the man pages, the Python client with its bindings
 # and the systemd unit are where they belong.
-# usage: install_prefix.sh BUILD_DIR CC
+# usage: install_prefix.sh BUILD_DIR CC [SANITIZERS]
+# (SANITIZERS: the build's GF_SANITIZE; a program linking its libraries needs their runtimes)
 set -u
 B=$1
 CC=$2
+SAN=${3:-}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gf_install.XXXXXX") || exit 1
 trap 'rm -rf "$TMP"' EXIT
 P=$TMP/prefix
@@ -64,7 +66,7 @@ C
 export PKG_CONFIG_PATH="$(dirname "$(ls "$P"/lib*/pkgconfig/goldfinch.pc "$P"/lib/*/pkgconfig/goldfinch.pc 2>/dev/null | head -1)")"
 flags=$(pkg-config --cflags --libs goldfinch 2>"$TMP/pc.err") || fail "pkg-config goldfinch: $(cat "$TMP/pc.err")"
 # shellcheck disable=SC2086
-$CC -std=c11 -Wall -Wextra -Werror -Wno-missing-braces -o "$TMP/hello" "$TMP/hello.c" $flags 2>"$TMP/cc.err" ||
+$CC -std=c11 -Wall -Wextra -Werror -Wno-missing-braces ${SAN:+-fsanitize=$SAN} -o "$TMP/hello" "$TMP/hello.c" $flags 2>"$TMP/cc.err" ||
 	fail "compile and link against gfclient.h with: $flags: $(head -20 "$TMP/cc.err")"
 if [ -x "$TMP/hello" ]; then
 	"$TMP/hello" >"$TMP/out" 2>&1 && grep -q '^goldfinch [0-9.]*: no server' "$TMP/out" ||
