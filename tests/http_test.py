@@ -37,7 +37,8 @@ NODE_DIR = os.environ.get("NODE_DIR", os.path.join(WORK, "node"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # What the Node tests use, installed into the build tree at test time (never committed).
-NODE_PACKAGES = ["puppeteer-core@24", "openai@6"]
+# Versions that run on Debian 12's Node 18 (openai 5 and later want Node 20).
+NODE_PACKAGES = ["puppeteer-core@24", "openai@4"]
 
 
 class Fail(Exception):
