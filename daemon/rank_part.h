@@ -1,6 +1,6 @@
 /*
  * rank_part.h — one rank's part of an ingest or a session in a multi-rank goldfinchd
- * (DESIGN.md §4, issue 6). Every rank, rank 0 included, runs its slice of blocks through
+ * (DESIGN.md §4). Every rank, rank 0 included, runs its slice of blocks through
  * the same code; rank 0 additionally drives the streams (server_backend_mpi.c).
  *
  * The pipeline, per stream:

@@ -1,6 +1,6 @@
 /*
- * ranks.h — goldfinchd's process start-up when launched by mpirun or srun --mpi=pmix
- * (issue 6): MPI, the partition plan, this rank's engine over its blocks and its own store
+ * ranks.h — goldfinchd's process start-up when launched by mpirun or srun --mpi=pmix:
+ * MPI, the partition plan, this rank's engine over its blocks and its own store
  * (--cache-dir with %r replaced by the rank, or DIR/rank<r> without %r), the link between
  * the ranks. Without a launcher nothing here touches MPI.
  */

@@ -1,5 +1,5 @@
 /*
- * server_backend_mpi.c — the multi-rank backend (issue 6, DESIGN.md §4).
+ * server_backend_mpi.c — the multi-rank backend (DESIGN.md §4).
  *
  * Rank 0 runs the front end; its backend is this table: each ingest or session is a stream
  * (rank_part.h) that rank 0 drives — it tokenizes, runs its own slice, sends chunks down the

@@ -1,5 +1,5 @@
 /*
- * server_backend_mpi.h — goldfinchd over several MPI ranks (issue 6, DESIGN.md §4).
+ * server_backend_mpi.h — goldfinchd over several MPI ranks (DESIGN.md §4).
  *
  * Every rank opens a gfe_engine over its own slice of blocks (gfe_config.block_first/end,
  * from a partition/ plan) and its own store (--cache-dir with %r for the rank), and starts a

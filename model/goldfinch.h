@@ -479,7 +479,7 @@ int gf_gold_tail(const gf_model *m, gf_workspace *ws, gf_state *st, gf_kv_source
 /* Appends n Finch-stage output rows x [n][C] to the state's window of the last W. */
 void gf_state_push_tail(const gf_config *cfg, gf_state *st, const float *x, int n);
 
-/* ---- Slices of the forward, for a rank that owns blocks [b0, b1) (issue 6) --------------
+/* ---- Slices of the forward, for a rank that owns blocks [b0, b1) --------------
  * gf_finch_chunk = gf_embed, gf_blocks(0, G), gf_cache_rows; gf_gold_chunk = gf_blocks(G, L),
  * gf_head. Composed, the slices give the same bits as the whole. */
 

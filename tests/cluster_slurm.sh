@@ -1,5 +1,5 @@
 #!/bin/sh
-# cluster_slurm — issue 7 end to end on a real one-node SLURM cluster, brought up on this
+# cluster_slurm — goldfinchd under SLURM end to end on a real one-node SLURM cluster, brought up on this
 # machine from Debian's packages by cluster/slurm-one-node.sh and always torn down.
 #
 #  1. reference: goldfinchd in one process, without SLURM: a codebase and a book ingested,

@@ -1,4 +1,4 @@
-# Hardening (issue 9): faults on the ingest and commit path, load, a full disk, security.
+# Hardening: faults on the ingest and commit path, load, a full disk, security.
 #
 # hardening_fault drives the engine directly, linked against gfcache_fi (the cache store with
 # CS_FAULT_INJECTION) and with malloc and friends wrapped at link time, so that every

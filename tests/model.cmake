@@ -33,7 +33,7 @@ gf_random_model_test(rope7 --layers 7 --embd 320 --vocab 1000 --ratio 3 --rope-b
 gf_random_model_test(head48 --layers 4 --embd 48 --vocab 50 --ratio 3 --seed 7)
 gf_random_model_test(bf16 --layers 6 --embd 128 --vocab 256 --ratio 3 --dtype bf16)
 
-# A pipeline boundary that moves between two ranks keeps the bits (issue 6).
+# A pipeline boundary that moves between two ranks keeps the bits.
 add_executable(model_split ${CMAKE_CURRENT_LIST_DIR}/model_split.c)
 target_link_libraries(model_split PRIVATE gfmodel)
 add_test(NAME model_split_make

@@ -1,4 +1,4 @@
-# The multi-rank daemon (issue 6): the same answers from 1, 2, 3 and 4 MPI ranks.
+# The multi-rank daemon: the same answers from 1, 2, 3 and 4 MPI ranks.
 add_executable(ranks_exact ${CMAKE_CURRENT_LIST_DIR}/ranks_exact.c)
 target_link_libraries(ranks_exact PRIVATE gfdaemon)
 foreach(case a1 a2)

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Fault walk over the MPI messages of an ingest (issue 9): with 2 ranks, make the n-th message
+# Fault walk over the MPI messages of an ingest: with 2 ranks, make the n-th message
 # a rank sends fail, for every n the ingest path sends (begin, chunks, rows, credits,
 # checkpoint and finish marks, acknowledgements, the GOLD tail, the seal, the close) on each
 # rank in turn. Each time the ingest must fail with a clear error (the injected fault, or the

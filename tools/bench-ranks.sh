@@ -1,9 +1,9 @@
 #!/bin/sh
-# Ingest speed of the multi-rank daemon against one process (issue 6): P = 1 with 1 and 2
+# Ingest speed of the multi-rank daemon against one process: P = 1 with 1 and 2
 # OpenBLAS threads, then P = 2.. ranks of 1 thread each, on one host. Prints gf-ranks-bench's
 # JSON lines. Figures on shared machines are noisy: compare ratios from one run.
 # usage: [BIND=core] tools/bench-ranks.sh [BUILD_DIR] [MAX_RANKS] [TOKENS] [LAYERS] [EMBD]
-# BIND=core pins each rank to a core (a host with a core per rank: issue 6's 16-core host ran
+# BIND=core pins each rank to a core (a host with a core per rank: the lent 16-core host ran
 # `BIND=core tools/bench-ranks.sh build 8 32768 24 1024`); the default leaves placement to the
 # OS (a small machine, oversubscribed). GOLDFINCH_RANK_STATS=1 adds each rank's breakdown.
 #

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The main job on the embedded default: set up (packages, build), start goldfinchd on the
-# project's trained model (models/goldfinch-byte.gguf, issue 8), ingest a 100,000-token
+# project's trained model (models/goldfinch-byte.gguf), ingest a 100,000-token
 # haystack with a pass key hidden in it and ask for the key; then ingest this project's own
 # source tree and ask about it; show the cache figures and stop the daemon cleanly.
 #

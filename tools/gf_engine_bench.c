@@ -1,5 +1,5 @@
 /*
- * gf-engine-bench — the engine's promises (issue 4) measured: constant-memory ingest, cache
+ * gf-engine-bench — the engine's promises measured: constant-memory ingest, cache
  * bytes per token, reuse of an ingested context, decode over the paged cache.
  *
  *   gf-engine-bench memory         --model M.gguf --tokens N

@@ -1,6 +1,6 @@
 /*
- * gf-ranks-bench — ingest speed of goldfinchd's backend as one process or as P MPI ranks
- * (issue 6): random tokens through the whole ingest (pipeline, pages on every rank's store,
+ * gf-ranks-bench — ingest speed of goldfinchd's backend as one process or as P MPI ranks:
+ * random tokens through the whole ingest (pipeline, pages on every rank's store,
  * checkpoints, the GOLD tail, the seal). Prints one JSON line from rank 0: tokens/s, and
  * per rank the time spent computing over the wall time (the pipeline's efficiency).
  *
