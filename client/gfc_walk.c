@@ -56,6 +56,26 @@ uint64_t gfc_rendered_size(const char *rel, uint64_t size)
  * range depends on the first (no overlongs, surrogates or code points above U+10FFFF), so
  * a sequence is judged as soon as its bytes are seen, and one cut by the end of the buffer
  * is judged on the bytes it has. */
+size_t gfc_utf8_prefix(const uint8_t *s, size_t n, size_t *len)
+{
+	const uint8_t b = s[0];
+	uint8_t lo = 0x80, hi = 0xbf;   /* range of the second byte */
+	*len = 0;
+	if (b >= 0xc2 && b <= 0xdf)
+		*len = 2;
+	else if (b >= 0xe0 && b <= 0xef)
+		*len = 3, lo = b == 0xe0 ? 0xa0 : 0x80, hi = b == 0xed ? 0x9f : 0xbf;
+	else if (b >= 0xf0 && b <= 0xf4)
+		*len = 4, lo = b == 0xf0 ? 0x90 : 0x80, hi = b == 0xf4 ? 0x8f : 0xbf;
+	size_t k = 1;
+	for (; k < *len && k < n; k++) {
+		const uint8_t c = s[k];
+		if (k == 1 ? c < lo || c > hi : (c & 0xc0) != 0x80)
+			break;
+	}
+	return k;
+}
+
 int gfc_is_text(const uint8_t *s, size_t n, bool truncated)
 {
 	size_t i = 0;
@@ -69,22 +89,11 @@ int gfc_is_text(const uint8_t *s, size_t n, bool truncated)
 			continue;
 		}
 		size_t len;
-		uint8_t lo = 0x80, hi = 0xbf;   /* range of the second byte */
-		if (b >= 0xc2 && b <= 0xdf)
-			len = 2;
-		else if (b >= 0xe0 && b <= 0xef)
-			len = 3, lo = b == 0xe0 ? 0xa0 : 0x80, hi = b == 0xed ? 0x9f : 0xbf;
-		else if (b >= 0xf0 && b <= 0xf4)
-			len = 4, lo = b == 0xf0 ? 0x90 : 0x80, hi = b == 0xf4 ? 0x8f : 0xbf;
-		else
+		const size_t k = gfc_utf8_prefix(s + i, n - i, &len);
+		if (len == 0)
 			return 0;   /* a continuation byte first, C0, C1, F5.. */
-		for (size_t k = 1; k < len; k++) {
-			if (i + k >= n)
-				return truncated;   /* cut by the sniff window, not by the file */
-			uint8_t c = s[i + k];
-			if (k == 1 ? c < lo || c > hi : (c & 0xc0) != 0x80)
-				return 0;
-		}
+		if (k < len)    /* cut by the sniff window, not by the file, or ill-formed */
+			return i + k >= n ? truncated : 0;
 		i += len;
 	}
 	return 1;

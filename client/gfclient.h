@@ -204,6 +204,10 @@ int gfc_walk(gfc_filelist *fl, const char *path, gfc_note_fn note, void *user, c
  * text: no NUL byte and valid UTF-8, a sequence cut by the end of a truncated buffer
  * allowed. */
 int gfc_is_text(const uint8_t *buf, size_t n, bool truncated);
+/* The UTF-8 sequence that starts at s[0] (a byte >= 0x80; n >= 1): *len is its length (2..4;
+ * 0 when s[0] cannot start one) and the return value the bytes of it that are well formed
+ * within n, at least 1 (Unicode's maximal subpart: what one U+FFFD replaces). */
+size_t gfc_utf8_prefix(const uint8_t *s, size_t n, size_t *len);
 /* A folder of a version-control system, which a walk skips (".git", ...). */
 bool gfc_is_vcs_dir(const char *name);
 /* Bytes of the rendered stream a file makes: header + path + "\n" + size + "\n". */

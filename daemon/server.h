@@ -92,6 +92,9 @@ int64_t gfd_now_ns(void);       /* CLOCK_MONOTONIC */
 int64_t gfd_unix_ms(int64_t realtime_ns);
 double gfd_ms_since(int64_t t0_ns);
 uint64_t gfd_rss_bytes(void);   /* from /proc/self/statm; 0 if unknown */
+/* fmt formatted into msg[len] as one line (line breaks become spaces): error messages on
+ * the wire and in the log. */
+void gfd_vformat_line(char *msg, size_t len, const char *fmt, va_list ap);
 
 /* The log: one line per event, "2025-01-31T12:00:00.123Z goldfinchd: ...". Thread-safe. */
 typedef struct gfd_log {

@@ -109,19 +109,8 @@ static int utf8_clean(struct buf *out, const uint8_t *s, size_t n)
 			i = k;
 			continue;
 		}
-		size_t len = 0, k;
-		uint8_t lo = 0x80, hi = 0xbf;
-		if (b >= 0xc2 && b <= 0xdf)
-			len = 2;
-		else if (b >= 0xe0 && b <= 0xef)
-			len = 3, lo = b == 0xe0 ? 0xa0 : 0x80, hi = b == 0xed ? 0x9f : 0xbf;
-		else if (b >= 0xf0 && b <= 0xf4)
-			len = 4, lo = b == 0xf0 ? 0x90 : 0x80, hi = b == 0xf4 ? 0x8f : 0xbf;
-		for (k = 1; k < len && i + k < n; k++) {
-			uint8_t c = s[i + k];
-			if (k == 1 ? c < lo || c > hi : (c & 0xc0) != 0x80)
-				break;
-		}
+		size_t len;
+		const size_t k = gfc_utf8_prefix(s + i, n - i, &len);
 		if (len && k == len) {
 			if (buf_add(out, s + i, len))
 				return -ENOMEM;
@@ -129,7 +118,7 @@ static int utf8_clean(struct buf *out, const uint8_t *s, size_t n)
 		} else {
 			if (buf_add(out, fffd, 3))
 				return -ENOMEM;
-			i += len ? k : 1;
+			i += k;
 		}
 	}
 	return buf_add(out, "", 0);
@@ -298,11 +287,8 @@ static enum MHD_Result reply_error(struct MHD_Connection *mc, unsigned status, c
 	char msg[GF_ERR_LEN + 256];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	gfd_vformat_line(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	for (char *p = msg; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
 	return reply_json(mc, status, error_json(status, type, msg));
 }
 
@@ -1049,19 +1035,24 @@ static int stream_response(struct hreq *q, const proto_response *r)
 	}
 }
 
+/* Up to max bytes of the response already formatted: what libmicrohttpd's reader gets. */
+static ssize_t drain_out(struct hreq *q, char *dst, size_t max)
+{
+	size_t n = q->out.n - q->out_off < max ? q->out.n - q->out_off : max;
+	memcpy(dst, q->out.p + q->out_off, n);
+	q->out_off += n;
+	if (q->out_off == q->out.n)
+		q->out.n = q->out_off = 0;
+	return (ssize_t)n;
+}
+
 static ssize_t gen_reader(void *cls, uint64_t pos, char *dst, size_t max)
 {
 	struct hreq *q = cls;
 	(void)pos;
 	for (;;) {
-		if (q->out_off < q->out.n) {
-			size_t n = q->out.n - q->out_off < max ? q->out.n - q->out_off : max;
-			memcpy(dst, q->out.p + q->out_off, n);
-			q->out_off += n;
-			if (q->out_off == q->out.n)
-				q->out.n = q->out_off = 0;
-			return (ssize_t)n;
-		}
+		if (q->out_off < q->out.n)
+			return drain_out(q, dst, max);
 		if (q->finished)
 			return MHD_CONTENT_READER_END_OF_STREAM;
 		proto_response *r = q->first;
@@ -1466,14 +1457,8 @@ static ssize_t ingest_reader(void *cls, uint64_t pos, char *dst, size_t max)
 	struct hreq *q = cls;
 	(void)pos;
 	for (;;) {
-		if (q->out_off < q->out.n) {
-			size_t n = q->out.n - q->out_off < max ? q->out.n - q->out_off : max;
-			memcpy(dst, q->out.p + q->out_off, n);
-			q->out_off += n;
-			if (q->out_off == q->out.n)
-				q->out.n = q->out_off = 0;
-			return (ssize_t)n;
-		}
+		if (q->out_off < q->out.n)
+			return drain_out(q, dst, max);
 		if (q->finished)
 			return MHD_CONTENT_READER_END_OF_STREAM;
 		proto_response *r = q->first;

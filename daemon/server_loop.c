@@ -196,11 +196,8 @@ static void conn_error(gfd_server *s, struct gfd_conn *c, uint64_t id, Goldfinch
 	char msg[GF_ERR_LEN + 128];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	gfd_vformat_line(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	for (char *p = msg; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
 	Goldfinch__V1__Error e = GOLDFINCH__V1__ERROR__INIT;
 	e.code = code;
 	e.message = msg;

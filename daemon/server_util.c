@@ -66,6 +66,14 @@ bool gfd_ct_equal(const void *a, size_t na, const void *b, size_t nb)
 	return diff == 0 && na == nb;
 }
 
+void gfd_vformat_line(char *msg, size_t len, const char *fmt, va_list ap)
+{
+	vsnprintf(msg, len, fmt, ap);
+	for (char *p = msg; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+}
+
 int64_t gfd_now_ns(void)
 {
 	struct timespec ts;
